@@ -1,0 +1,48 @@
+//! RabbitMQ: connecting, the topology's names and declarations
+//! ([`topology`]), and publishing with confirms ([`publish`]).
+
+pub mod headers;
+pub mod publish;
+pub mod topology;
+
+use lapin::{Connection, ConnectionProperties};
+
+pub use publish::{PublishError, Publisher};
+pub use topology::Names;
+
+/// Opens a connection named for `rabbitmqctl list_connections`.
+pub async fn connect(url: &str, role: &str) -> Result<Connection, lapin::Error> {
+    let name = format!(
+        "octopods-worker {role} pid={} v{}",
+        std::process::id(),
+        env!("CARGO_PKG_VERSION")
+    );
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, props).await
+}
+
+/// The broker URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<invalid url>".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(
+            super::redact_url("amqp://guest:s3cret@10.0.0.1:5672/%2f"),
+            "amqp://guest:***@10.0.0.1:5672/%2f"
+        );
+        assert_eq!(super::redact_url("amqp://host/"), "amqp://host/");
+    }
+}

@@ -1,0 +1,273 @@
+//! The broker topology of CONTRACT §2: names derived from one prefix, and an
+//! idempotent declaration of every exchange, queue and binding.
+
+use std::time::Duration;
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::config::Config;
+
+/// Every name in the topology, from the prefix.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    pub fn jobs_exchange(&self) -> String {
+        format!("{}.jobs", self.prefix)
+    }
+
+    pub fn channel_queue(&self, channel: &str) -> String {
+        format!("{}.jobs.{channel}", self.prefix)
+    }
+
+    /// The channel whose queue this is, if it is one of ours.
+    pub fn channel_of_queue<'a>(&self, queue: &'a str) -> Option<&'a str> {
+        queue.strip_prefix(&self.prefix)?.strip_prefix(".jobs.")
+    }
+
+    pub fn unroutable(&self) -> String {
+        format!("{}.unroutable", self.prefix)
+    }
+
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    pub fn results(&self) -> String {
+        format!("{}.results", self.prefix)
+    }
+
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}", self.prefix, delay_label(delay))
+    }
+}
+
+/// `10s`, `1m`, `5m`, `30m`, `1h`: the delay as the queue-name suffix.
+pub fn delay_label(d: Duration) -> String {
+    let s = d.as_secs();
+    if s > 0 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s > 0 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else if d.subsec_millis() == 0 {
+        format!("{s}s")
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
+
+const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    passive: false,
+    durable: true,
+    auto_delete: false,
+    internal: false,
+    nowait: false,
+};
+
+/// Declares the whole topology. Safe to run any number of times; a queue
+/// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
+pub async fn declare(
+    ch: &Channel,
+    config: &Config,
+    retry_delays: &[Duration],
+) -> Result<(), lapin::Error> {
+    let n = Names::new(&config.broker.prefix);
+    let none = FieldTable::default;
+
+    // Unroutable jobs: fanout exchange + queue.
+    ch.exchange_declare(
+        n.unroutable().into(),
+        ExchangeKind::Fanout,
+        DURABLE_EXCHANGE,
+        none(),
+    )
+    .await?;
+    ch.queue_declare(n.unroutable().into(), DURABLE_QUEUE, none())
+        .await?;
+    ch.queue_bind(
+        n.unroutable().into(),
+        n.unroutable().into(),
+        "".into(),
+        QueueBindOptions::default(),
+        none(),
+    )
+    .await?;
+
+    // Jobs exchange, falling back to the unroutable exchange.
+    let alt = args(&[("alternate-exchange", text(&n.unroutable()))]);
+    ch.exchange_declare(
+        n.jobs_exchange().into(),
+        ExchangeKind::Direct,
+        DURABLE_EXCHANGE,
+        alt,
+    )
+    .await?;
+
+    // Dead letters.
+    ch.exchange_declare(
+        n.dead().into(),
+        ExchangeKind::Topic,
+        DURABLE_EXCHANGE,
+        none(),
+    )
+    .await?;
+    ch.queue_declare(n.dead().into(), DURABLE_QUEUE, none())
+        .await?;
+    ch.queue_bind(
+        n.dead().into(),
+        n.dead().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        none(),
+    )
+    .await?;
+
+    // Results.
+    ch.exchange_declare(
+        n.results().into(),
+        ExchangeKind::Topic,
+        DURABLE_EXCHANGE,
+        none(),
+    )
+    .await?;
+    if config.results.declare_queue {
+        ch.queue_declare(n.results().into(), DURABLE_QUEUE, none())
+            .await?;
+        ch.queue_bind(
+            n.results().into(),
+            n.results().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            none(),
+        )
+        .await?;
+    }
+
+    // Delayed retries: a headers exchange picks the delay queue by the
+    // `x-octopods-delay` header; the queue's TTL expires the message back
+    // through the default exchange to the routing key it was published with,
+    // which is the channel queue's name.
+    ch.exchange_declare(
+        n.retry_exchange().into(),
+        ExchangeKind::Headers,
+        DURABLE_EXCHANGE,
+        none(),
+    )
+    .await?;
+    for delay in retry_delays {
+        let q = n.retry_queue(*delay);
+        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let qargs = args(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
+            ("x-dead-letter-exchange", text("")),
+        ]);
+        ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
+            .await?;
+        let bind = args(&[
+            ("x-match", text("all")),
+            ("x-octopods-delay", text(&delay_label(*delay))),
+        ]);
+        ch.queue_bind(
+            q.as_str().into(),
+            n.retry_exchange().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            bind,
+        )
+        .await?;
+    }
+
+    // One quorum queue per channel.
+    for c in &config.channels {
+        let q = n.channel_queue(&c.name);
+        let qargs = args(&[
+            ("x-queue-type", text("quorum")),
+            ("x-single-active-consumer", AMQPValue::Boolean(true)),
+            (
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(i64::from(config.broker.delivery_limit)),
+            ),
+            ("x-dead-letter-exchange", text(&n.dead())),
+            (
+                "x-dead-letter-routing-key",
+                text(&format!("poison.{}", c.name)),
+            ),
+        ]);
+        ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
+            .await?;
+        ch.queue_bind(
+            q.as_str().into(),
+            n.jobs_exchange().into(),
+            c.name.as_str().into(),
+            QueueBindOptions::default(),
+            none(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_contract() {
+        let n = Names::new("octopods");
+        assert_eq!(n.jobs_exchange(), "octopods.jobs");
+        assert_eq!(n.channel_queue("store-eu"), "octopods.jobs.store-eu");
+        assert_eq!(
+            n.channel_of_queue("octopods.jobs.store-eu"),
+            Some("store-eu")
+        );
+        assert_eq!(n.unroutable(), "octopods.unroutable");
+        assert_eq!(n.dead(), "octopods.dead");
+        assert_eq!(n.results(), "octopods.results");
+        assert_eq!(n.retry_queue(Duration::from_secs(10)), "octopods.retry.10s");
+        assert_eq!(n.retry_queue(Duration::from_secs(60)), "octopods.retry.1m");
+        assert_eq!(
+            n.retry_queue(Duration::from_secs(1800)),
+            "octopods.retry.30m"
+        );
+        assert_eq!(
+            n.retry_queue(Duration::from_millis(1500)),
+            "octopods.retry.1500ms"
+        );
+    }
+}

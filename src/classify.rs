@@ -1,0 +1,343 @@
+//! The one place that decides what an Octopods answer means: sent, retry, or
+//! dead-letter (CONTRACT §4, octopods-api.md). It reads Octopods' error name
+//! first, then Meta error codes in the text, then the documented
+//! interactive-family `error_code`, then the HTTP status.
+
+use std::time::Duration;
+
+use crate::{
+    outcome::{Failure, OctopodsError, Outcome, Reason, Receipt, RetryCause},
+    telemetry::redact_phones,
+};
+
+/// What an answer means before the failure details are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    DeadLetter(Reason),
+    Retry(RetryCause),
+}
+
+/// Maps an HTTP answer from Octopods to an [`Outcome`].
+pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
+    if (200..300).contains(&status) {
+        return match serde_json::from_slice::<Receipt>(body) {
+            Ok(receipt) if !receipt.message_id.is_empty() => Outcome::Sent(receipt),
+            _ => Outcome::Retry {
+                cause: RetryCause::Unreadable,
+                after: None,
+                failure: Failure {
+                    message: format!("Octopods answered {status} without a message_id"),
+                    http_status: Some(status),
+                    octopods_error: None,
+                },
+            },
+        };
+    }
+    let error: Option<OctopodsError> = serde_json::from_slice::<OctopodsError>(body)
+        .ok()
+        .filter(|e| e.error.is_some() || e.error_code.is_some());
+    let verdict = verdict(status, error.as_ref());
+    let failure = Failure {
+        message: describe(status, error.as_ref(), body),
+        http_status: Some(status),
+        octopods_error: error.map(|mut e| {
+            e.error = e.error.map(|t| redact_phones(&t));
+            e
+        }),
+    };
+    match verdict {
+        Verdict::DeadLetter(reason) => Outcome::DeadLetter(reason, failure),
+        Verdict::Retry(cause) => Outcome::Retry {
+            cause,
+            after: retry_after.filter(|_| cause == RetryCause::RateLimited || status == 503),
+            failure,
+        },
+    }
+}
+
+fn verdict(status: u16, error: Option<&OctopodsError>) -> Verdict {
+    use Reason::*;
+    match status {
+        429 => return Verdict::Retry(RetryCause::RateLimited),
+        408 => return Verdict::Retry(RetryCause::Timeout),
+        500..=599 => return Verdict::Retry(RetryCause::ServerError),
+        400..=499 => {}
+        _ => return Verdict::Retry(RetryCause::Unreadable),
+    }
+    let text = error.and_then(|e| e.error.as_deref()).unwrap_or_default();
+    if let Some(v) = by_name(text) {
+        return v;
+    }
+    if let Some(v) = by_meta_code(text) {
+        return v;
+    }
+    if let Some(v) = error.and_then(|e| e.error_code).and_then(by_code) {
+        return v;
+    }
+    Verdict::DeadLetter(match status {
+        400 => Validation,
+        401 => Unauthorized,
+        403 => Forbidden,
+        _ => Rejected,
+    })
+}
+
+/// Octopods' documented error names, at the start of `error`.
+fn by_name(text: &str) -> Option<Verdict> {
+    let name = text
+        .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+        .next()
+        .unwrap_or_default();
+    let reason = match name {
+        "ARGUMENT_MISSING" | "TYPE_MISMATCH" | "VALIDATION" => Reason::Validation,
+        "OUTSIDE_WINDOW" => Reason::Window,
+        "UNAUTHORIZED" | "DEPRECATED_API_KEY" | "INVALID_API_KEY" => Reason::Unauthorized,
+        "INTERACTIVE_NOT_ENABLED" => Reason::Forbidden,
+        _ => return None,
+    };
+    Some(Verdict::DeadLetter(reason))
+}
+
+/// Meta Cloud API codes that surface in Octopods' error text.
+fn by_meta_code(text: &str) -> Option<Verdict> {
+    let has = |code: &str| {
+        text.match_indices(code).any(|(i, _)| {
+            let before = text[..i].chars().next_back();
+            let after = text[i + code.len()..].chars().next();
+            !before.is_some_and(|c| c.is_ascii_digit())
+                && !after.is_some_and(|c| c.is_ascii_digit())
+        })
+    };
+    if has("131047") {
+        Some(Verdict::DeadLetter(Reason::Window))
+    } else if has("131056") || has("130429") || has("131048") {
+        Some(Verdict::Retry(RetryCause::Throttled))
+    } else if has("131026") {
+        Some(Verdict::DeadLetter(Reason::Rejected))
+    } else {
+        None
+    }
+}
+
+/// Interactive-family `error_code`s (octopods-api.md's table).
+fn by_code(code: i64) -> Option<Verdict> {
+    let reason = match code {
+        1 | 2 | 7 => Reason::Validation,
+        8 => Reason::Window,
+        5 | 6 => Reason::Unauthorized,
+        9 => Reason::Forbidden,
+        _ => return None,
+    };
+    Some(Verdict::DeadLetter(reason))
+}
+
+fn describe(status: u16, error: Option<&OctopodsError>, body: &[u8]) -> String {
+    let detail = match error.and_then(|e| e.error.as_deref()) {
+        Some(text) => redact_phones(text),
+        None if body.is_empty() => "empty body".to_owned(),
+        None => {
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            redact_phones(text.trim())
+        }
+    };
+    format!("Octopods answered {status}: {detail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn err(code: i64, text: &str) -> Vec<u8> {
+        json!({"request_id": "req_1", "error_code": code, "error": text})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn kind(o: &Outcome) -> String {
+        match o {
+            Outcome::Sent(_) => "sent".into(),
+            Outcome::Retry { cause, .. } => format!("retry:{}", cause.as_str()),
+            Outcome::DeadLetter(r, _) => format!("dead:{}", r.as_str()),
+        }
+    }
+
+    /// CONTRACT §4 and octopods-api.md, row by row.
+    #[test]
+    fn outcomes_table() {
+        let ok = json!({"request_id": "req_1", "message_id": "msg_1", "message_status_url": "u",
+                        "phone_number": "+15551234567", "channel_message_id": "wamid.1"})
+        .to_string()
+        .into_bytes();
+        let rows: Vec<(&str, u16, Vec<u8>, &str)> = vec![
+            ("2xx with message_id", 200, ok.clone(), "sent"),
+            ("201 with message_id", 201, ok, "sent"),
+            (
+                "2xx without message_id",
+                200,
+                b"{}".to_vec(),
+                "retry:unreadable",
+            ),
+            ("2xx not JSON", 200, b"<html>".to_vec(), "retry:unreadable"),
+            (
+                "missing field",
+                400,
+                err(1, "ARGUMENT_MISSING: destination_phone"),
+                "dead:validation",
+            ),
+            (
+                "wrong shape",
+                400,
+                err(2, "TYPE_MISMATCH: action"),
+                "dead:validation",
+            ),
+            (
+                "limits",
+                400,
+                err(7, "VALIDATION: action.buttons: 4, limit 3"),
+                "dead:validation",
+            ),
+            (
+                "window by name",
+                400,
+                err(
+                    8,
+                    "OUTSIDE_WINDOW: the last inbound message is older than 24 hours; send a template",
+                ),
+                "dead:window",
+            ),
+            (
+                "window by code only",
+                400,
+                err(8, "something"),
+                "dead:window",
+            ),
+            (
+                "window from Meta 131047",
+                400,
+                err(99, "(#131047) Re-engagement message"),
+                "dead:window",
+            ),
+            (
+                "unauthorized 401",
+                401,
+                err(5, "UNAUTHORIZED: unknown key"),
+                "dead:unauthorized",
+            ),
+            (
+                "unauthorized 401 no body",
+                401,
+                Vec::new(),
+                "dead:unauthorized",
+            ),
+            (
+                "deprecated key 400",
+                400,
+                err(6, "DEPRECATED_API_KEY: rotate"),
+                "dead:unauthorized",
+            ),
+            (
+                "forbidden 403",
+                403,
+                err(9, "INTERACTIVE_NOT_ENABLED: ask support"),
+                "dead:forbidden",
+            ),
+            ("forbidden 403 no body", 403, Vec::new(), "dead:forbidden"),
+            ("429", 429, Vec::new(), "retry:rate_limited"),
+            ("408", 408, Vec::new(), "retry:timeout"),
+            ("500", 500, b"oops".to_vec(), "retry:server_error"),
+            ("502", 502, Vec::new(), "retry:server_error"),
+            ("503", 503, Vec::new(), "retry:server_error"),
+            ("504", 504, Vec::new(), "retry:server_error"),
+            (
+                "Meta 131056 pair rate",
+                400,
+                err(99, "(#131056) too many messages"),
+                "retry:throttled",
+            ),
+            (
+                "Meta 130429 throughput",
+                400,
+                err(99, "(#130429) rate limit hit"),
+                "retry:throttled",
+            ),
+            (
+                "Meta 131048 spam",
+                400,
+                err(99, "(#131048) spam rate limit"),
+                "retry:throttled",
+            ),
+            (
+                "Meta 131026 undeliverable",
+                400,
+                err(99, "(#131026) undeliverable"),
+                "dead:rejected",
+            ),
+            (
+                "unrecognised 400",
+                400,
+                err(42, "SOMETHING_NEW: ?"),
+                "dead:validation",
+            ),
+            ("400 no body", 400, Vec::new(), "dead:validation"),
+            ("404", 404, Vec::new(), "dead:rejected"),
+            ("409", 409, err(77, "conflict"), "dead:rejected"),
+            ("422", 422, Vec::new(), "dead:rejected"),
+            ("302", 302, Vec::new(), "retry:unreadable"),
+        ];
+        for (name, status, body, want) in rows {
+            assert_eq!(kind(&classify(status, None, &body)), want, "row {name}");
+        }
+    }
+
+    #[test]
+    fn name_wins_over_status() {
+        // A 401 whose body names a validation error is still read by its name.
+        let o = classify(401, None, &err(1, "ARGUMENT_MISSING: x"));
+        assert_eq!(kind(&o), "dead:validation");
+    }
+
+    #[test]
+    fn meta_code_must_stand_alone() {
+        let o = classify(400, None, &err(99, "order 1310470 failed"));
+        assert_eq!(kind(&o), "dead:validation");
+    }
+
+    #[test]
+    fn retry_after_is_kept_on_429() {
+        let o = classify(429, Some(Duration::from_secs(3)), b"");
+        assert!(matches!(o, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn octopods_error_is_carried_with_phones_masked() {
+        let o = classify(400, None, &err(1, "ARGUMENT_MISSING: bad +15551234567"));
+        let Outcome::DeadLetter(_, f) = o else {
+            panic!()
+        };
+        assert_eq!(f.http_status, Some(400));
+        let e = f.octopods_error.unwrap();
+        assert_eq!(e.request_id.as_deref(), Some("req_1"));
+        assert_eq!(e.error_code, Some(1));
+        assert_eq!(
+            e.error.as_deref(),
+            Some("ARGUMENT_MISSING: bad +1555***4567")
+        );
+        assert_eq!(
+            f.message,
+            "Octopods answered 400: ARGUMENT_MISSING: bad +1555***4567"
+        );
+    }
+
+    #[test]
+    fn sent_carries_the_receipt() {
+        let body =
+            json!({"request_id": "req_9", "message_id": "msg_9", "channel_message_id": "wamid.9"});
+        let Outcome::Sent(r) = classify(200, None, body.to_string().as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(r.message_id, "msg_9");
+        assert_eq!(r.channel_message_id.as_deref(), Some("wamid.9"));
+    }
+}

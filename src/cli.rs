@@ -1,0 +1,172 @@
+//! The command line (CONTRACT §6, §7): argument definitions and what each
+//! command does, in terms of the library's stages.
+
+use std::{io::Read, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{self, topology},
+    config::Config,
+    enqueue, results,
+    sandbox::{self, SandboxConfig},
+    telemetry::LogFormat,
+    worker::Worker,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "octopods-worker",
+    version,
+    about = "Sends WhatsApp interactive messages through Octopods from RabbitMQ jobs"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, short, env = "OCTOPODS_CONFIG", default_value = "worker.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume and send jobs until SIGTERM/SIGINT.
+    Run(ConfigArg),
+    /// Check the configuration (API keys included) and exit.
+    CheckConfig(ConfigArg),
+    /// Declare the broker topology and exit.
+    Topology(ConfigArg),
+    /// Run a stand-in Octopods server for tests and demos.
+    Sandbox(SandboxArgs),
+    /// Publish jobs (a JSON object or JSON lines) with confirms.
+    Enqueue(EnqueueArgs),
+    /// Print result events from <prefix>.results as JSON lines (consumes them).
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Delay before every answer, e.g. `200ms`.
+    #[arg(long, default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// An accepted API key (repeatable); without any, every non-empty key is accepted.
+    #[arg(long = "api-key")]
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Channel for every job; else each job's own `channel` field.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// File of jobs, or `-` for stdin.
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Stop after this long without an event.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Runs a command. `shutdown` is cancelled on SIGTERM/SIGINT.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(a) => {
+            let config = Config::load(&a.config)?;
+            let worker = Worker::build(config).await?;
+            tracing::info!(http = %worker.http_addr(), "metrics and health endpoints listening");
+            worker.run(shutdown).await?;
+        }
+        Command::CheckConfig(a) => {
+            let config = Config::load(&a.config)?;
+            config.api_keys()?;
+            println!(
+                "{}: ok ({} channels: {})",
+                a.config.display(),
+                config.channels.len(),
+                config
+                    .channels
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Command::Topology(a) => {
+            let config = Config::load(&a.config)?;
+            let conn = broker::connect(&config.broker.url, "topology")
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot connect to {}",
+                        broker::redact_url(&config.broker.url)
+                    )
+                })?;
+            let ch = conn.create_channel().await?;
+            topology::declare(&ch, &config, &[])
+                .await
+                .context("cannot declare the topology")?;
+            drop(conn.close(200, "OK".into()).await);
+            println!("topology declared with prefix {:?}", config.broker.prefix);
+        }
+        Command::Sandbox(a) => {
+            let config = SandboxConfig {
+                listen: a.listen,
+                latency: a.latency,
+                api_keys: a.api_keys,
+            };
+            sandbox::run(config, shutdown)
+                .await
+                .with_context(|| format!("sandbox: cannot listen on {}", a.listen))?;
+        }
+        Command::Enqueue(a) => {
+            let config = Config::load(&a.config.config)?;
+            let mut input = String::new();
+            if a.file.as_os_str() == "-" {
+                std::io::stdin()
+                    .read_to_string(&mut input)
+                    .context("cannot read stdin")?;
+            } else {
+                input = std::fs::read_to_string(&a.file)
+                    .with_context(|| format!("cannot read {}", a.file.display()))?;
+            }
+            let jobs = enqueue::read_jobs(&input, a.channel.as_deref(), &config)?;
+            let n = enqueue::publish(&config, &jobs).await?;
+            eprintln!(
+                "published {n} job(s) to {}.jobs (confirmed by the broker)",
+                config.broker.prefix
+            );
+        }
+        Command::Events(a) => {
+            let config = Config::load(&a.config.config)?;
+            let mut out = std::io::stdout().lock();
+            let n = results::tail(&config, a.count, a.timeout, &mut out).await?;
+            eprintln!("{n} event(s)");
+            if a.count.is_some_and(|c| n < c) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

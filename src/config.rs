@@ -1,0 +1,553 @@
+//! Typed configuration: the TOML file, the `AMQP_URL` override, and the
+//! channel API keys read from the environment or a file.
+//!
+//! Every field documents its default and unit. Unknown keys are errors. API keys
+//! live in [`SecretString`] and never print.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub octopods: OctopodsConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub results: ResultsConfig,
+    #[serde(default)]
+    pub dlq: DlqConfig,
+    /// The WhatsApp channels this deployment sends for. At least one.
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// `[broker]`: where RabbitMQ is and how the topology is named.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// AMQP URL. Default `amqp://guest:guest@127.0.0.1:5672/%2f`; the `AMQP_URL`
+    /// environment variable overrides it.
+    pub url: String,
+    /// Prefix of every exchange and queue name. Default `octopods`.
+    pub prefix: String,
+    /// Unacknowledged deliveries per channel queue. Default 64. Capped per channel
+    /// so a delivery never waits for its rate limit longer than a fraction of
+    /// `consumer_timeout` (see [`ChannelConfig::effective_prefetch`]).
+    pub prefetch: u16,
+    /// RabbitMQ's consumer acknowledgement timeout (its `consumer_timeout`
+    /// setting). Default `30m`. Used to cap prefetch and the retry budget.
+    #[serde(with = "humantime_serde")]
+    pub consumer_timeout: Duration,
+    /// `x-delivery-limit` of the channel queues: deliveries after which RabbitMQ
+    /// dead-letters a job as `poison`. Default 20.
+    pub delivery_limit: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "octopods".into(),
+            prefetch: 64,
+            consumer_timeout: Duration::from_secs(30 * 60),
+            delivery_limit: 20,
+        }
+    }
+}
+
+/// `[octopods]`: the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OctopodsConfig {
+    /// Base URL of the Octopods API. Default `https://api.octopods.io`.
+    pub base_url: String,
+    /// Timeout of one HTTP request, connect included. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for OctopodsConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.octopods.io".into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[retry]`: in-process retries of transient failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts per job in all, the first included. Default 8.
+    pub max_attempts: u32,
+    /// Time from the first attempt after which no new attempt starts. Default `10m`.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Duration,
+    /// First backoff interval, before jitter (±50 %). Default `500ms`; doubles
+    /// each attempt.
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    /// Longest backoff interval. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(600),
+            initial_interval: Duration::from_millis(500),
+            max_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[http]`: the metrics and health endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`. Default `0.0.0.0:9464`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+/// `[worker]`: process lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// On SIGTERM, how long jobs in flight may take to finish. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    /// How many recently sent `job_id`s are remembered, so a redelivered job
+    /// is not sent twice. Default 10000.
+    pub dedup_capacity: usize,
+    /// How long a sent `job_id` is remembered. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            grace_period: Duration::from_secs(30),
+            dedup_capacity: 10_000,
+            dedup_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[results]`: the result-event stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResultsConfig {
+    /// Declare the durable queue `<prefix>.results` bound `#`. Default true;
+    /// switch off when consumers bind their own queues.
+    pub declare_queue: bool,
+}
+
+impl Default for ResultsConfig {
+    fn default() -> Self {
+        Self {
+            declare_queue: true,
+        }
+    }
+}
+
+/// `[dlq]`: dead-letter operations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// A job replayed this many times is not replayed again. Default 5.
+    pub max_replays: u32,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self { max_replays: 5 }
+    }
+}
+
+/// Which WhatsApp provider backs a channel; `flow` and `catalog_message`
+/// exist only on the Cloud API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    #[default]
+    CloudApi,
+    Twilio,
+}
+
+/// `[[channels]]`: one WhatsApp channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Channel name: the routing key and queue suffix. `[a-z0-9_-]`, 1–64.
+    pub name: String,
+    /// Environment variable holding the channel's API key.
+    pub api_key_env: Option<String>,
+    /// File holding the channel's API key (surrounding whitespace trimmed).
+    pub api_key_file: Option<PathBuf>,
+    /// `cloud_api` (default) or `twilio`.
+    #[serde(default)]
+    pub provider: Provider,
+    /// Sends per second for the whole deployment. Required, > 0; fractions allowed.
+    pub rate_per_second: f64,
+    /// Sends allowed at once above the steady rate. Default 1.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+/// A channel's API key. Never printed, never logged.
+#[derive(Clone)]
+pub struct ApiKey(SecretString);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(SecretString::from(key.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+impl ChannelConfig {
+    /// Prefetch for this channel: the configured prefetch, capped so the last
+    /// prefetched delivery waits at most a quarter of the consumer timeout for
+    /// its turn at the rate limit (a quarter leaves room for retries).
+    pub fn effective_prefetch(&self, broker: &BrokerConfig) -> u16 {
+        let budget = broker.consumer_timeout.as_secs_f64() / 4.0;
+        let cap = (self.rate_per_second * budget).floor() + f64::from(self.burst);
+        let cap = cap.clamp(1.0, f64::from(u16::MAX)) as u16;
+        broker.prefetch.min(cap).max(1)
+    }
+
+    /// Reads the API key from the environment or the file.
+    pub fn api_key(&self, index: usize) -> Result<ApiKey, ConfigError> {
+        let key = match (&self.api_key_env, &self.api_key_file) {
+            (Some(var), None) => {
+                let k = format!("channels[{index}].api_key_env");
+                std::env::var(var)
+                    .map_err(|_| invalid(k, format!("environment variable {var} is not set")))?
+            }
+            (None, Some(path)) => {
+                let k = format!("channels[{index}].api_key_file");
+                std::fs::read_to_string(path)
+                    .map_err(|e| invalid(k, format!("cannot read {}: {e}", path.display())))?
+            }
+            _ => {
+                return Err(invalid(
+                    format!("channels[{index}]"),
+                    "set exactly one of api_key_env and api_key_file",
+                ));
+            }
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(invalid(
+                format!("channels[{index}] ({})", self.name),
+                "the API key is empty",
+            ));
+        }
+        Ok(ApiKey::new(key))
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks a config file, then applies `AMQP_URL`.
+    /// API keys are not read here: see [`Config::api_keys`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        if let Ok(url) = std::env::var("AMQP_URL")
+            && !url.trim().is_empty()
+        {
+            config.broker.url = url;
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks configuration text (no environment applied).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !self.broker.url.starts_with("amqp://") && !self.broker.url.starts_with("amqps://") {
+            return Err(invalid("broker.url", "must start with amqp:// or amqps://"));
+        }
+        check_name("broker.prefix", &self.broker.prefix, 100)?;
+        if self.broker.prefetch == 0 {
+            return Err(invalid("broker.prefetch", "must be at least 1"));
+        }
+        if self.broker.delivery_limit <= self.retry.max_attempts {
+            return Err(invalid(
+                "broker.delivery_limit",
+                format!(
+                    "must be above retry.max_attempts ({}), or RabbitMQ would poison jobs the worker still retries",
+                    self.retry.max_attempts
+                ),
+            ));
+        }
+        if !self.octopods.base_url.starts_with("http://")
+            && !self.octopods.base_url.starts_with("https://")
+        {
+            return Err(invalid(
+                "octopods.base_url",
+                "must start with http:// or https://",
+            ));
+        }
+        if self.octopods.timeout.is_zero() {
+            return Err(invalid("octopods.timeout", "must be above zero"));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.retry.max_elapsed >= self.broker.consumer_timeout / 2 {
+            return Err(invalid(
+                "retry.max_elapsed",
+                "must be under half of broker.consumer_timeout, or RabbitMQ may close the channel mid-retry",
+            ));
+        }
+        if self.channels.is_empty() {
+            return Err(invalid("channels", "configure at least one [[channels]]"));
+        }
+        let mut seen = HashSet::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            check_name(&format!("channels[{i}].name"), &ch.name, 64)?;
+            if !seen.insert(ch.name.as_str()) {
+                return Err(invalid(
+                    format!("channels[{i}].name"),
+                    format!("channel {} is configured twice", ch.name),
+                ));
+            }
+            if !(ch.rate_per_second.is_finite() && ch.rate_per_second > 0.0) {
+                return Err(invalid(
+                    format!("channels[{i}].rate_per_second"),
+                    "must be a number above zero",
+                ));
+            }
+            if ch.burst == 0 {
+                return Err(invalid(
+                    format!("channels[{i}].burst"),
+                    "must be at least 1",
+                ));
+            }
+            if ch.api_key_env.is_some() == ch.api_key_file.is_some() {
+                return Err(invalid(
+                    format!("channels[{i}]"),
+                    "set exactly one of api_key_env and api_key_file",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every channel's API key, in channel order.
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>, ConfigError> {
+        self.channels
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| ch.api_key(i))
+            .collect()
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+fn check_name(key: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if value.is_empty() || value.len() > max || !ok_chars {
+        return Err(invalid(
+            key,
+            format!("{value:?} must be 1-{max} characters of a-z, 0-9, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[channels]]
+name = "store-eu"
+api_key_env = "SOME_VAR"
+rate_per_second = 20
+burst = 5
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.broker.prefix, "octopods");
+        assert_eq!(c.broker.prefetch, 64);
+        assert_eq!(c.octopods.timeout, Duration::from_secs(10));
+        assert_eq!(c.retry.max_attempts, 8);
+        assert_eq!(c.retry.max_elapsed, Duration::from_secs(600));
+        assert_eq!(c.http.listen.port(), 9464);
+        assert_eq!(c.channels[0].provider, Provider::CloudApi);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml(&format!("{MINIMAL}\n[retry]\nmax_atempts = 3\n")).unwrap_err();
+        assert!(err.to_string().contains("max_atempts"), "{err}");
+    }
+
+    #[test]
+    fn both_key_sources_is_an_error_naming_the_channel() {
+        let text = MINIMAL.replace(
+            "api_key_env = \"SOME_VAR\"",
+            "api_key_env = \"A\"\napi_key_file = \"/x\"",
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "channels[0]: set exactly one of api_key_env and api_key_file"
+        );
+    }
+
+    #[test]
+    fn zero_rate_is_rejected() {
+        let err = Config::from_toml(&MINIMAL.replace("= 20", "= 0")).unwrap_err();
+        assert!(err.to_string().starts_with("channels[0].rate_per_second"));
+    }
+
+    #[test]
+    fn duplicate_channel_is_rejected() {
+        let text = format!("{MINIMAL}{MINIMAL}");
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(err.to_string().contains("configured twice"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_a_parse_error() {
+        let err =
+            Config::from_toml(&format!("[octopods]\ntimeout = \"ten\"\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_key_names_variable_not_value() {
+        let c =
+            Config::from_toml(&MINIMAL.replace("SOME_VAR", "OCTOPODS_TEST_SURELY_UNSET")).unwrap();
+        let err = c.api_keys().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "channels[0].api_key_env: environment variable OCTOPODS_TEST_SURELY_UNSET is not set"
+        );
+    }
+
+    #[test]
+    fn key_file_is_trimmed_and_never_debug_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "s3cret-key\n").unwrap();
+        let text = MINIMAL.replace(
+            "api_key_env = \"SOME_VAR\"",
+            &format!("api_key_file = {:?}", path.display().to_string()),
+        );
+        let c = Config::from_toml(&text).unwrap();
+        let keys = c.api_keys().unwrap();
+        assert_eq!(keys[0].expose(), "s3cret-key");
+        assert!(!format!("{:?}", keys[0]).contains("s3cret"));
+    }
+
+    #[test]
+    fn slow_channel_prefetch_is_capped_by_consumer_timeout() {
+        let mut c = Config::from_toml(MINIMAL).unwrap();
+        c.channels[0].rate_per_second = 0.01;
+        c.channels[0].burst = 1;
+        // 0.01/s × 450 s = 4.5 → 4, plus the burst of 1.
+        assert_eq!(c.channels[0].effective_prefetch(&c.broker), 5);
+        c.channels[0].rate_per_second = 100.0;
+        assert_eq!(c.channels[0].effective_prefetch(&c.broker), 64);
+    }
+
+    #[test]
+    fn delivery_limit_must_exceed_attempts() {
+        let err =
+            Config::from_toml(&format!("[broker]\ndelivery_limit = 8\n{MINIMAL}")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("broker.delivery_limit"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! Consuming a channel queue and taking each delivery through the pipeline:
+//! parse ([`job`](crate::job)) → already sent? ([`dedup`](crate::dedup)) →
+//! attempts ([`send`](crate::send)) → [`settle`](crate::settle).
+//!
+//! Concurrency is bounded by the channel's prefetch: the broker never hands
+//! this consumer more unacked deliveries than that, and each runs as one task.
+
+use std::{sync::Arc, time::Instant};
+
+use futures_util::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
+use time::OffsetDateTime;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, error, field::Empty, info, info_span, warn};
+
+use crate::{
+    broker::headers,
+    config::{ApiKey, ChannelConfig, Config},
+    dedup::Dedup,
+    events::{DeadLetteredEvent, SentEvent},
+    job::{Echo, Job},
+    limit::Limiter,
+    metrics::{Completion, Metrics},
+    octopods::Client,
+    outcome::{Failure, Reason},
+    send::{self, Final, Target},
+    settle::{self, Settler},
+};
+
+/// A configured channel at run time.
+pub struct ChannelState {
+    pub config: ChannelConfig,
+    pub key: ApiKey,
+    pub limiter: Limiter,
+    pub prefetch: u16,
+}
+
+/// What every delivery's task shares.
+pub struct Shared {
+    pub config: Config,
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub dedup: Dedup,
+}
+
+/// Why a consumer stopped.
+#[derive(Debug)]
+pub enum Stopped {
+    /// Asked to stop.
+    Cancelled,
+    /// The broker channel or connection failed.
+    Broker(lapin::Error),
+    /// The broker cancelled the consumer (queue deleted).
+    ConsumerEnded,
+}
+
+/// Consumes `queue` until cancelled or the broker fails. Each delivery runs on
+/// `tracker`; the consumer itself is cancelled on the broker before returning.
+pub async fn consume(
+    amqp: lapin::Channel,
+    queue: String,
+    channel: Arc<ChannelState>,
+    shared: Arc<Shared>,
+    settler: Arc<Settler>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) -> Stopped {
+    if let Err(e) = amqp
+        .basic_qos(channel.prefetch, BasicQosOptions::default())
+        .await
+    {
+        return Stopped::Broker(e);
+    }
+    let tag = format!(
+        "octopods-worker-{}-{}",
+        std::process::id(),
+        channel.config.name
+    );
+    let mut consumer = match amqp
+        .basic_consume(
+            queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return Stopped::Broker(e),
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => {
+                // Stop taking jobs; those in flight still settle on this channel.
+                drop(amqp.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await);
+                return Stopped::Cancelled;
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let (ch, sh, st) = (channel.clone(), shared.clone(), settler.clone());
+                    tracker.spawn(async move { handle(delivery, &ch, &sh, &st).await });
+                }
+                Some(Err(e)) => return Stopped::Broker(e),
+                None => return Stopped::ConsumerEnded,
+            }
+        }
+    }
+}
+
+/// One delivery, from receipt to ack.
+pub async fn handle(
+    delivery: Delivery,
+    channel: &ChannelState,
+    shared: &Shared,
+    settler: &Settler,
+) {
+    let name = channel.config.name.as_str();
+    let span = info_span!("job", job_id = Empty, channel = name, attempt = Empty);
+    async {
+        let received = Instant::now();
+        shared.metrics.received(name);
+        let prior = headers::attempts(&delivery.properties);
+        let job = match Job::parse(&delivery.data, name, channel.config.provider) {
+            Ok(job) => job,
+            Err(rejection) => {
+                if let Some(id) = &rejection.echo.job_id {
+                    tracing::Span::current().record("job_id", id.as_str());
+                }
+                let failure = Failure::local(rejection.message);
+                let attempts = prior.max(1);
+                dead_letter(
+                    &delivery,
+                    channel,
+                    shared,
+                    settler,
+                    rejection.reason,
+                    failure,
+                    *rejection.echo,
+                    attempts,
+                    received,
+                )
+                .await;
+                return;
+            }
+        };
+        tracing::Span::current().record("job_id", job.id.as_str());
+        if let Some(event) = shared.dedup.sent_event(name, job.id.as_str()) {
+            info!("already sent by this worker; re-publishing its sent event instead");
+            shared.metrics.duplicate_suppressed(name);
+            settle_sent(
+                &delivery,
+                channel,
+                shared,
+                settler,
+                job.id.as_str(),
+                &event,
+                received,
+            )
+            .await;
+            return;
+        }
+        let target = Target {
+            channel: name,
+            key: &channel.key,
+            limiter: &channel.limiter,
+        };
+        let (result, attempts) = send::attempt(
+            &job,
+            &target,
+            prior,
+            &shared.client,
+            &shared.config.retry,
+            &shared.metrics,
+        )
+        .await;
+        match result {
+            Final::Sent(receipt) => {
+                let event = SentEvent::new(
+                    job.id.as_str(),
+                    name,
+                    job.phone.as_str(),
+                    receipt,
+                    attempts,
+                    job.metadata.clone(),
+                    OffsetDateTime::now_utc(),
+                );
+                let body = serde_json::to_vec(&event).unwrap_or_default();
+                // Remember before publishing: if the broker goes away now, the
+                // redelivered job re-publishes this event instead of re-sending.
+                shared.dedup.remember(name, job.id.as_str(), body.clone());
+                settle_sent(
+                    &delivery,
+                    channel,
+                    shared,
+                    settler,
+                    job.id.as_str(),
+                    &body,
+                    received,
+                )
+                .await;
+            }
+            Final::DeadLetter(reason, failure) => {
+                dead_letter(
+                    &delivery,
+                    channel,
+                    shared,
+                    settler,
+                    reason,
+                    failure,
+                    job.echo(),
+                    attempts,
+                    received,
+                )
+                .await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn settle_sent(
+    delivery: &Delivery,
+    channel: &ChannelState,
+    shared: &Shared,
+    settler: &Settler,
+    job_id: &str,
+    event: &[u8],
+    received: Instant,
+) {
+    let name = channel.config.name.as_str();
+    let correlation = settle::correlation_id(delivery, Some(job_id));
+    match settler
+        .publish_event("sent", name, event, &correlation)
+        .await
+    {
+        Ok(routed) => {
+            if !routed {
+                warn!(
+                    event = "sent",
+                    "result event was unroutable: no queue bound to the results exchange"
+                );
+                shared.metrics.event_unroutable(name, "sent");
+            }
+            finish(delivery, shared, name, Completion::Sent, None, received).await;
+        }
+        Err(e) => give_back(delivery, shared, name, &e.to_string()).await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    delivery: &Delivery,
+    channel: &ChannelState,
+    shared: &Shared,
+    settler: &Settler,
+    reason: Reason,
+    failure: Failure,
+    echo: Echo,
+    attempts: u32,
+    received: Instant,
+) {
+    let name = channel.config.name.as_str();
+    let event = DeadLetteredEvent::new(
+        echo.job_id,
+        name,
+        reason,
+        &failure,
+        attempts,
+        echo.metadata,
+        OffsetDateTime::now_utc(),
+    );
+    match settler.dead_letter(delivery, name, &event, &failure).await {
+        Ok(routed) => {
+            if !routed {
+                warn!(
+                    event = "dead_lettered",
+                    "result event was unroutable: no queue bound to the results exchange"
+                );
+                shared.metrics.event_unroutable(name, "dead_lettered");
+            }
+            shared.metrics.dead_lettered(name, reason);
+            finish(
+                delivery,
+                shared,
+                name,
+                Completion::DeadLettered,
+                Some((reason, &failure)),
+                received,
+            )
+            .await;
+        }
+        Err(e) => give_back(delivery, shared, name, &e.to_string()).await,
+    }
+}
+
+async fn finish(
+    delivery: &Delivery,
+    shared: &Shared,
+    channel: &str,
+    completion: Completion,
+    failure: Option<(Reason, &Failure)>,
+    received: Instant,
+) {
+    let took = received.elapsed();
+    if let Err(e) = settle::ack(delivery).await {
+        // Everything was published; the job will come back and, if it was
+        // sent, the dedup memory re-publishes its event.
+        warn!(error = %e, "ack failed after settle; the broker will redeliver");
+        shared.metrics.abandoned(channel);
+        return;
+    }
+    shared.metrics.completed(channel, completion, took);
+    match failure {
+        None => info!(
+            outcome = completion.as_str(),
+            duration_ms = took.as_millis() as u64,
+            "job settled"
+        ),
+        Some((reason, f)) => info!(
+            outcome = completion.as_str(),
+            reason = reason.as_str(),
+            error = %f.message,
+            duration_ms = took.as_millis() as u64,
+            "job settled"
+        ),
+    }
+}
+
+async fn give_back(delivery: &Delivery, shared: &Shared, channel: &str, error: &str) {
+    error!(
+        error,
+        "could not publish the job's result; returning it to the queue"
+    );
+    shared.metrics.abandoned(channel);
+    if let Err(e) = settle::requeue(delivery).await {
+        warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+    }
+}

@@ -1,0 +1,116 @@
+//! Per-channel rate limits (`governor`): a job waits for its channel's next
+//! slot instead of being rejected, and a 429 pauses the whole channel for its
+//! `Retry-After`.
+//!
+//! One limiter per channel per process. Across replicas the budget holds
+//! because each channel queue has a single active consumer (CONTRACT §8).
+
+use std::{num::NonZeroU32, sync::Mutex, time::Duration};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+
+/// Builds the quota for `rate_per_second` (fractions allowed) and `burst`.
+pub fn quota(rate_per_second: f64, burst: u32) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / rate_per_second.max(1e-6));
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst)
+}
+
+/// A channel's limiter.
+pub struct Limiter {
+    governor: DefaultDirectRateLimiter,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Limiter {
+    pub fn new(rate_per_second: f64, burst: u32) -> Self {
+        Self {
+            governor: RateLimiter::direct(quota(rate_per_second, burst)),
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// Waits for the channel's next slot; returns how long it waited.
+    pub async fn ready(&self) -> Duration {
+        let started = Instant::now();
+        loop {
+            if let Some(until) = self.pause_deadline() {
+                tokio::time::sleep_until(until).await;
+            }
+            self.governor.until_ready().await;
+            // A 429 may have paused the channel while we waited for the slot.
+            if self.pause_deadline().is_none() {
+                return started.elapsed();
+            }
+        }
+    }
+
+    /// Holds every job of the channel back for `pause` (from a 429's `Retry-After`).
+    pub fn pause(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        if let Ok(mut p) = self.paused_until.lock() {
+            *p = Some(p.map_or(until, |cur| cur.max(until)));
+        }
+    }
+
+    fn pause_deadline(&self) -> Option<Instant> {
+        let mut p = self.paused_until.lock().ok()?;
+        match *p {
+            Some(until) if until > Instant::now() => Some(until),
+            _ => {
+                *p = None;
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+
+    fn admitted_over(rate: f64, burst: u32, seconds: u64) -> u32 {
+        let clock = FakeRelativeClock::default();
+        let limiter = RateLimiter::direct_with_clock(quota(rate, burst), clock.clone());
+        let mut admitted = 0;
+        // Step through `seconds` of fake time in 10 ms steps, both ends included.
+        for _ in 0..=seconds * 100 {
+            while limiter.check().is_ok() {
+                admitted += 1;
+            }
+            clock.advance(Duration::from_millis(10));
+        }
+        admitted
+    }
+
+    #[test]
+    fn ten_per_second_with_burst_one_admits_rate_times_t_plus_burst() {
+        // 10 s at 10/s: 100 slots after the first, plus the burst of 1.
+        assert_eq!(admitted_over(10.0, 1, 10), 101);
+    }
+
+    #[test]
+    fn burst_is_available_at_once() {
+        assert_eq!(admitted_over(20.0, 5, 0), 5);
+    }
+
+    #[test]
+    fn fractional_rates_work() {
+        // One every 2 s: at 0, 2, 4, 6, 8, 10.
+        assert_eq!(admitted_over(0.5, 1, 10), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_the_channel_back() {
+        let limiter = Limiter::new(1000.0, 10);
+        limiter.pause(Duration::from_secs(3));
+        let waited = limiter.ready().await;
+        assert!(waited >= Duration::from_secs(3), "{waited:?}");
+        assert!(limiter.ready().await < Duration::from_millis(10));
+    }
+}

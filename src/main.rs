@@ -1,0 +1,46 @@
+//! Wiring only: parse the command line, set up logging, turn SIGTERM/SIGINT
+//! into a cancellation (a second signal exits at once), run the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use octopods_worker::{cli, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    telemetry::init(cli.log_format);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signals(shutdown.clone()));
+    match cli::run(cli, shutdown).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("error: cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received: shutting down (again to exit at once)");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("second signal: exiting now; unfinished jobs will be redelivered");
+    std::process::exit(130);
+}

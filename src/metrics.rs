@@ -1,0 +1,331 @@
+//! The Prometheus registry and one method per thing that happens (CONTRACT §9).
+//! Label values come from closed enums or configured channel names; never a
+//! phone number or a key.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::outcome::{Reason, RetryCause};
+
+/// Where a job ended, for `octopods_jobs_completed_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    Sent,
+    DeadLettered,
+}
+
+impl Completion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Completion::Sent => "sent",
+            Completion::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    received: IntCounterVec,
+    completed: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    retries: IntCounterVec,
+    api_requests: IntCounterVec,
+    api_duration: HistogramVec,
+    job_duration: HistogramVec,
+    limit_wait: HistogramVec,
+    in_flight: IntGaugeVec,
+    broker_connected: IntGauge,
+    broker_reconnects: IntCounter,
+    events_unroutable: IntCounterVec,
+    duplicates_suppressed: IntCounterVec,
+}
+
+const API_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+const JOB_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c =
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    c
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    h
+}
+
+impl Metrics {
+    /// Builds the registry. Metric definitions are constants, so a failure
+    /// here is a programming error caught by every test.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "octopods_jobs_in_flight",
+                "Jobs received and not yet settled.",
+            ),
+            &["channel"],
+        )
+        .unwrap_or_else(|e| panic!("in_flight: {e}"));
+        let broker_connected = IntGauge::new(
+            "octopods_broker_connected",
+            "1 while connected to RabbitMQ and consuming, else 0.",
+        )
+        .unwrap_or_else(|e| panic!("broker_connected: {e}"));
+        let broker_reconnects = IntCounter::new(
+            "octopods_broker_reconnects_total",
+            "Broker connections re-established after a loss.",
+        )
+        .unwrap_or_else(|e| panic!("broker_reconnects: {e}"));
+        let build_info = IntGaugeVec::new(
+            Opts::new("octopods_worker_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| panic!("build_info: {e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for c in [
+            Box::new(in_flight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(broker_connected.clone()),
+            Box::new(broker_reconnects.clone()),
+            Box::new(build_info),
+        ] {
+            r.register(c).unwrap_or_else(|e| panic!("register: {e}"));
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            // Process metrics are a bonus; a registry without them still works.
+            drop(r.register(Box::new(pc)));
+        }
+        Self {
+            received: counter(
+                r,
+                "octopods_jobs_received_total",
+                "Jobs delivered to this worker.",
+                &["channel"],
+            ),
+            completed: counter(
+                r,
+                "octopods_jobs_completed_total",
+                "Jobs settled, by outcome (sent or dead_lettered).",
+                &["channel", "outcome"],
+            ),
+            dead_lettered: counter(
+                r,
+                "octopods_dead_lettered_total",
+                "Jobs moved to the dead-letter queue, by reason.",
+                &["channel", "reason"],
+            ),
+            retries: counter(
+                r,
+                "octopods_retries_total",
+                "Attempts retried after a transient failure, by cause.",
+                &["channel", "cause"],
+            ),
+            api_requests: counter(
+                r,
+                "octopods_api_requests_total",
+                "Requests to Octopods, by HTTP status or `error`.",
+                &["channel", "status"],
+            ),
+            api_duration: histogram(
+                r,
+                "octopods_api_request_duration_seconds",
+                "Duration of one Octopods request.",
+                &["channel"],
+                API_BUCKETS,
+            ),
+            job_duration: histogram(
+                r,
+                "octopods_job_duration_seconds",
+                "Time from receipt to settle.",
+                &["channel", "outcome"],
+                JOB_BUCKETS,
+            ),
+            limit_wait: histogram(
+                r,
+                "octopods_rate_limit_wait_seconds",
+                "Time a job waited for its channel's rate limit.",
+                &["channel"],
+                WAIT_BUCKETS,
+            ),
+            events_unroutable: counter(
+                r,
+                "octopods_events_unroutable_total",
+                "Result events returned by the broker as unroutable.",
+                &["channel", "event"],
+            ),
+            duplicates_suppressed: counter(
+                r,
+                "octopods_duplicates_suppressed_total",
+                "Jobs already sent by this process whose sent event was re-published instead.",
+                &["channel"],
+            ),
+            in_flight,
+            broker_connected,
+            broker_reconnects,
+            registry,
+        }
+    }
+
+    /// Makes every per-channel series exist at zero, so dashboards and
+    /// `rate()` see the channel before its first job.
+    pub fn register_channel(&self, channel: &str) {
+        self.received.with_label_values(&[channel]);
+        self.in_flight.with_label_values(&[channel]);
+        for c in [Completion::Sent, Completion::DeadLettered] {
+            self.completed.with_label_values(&[channel, c.as_str()]);
+        }
+    }
+
+    pub fn received(&self, channel: &str) {
+        self.received.with_label_values(&[channel]).inc();
+        self.in_flight.with_label_values(&[channel]).inc();
+    }
+
+    /// A job left the worker's hands without settling (shutdown, broker loss).
+    pub fn abandoned(&self, channel: &str) {
+        self.in_flight.with_label_values(&[channel]).dec();
+    }
+
+    pub fn completed(&self, channel: &str, completion: Completion, took: Duration) {
+        self.completed
+            .with_label_values(&[channel, completion.as_str()])
+            .inc();
+        self.job_duration
+            .with_label_values(&[channel, completion.as_str()])
+            .observe(took.as_secs_f64());
+        self.in_flight.with_label_values(&[channel]).dec();
+    }
+
+    pub fn dead_lettered(&self, channel: &str, reason: Reason) {
+        self.dead_lettered
+            .with_label_values(&[channel, reason.as_str()])
+            .inc();
+    }
+
+    pub fn retried(&self, channel: &str, cause: RetryCause) {
+        self.retries
+            .with_label_values(&[channel, cause.as_str()])
+            .inc();
+    }
+
+    pub fn api_request(&self, channel: &str, status: Option<u16>, took: Duration) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.api_requests
+            .with_label_values(&[channel, &status])
+            .inc();
+        self.api_duration
+            .with_label_values(&[channel])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn waited_for_limit(&self, channel: &str, waited: Duration) {
+        self.limit_wait
+            .with_label_values(&[channel])
+            .observe(waited.as_secs_f64());
+    }
+
+    pub fn broker_connected(&self, up: bool) {
+        self.broker_connected.set(i64::from(up));
+    }
+
+    pub fn broker_reconnected(&self) {
+        self.broker_reconnects.inc();
+    }
+
+    pub fn event_unroutable(&self, channel: &str, event: &str) {
+        self.events_unroutable
+            .with_label_values(&[channel, event])
+            .inc();
+    }
+
+    pub fn duplicate_suppressed(&self, channel: &str) {
+        self.duplicates_suppressed
+            .with_label_values(&[channel])
+            .inc();
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_metric_names_are_exposed() {
+        let m = Metrics::new();
+        m.register_channel("c");
+        m.received("c");
+        m.dead_lettered("c", Reason::Window);
+        m.retried("c", RetryCause::ServerError);
+        m.api_request("c", Some(200), Duration::from_millis(5));
+        m.api_request("c", None, Duration::from_millis(5));
+        m.waited_for_limit("c", Duration::ZERO);
+        m.completed("c", Completion::Sent, Duration::from_millis(9));
+        let text = m.render();
+        for name in [
+            "octopods_jobs_received_total{channel=\"c\"} 1",
+            "octopods_jobs_completed_total{channel=\"c\",outcome=\"sent\"} 1",
+            "octopods_jobs_completed_total{channel=\"c\",outcome=\"dead_lettered\"} 0",
+            "octopods_dead_lettered_total{channel=\"c\",reason=\"window\"} 1",
+            "octopods_retries_total{cause=\"server_error\",channel=\"c\"} 1",
+            "octopods_api_requests_total{channel=\"c\",status=\"200\"} 1",
+            "octopods_api_requests_total{channel=\"c\",status=\"error\"} 1",
+            "octopods_api_request_duration_seconds_bucket",
+            "octopods_job_duration_seconds_bucket",
+            "octopods_rate_limit_wait_seconds_bucket",
+            "octopods_jobs_in_flight{channel=\"c\"} 0",
+            "octopods_broker_connected 0",
+            "octopods_broker_reconnects_total 0",
+            "octopods_worker_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The Octopods HTTP client: one pooled `reqwest` client, one request per
+//! attempt, answers handed to [`classify`] and transport errors mapped to
+//! retries. The API key goes only into the `X-Octopods-Auth` header.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+
+use crate::{
+    classify::classify,
+    config::{ApiKey, OctopodsConfig},
+    outcome::{Failure, Outcome, RetryCause},
+};
+
+pub const PATH: &str = "/api/v1/whatsapp/interactive";
+pub const AUTH_HEADER: &str = "X-Octopods-Auth";
+/// Answers larger than this are not read in full (Octopods' are tiny).
+const MAX_ANSWER_BYTES: usize = 256 * 1024;
+
+/// One attempt's result: the status label for metrics and what it means.
+#[derive(Debug)]
+pub struct Attempt {
+    /// HTTP status, or `None` when no answer came.
+    pub status: Option<u16>,
+    pub outcome: Outcome,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    url: String,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(config: &OctopodsConfig) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("octopods-worker/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            url: format!("{}{PATH}", config.base_url.trim_end_matches('/')),
+            timeout: config.timeout,
+        })
+    }
+
+    /// Sends one interactive message.
+    pub async fn send(&self, key: &ApiKey, body: Vec<u8>) -> Attempt {
+        let started = Instant::now();
+        let (status, outcome) = match self.request(key, body).await {
+            Ok((status, retry_after, answer)) => {
+                (Some(status), classify(status, retry_after, &answer))
+            }
+            Err(outcome) => (None, outcome),
+        };
+        Attempt {
+            status,
+            outcome,
+            duration: started.elapsed(),
+        }
+    }
+
+    async fn request(
+        &self,
+        key: &ApiKey,
+        body: Vec<u8>,
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), Outcome> {
+        let mut auth = HeaderValue::from_str(key.expose()).map_err(|_| {
+            // Cannot be sent at all: a key with control characters. Octopods
+            // would not accept it either.
+            Outcome::DeadLetter(
+                crate::outcome::Reason::Unauthorized,
+                Failure::local("the channel's API key is not a valid header value"),
+            )
+        })?;
+        auth.set_sensitive(true);
+        let mut response = self
+            .http
+            .post(&self.url)
+            .header(AUTH_HEADER, auth)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let mut answer = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_ANSWER_BYTES.saturating_sub(answer.len());
+                    answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(self.transport_error(&e)),
+            }
+        }
+        Ok((status, retry_after, answer))
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> Outcome {
+        let (cause, message) = if e.is_timeout() {
+            (
+                RetryCause::Timeout,
+                format!("no answer from Octopods within {:?}", self.timeout),
+            )
+        } else if e.is_connect() {
+            (RetryCause::Connect, "cannot connect to Octopods".to_owned())
+        } else {
+            (
+                RetryCause::Connect,
+                format!("request to Octopods failed: {}", error_chain(e)),
+            )
+        };
+        Outcome::Retry {
+            cause,
+            after: None,
+            failure: Failure::local(message),
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// `Retry-After`: delay in seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,164 @@
+//! The closed vocabularies every stage shares: why a job was dead-lettered
+//! ([`Reason`]), why an attempt is retried ([`RetryCause`]), and what an attempt
+//! came to ([`Outcome`]). The DLQ header, the event JSON and the metric label all
+//! use `as_str()`, so they share one spelling and metric cardinality stays bounded.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a job ended in the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Validation,
+    Malformed,
+    Window,
+    Expired,
+    Unauthorized,
+    Forbidden,
+    Rejected,
+    RetriesExhausted,
+    /// Dead-lettered by RabbitMQ itself (delivery limit); read from `x-death`.
+    Poison,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::Validation,
+        Reason::Malformed,
+        Reason::Window,
+        Reason::Expired,
+        Reason::Unauthorized,
+        Reason::Forbidden,
+        Reason::Rejected,
+        Reason::RetriesExhausted,
+        Reason::Poison,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Validation => "validation",
+            Reason::Malformed => "malformed",
+            Reason::Window => "window",
+            Reason::Expired => "expired",
+            Reason::Unauthorized => "unauthorized",
+            Reason::Forbidden => "forbidden",
+            Reason::Rejected => "rejected",
+            Reason::RetriesExhausted => "retries_exhausted",
+            Reason::Poison => "poison",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an attempt failed transiently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryCause {
+    /// HTTP 429 from Octopods.
+    RateLimited,
+    /// Meta-side throttling surfaced through Octopods (131056, 130429, 131048).
+    Throttled,
+    /// HTTP 408 or our own request timeout.
+    Timeout,
+    /// HTTP 5xx.
+    ServerError,
+    /// Could not connect or the connection broke.
+    Connect,
+    /// An answer we could not read (bad JSON, 2xx without `message_id`).
+    Unreadable,
+}
+
+impl RetryCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryCause::RateLimited => "rate_limited",
+            RetryCause::Throttled => "throttled",
+            RetryCause::Timeout => "timeout",
+            RetryCause::ServerError => "server_error",
+            RetryCause::Connect => "connect",
+            RetryCause::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// Octopods' own error body: `{request_id, error_code, error}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct OctopodsError {
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub error_code: Option<i64>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// What went wrong, with what Octopods said about it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Failure {
+    /// Human-readable, never containing a secret or a full phone number.
+    pub message: String,
+    pub http_status: Option<u16>,
+    pub octopods_error: Option<OctopodsError>,
+}
+
+impl Failure {
+    pub fn local(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Octopods' receipt for a queued send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub message_id: String,
+    #[serde(default)]
+    pub channel_message_id: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default)]
+    pub message_status_url: Option<String>,
+    #[serde(default)]
+    pub phone_number: Option<String>,
+}
+
+/// What one attempt came to: the single decision of retry vs dead-letter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Sent(Receipt),
+    Retry {
+        cause: RetryCause,
+        /// A floor on the delay before the next attempt (`Retry-After`).
+        after: Option<Duration>,
+        failure: Failure,
+    },
+    DeadLetter(Reason, Failure),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_spelling_round_trips() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::json!(r.as_str())
+            );
+        }
+    }
+}

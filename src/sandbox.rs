@@ -1,0 +1,513 @@
+//! `octopods-worker sandbox`: a stand-in for the Octopods interactive-message
+//! endpoint that answers as `octopods-api.md` documents, plus scripted faults
+//! (globally or per destination phone), latency, and a request log.
+//!
+//! Control surface, for tests and demos:
+//! - `POST /_sandbox/script` `{"phone": "+1…"?, "faults": [{"kind": "outage"}, …], "repeat": 1, "for_ms": null}`
+//! - `DELETE /_sandbox/script` clears every script;
+//! - `GET /_sandbox/requests` lists what was received (with the auth header, for tests).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Provider, events::timestamp, job::interactive, octopods};
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub listen: SocketAddr,
+    /// Delay before every answer.
+    pub latency: Duration,
+    /// Keys accepted; empty means any non-empty key.
+    pub api_keys: Vec<String>,
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer normally.
+    Success,
+    /// 400, code 1.
+    MissingField,
+    /// 400, code 2.
+    WrongShape,
+    /// 400, code 7.
+    Validation,
+    /// 400, code 8: the 24-hour window is closed.
+    Window,
+    /// 401, code 5.
+    Unauthorized,
+    /// 400, code 6.
+    DeprecatedKey,
+    /// 403, code 9.
+    NotEnabled,
+    /// 429 with `Retry-After` seconds (default 1).
+    RateLimited { retry_after: Option<u64> },
+    /// 5xx (default 503).
+    Outage { status: Option<u16> },
+    /// No answer for this long.
+    Hang { ms: u64 },
+    /// Any status and Octopods-style error body.
+    Status {
+        status: u16,
+        error_code: Option<i64>,
+        error: Option<String>,
+    },
+}
+
+/// A script: faults answered in order, `repeat` rounds (0 = forever), or
+/// cyclically for `for_ms` milliseconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Script {
+    #[serde(default)]
+    pub phone: Option<String>,
+    pub faults: Vec<Fault>,
+    #[serde(default = "one")]
+    pub repeat: u32,
+    #[serde(default)]
+    pub for_ms: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Script {
+    pub fn for_phone(phone: &str, faults: Vec<Fault>) -> Self {
+        Self {
+            phone: Some(phone.into()),
+            faults,
+            repeat: 1,
+            for_ms: None,
+        }
+    }
+}
+
+/// One request as received.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Recorded {
+    pub seq: u64,
+    /// Milliseconds since the sandbox started.
+    pub at_ms: u64,
+    pub at: String,
+    pub auth: Option<String>,
+    pub phone: Option<String>,
+    pub body: String,
+    pub status: u16,
+}
+
+struct Running {
+    script: Script,
+    next: usize,
+    rounds_left: u32,
+    until: Option<Instant>,
+}
+
+impl Running {
+    /// The next fault, and whether the script is used up.
+    fn take(&mut self, now: Instant) -> (Option<Fault>, bool) {
+        if self.script.faults.is_empty() {
+            return (None, true);
+        }
+        if let Some(until) = self.until {
+            if now >= until {
+                return (None, true);
+            }
+            let f = self.script.faults[self.next % self.script.faults.len()].clone();
+            self.next += 1;
+            return (Some(f), false);
+        }
+        let f = self.script.faults[self.next].clone();
+        self.next += 1;
+        if self.next == self.script.faults.len() {
+            self.next = 0;
+            if self.rounds_left == 1 {
+                return (Some(f), true);
+            }
+            self.rounds_left = self.rounds_left.saturating_sub(1);
+        }
+        (Some(f), false)
+    }
+}
+
+struct SandboxState {
+    config: SandboxConfig,
+    addr: SocketAddr,
+    started: Instant,
+    scripts: Mutex<HashMap<Option<String>, Running>>,
+    log: Mutex<Vec<Recorded>>,
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    state: Arc<SandboxState>,
+    stop: CancellationToken,
+}
+
+impl Sandbox {
+    pub async fn start(config: SandboxConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(SandboxState {
+            config,
+            addr,
+            started: Instant::now(),
+            scripts: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route(octopods::PATH, post(interactive_handler))
+            .route(
+                "/_sandbox/script",
+                post(script_handler).delete(clear_handler),
+            )
+            .route("/_sandbox/requests", get(requests_handler))
+            .with_state(state.clone());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "sandbox server failed");
+            }
+        });
+        Ok(Self { state, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.state.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.state.addr)
+    }
+
+    pub fn script(&self, script: Script) {
+        self.state.add_script(script);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Requests for one destination phone.
+    pub fn requests_for(&self, phone: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.phone.as_deref() == Some(phone))
+            .collect()
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl SandboxState {
+    fn add_script(&self, script: Script) {
+        let running = Running {
+            next: 0,
+            rounds_left: script.repeat,
+            until: script
+                .for_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms)),
+            script,
+        };
+        if let Ok(mut s) = self.scripts.lock() {
+            s.insert(running.script.phone.clone(), running);
+        }
+    }
+
+    fn scripted(&self, phone: Option<&str>) -> Option<Fault> {
+        let mut scripts = self.scripts.lock().ok()?;
+        let now = Instant::now();
+        // A script for this phone first, then the global one.
+        for key in [phone.map(str::to_owned), None] {
+            let Some(running) = scripts.get_mut(&key) else {
+                continue;
+            };
+            let (fault, done) = running.take(now);
+            if done {
+                scripts.remove(&key);
+            }
+            if fault.is_some() {
+                return fault;
+            }
+        }
+        None
+    }
+}
+
+async fn script_handler(
+    State(s): State<Arc<SandboxState>>,
+    Json(script): Json<Script>,
+) -> StatusCode {
+    s.add_script(script);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_handler(State(s): State<Arc<SandboxState>>) -> StatusCode {
+    if let Ok(mut scripts) = s.scripts.lock() {
+        scripts.clear();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn requests_handler(State(s): State<Arc<SandboxState>>) -> Json<Vec<Recorded>> {
+    Json(s.log.lock().map(|l| l.clone()).unwrap_or_default())
+}
+
+/// What the sandbox decided to answer.
+struct Answer {
+    status: u16,
+    body: Value,
+    retry_after: Option<u64>,
+    hang: Option<Duration>,
+}
+
+fn error(status: u16, code: i64, text: &str) -> Answer {
+    Answer {
+        status,
+        body: json!({"request_id": request_id(), "error_code": code, "error": text}),
+        retry_after: None,
+        hang: None,
+    }
+}
+
+fn request_id() -> String {
+    format!("req_{}", ulid::Ulid::generate())
+}
+
+fn fault_answer(fault: Fault) -> Option<Answer> {
+    Some(match fault {
+        Fault::Success => return None,
+        Fault::MissingField => error(400, 1, "ARGUMENT_MISSING: a required argument is missing"),
+        Fault::WrongShape => error(400, 2, "TYPE_MISMATCH: an argument has the wrong type"),
+        Fault::Validation => error(
+            400,
+            7,
+            "VALIDATION: action.buttons: too many buttons, limit 3",
+        ),
+        Fault::Window => error(
+            400,
+            8,
+            "OUTSIDE_WINDOW: the last inbound message is older than 24 hours; send a template",
+        ),
+        Fault::Unauthorized => error(401, 5, "UNAUTHORIZED: the API key is missing or unknown"),
+        Fault::DeprecatedKey => error(400, 6, "DEPRECATED_API_KEY: this API key was revoked"),
+        Fault::NotEnabled => error(
+            403,
+            9,
+            "INTERACTIVE_NOT_ENABLED: ask Octopods support to enable the interactive API",
+        ),
+        Fault::RateLimited { retry_after } => Answer {
+            status: 429,
+            body: json!({"request_id": request_id(), "error": "Too Many Requests"}),
+            retry_after: Some(retry_after.unwrap_or(1)),
+            hang: None,
+        },
+        Fault::Outage { status } => Answer {
+            status: status.unwrap_or(503),
+            body: json!({"error": "Service Unavailable"}),
+            retry_after: None,
+            hang: None,
+        },
+        Fault::Hang { ms } => Answer {
+            status: 504,
+            body: json!({"error": "hung"}),
+            retry_after: None,
+            hang: Some(Duration::from_millis(ms)),
+        },
+        Fault::Status {
+            status,
+            error_code,
+            error: text,
+        } => Answer {
+            status,
+            body: json!({"request_id": request_id(), "error_code": error_code, "error": text}),
+            retry_after: None,
+            hang: None,
+        },
+    })
+}
+
+/// Octopods' own checks, in the order the docs imply.
+fn normal_answer(state: &SandboxState, auth: Option<&str>, body: &[u8]) -> Answer {
+    let Some(key) = auth.filter(|k| !k.is_empty()) else {
+        return error(401, 5, "UNAUTHORIZED: X-Octopods-Auth header missing");
+    };
+    if !state.config.api_keys.is_empty() && !state.config.api_keys.iter().any(|k| k == key) {
+        return error(401, 5, "UNAUTHORIZED: unknown API key");
+    }
+    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
+        return error(400, 2, "TYPE_MISMATCH: the body must be a JSON object");
+    };
+    let Some(phone) = req.get("destination_phone") else {
+        return error(400, 1, "ARGUMENT_MISSING: destination_phone");
+    };
+    let Some(phone) = phone.as_str() else {
+        return error(400, 2, "TYPE_MISMATCH: destination_phone must be a string");
+    };
+    let Some(message) = req.get("waba_interactive_message") else {
+        return error(400, 1, "ARGUMENT_MISSING: waba_interactive_message");
+    };
+    if let Err(e) = interactive::validate(message, Provider::CloudApi) {
+        let text = e.to_string();
+        return if e.problem == "required" {
+            error(400, 1, &format!("ARGUMENT_MISSING: {text}"))
+        } else if e.problem.starts_with("expected") {
+            error(400, 2, &format!("TYPE_MISMATCH: {text}"))
+        } else {
+            error(400, 7, &format!("VALIDATION: {text}"))
+        };
+    }
+    let id = ulid::Ulid::generate();
+    let message_id = format!("msg_{id}");
+    Answer {
+        status: 200,
+        body: json!({
+            "request_id": request_id(),
+            "message_id": message_id,
+            "message_status_url": format!("http://{}/api/v1/whatsapp/messages/{message_id}", state.addr),
+            "phone_number": phone,
+            "channel_message_id": format!("wamid.{id}"),
+        }),
+        retry_after: None,
+        hang: None,
+    }
+}
+
+async fn interactive_handler(
+    State(s): State<Arc<SandboxState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let arrived = Instant::now();
+    let auth = headers
+        .get(octopods::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let phone = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("destination_phone")?.as_str().map(str::to_owned));
+    let answer = s
+        .scripted(phone.as_deref())
+        .and_then(fault_answer)
+        .unwrap_or_else(|| normal_answer(&s, auth.as_deref(), &body));
+    if let Ok(mut log) = s.log.lock() {
+        let seq = log.len() as u64;
+        log.push(Recorded {
+            seq,
+            at_ms: arrived.duration_since(s.started).as_millis() as u64,
+            at: timestamp(time::OffsetDateTime::now_utc()),
+            auth,
+            phone,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status: answer.status,
+        });
+    }
+    let delay = answer.hang.unwrap_or(s.config.latency);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(answer.body)).into_response();
+    if let Some(secs) = answer.retry_after
+        && let Ok(v) = secs.to_string().parse()
+    {
+        response.headers_mut().insert("retry-after", v);
+    }
+    response
+}
+
+/// Runs a sandbox until `stop` is cancelled (the CLI command).
+pub async fn run(config: SandboxConfig, stop: CancellationToken) -> std::io::Result<()> {
+    let sandbox = Sandbox::start(config).await?;
+    tracing::info!(url = %sandbox.url(), "sandbox listening: POST {}", octopods::PATH);
+    stop.cancelled().await;
+    sandbox.stop();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(faults: Vec<Fault>, repeat: u32) -> Running {
+        Running {
+            script: Script {
+                phone: None,
+                faults,
+                repeat,
+                for_ms: None,
+            },
+            next: 0,
+            rounds_left: repeat,
+            until: None,
+        }
+    }
+
+    #[test]
+    fn script_answers_in_order_then_ends() {
+        let mut r = script(vec![Fault::Window, Fault::NotEnabled], 1);
+        let now = Instant::now();
+        assert_eq!(r.take(now), (Some(Fault::Window), false));
+        assert_eq!(r.take(now), (Some(Fault::NotEnabled), true));
+    }
+
+    #[test]
+    fn script_repeats_rounds() {
+        let mut r = script(vec![Fault::Window], 3);
+        let now = Instant::now();
+        assert_eq!(r.take(now), (Some(Fault::Window), false));
+        assert_eq!(r.take(now), (Some(Fault::Window), false));
+        assert_eq!(r.take(now), (Some(Fault::Window), true));
+    }
+
+    #[test]
+    fn script_with_repeat_zero_never_ends() {
+        let mut r = script(vec![Fault::Window], 0);
+        for _ in 0..100 {
+            assert!(!r.take(Instant::now()).1);
+        }
+    }
+
+    #[test]
+    fn faults_deserialize_from_json() {
+        let s: Script = serde_json::from_value(json!({"phone": "+15551234567",
+            "faults": [{"kind": "outage"}, {"kind": "rate_limited", "retry_after": 2}]}))
+        .unwrap();
+        assert_eq!(
+            s.faults[1],
+            Fault::RateLimited {
+                retry_after: Some(2)
+            }
+        );
+        assert_eq!(s.repeat, 1);
+    }
+}
