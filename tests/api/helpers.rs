@@ -1,0 +1,450 @@
+//! `spawn_worker()`: a worker on its own topology prefix, HTTP port 0 and its
+//! own sandbox, plus typed helpers to publish jobs and read events, dead
+//! letters and metrics through the broker and HTTP, as a user would.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use octopods_worker::{
+    config::Config,
+    sandbox::{Recorded, Sandbox, SandboxConfig, Script},
+    worker::Worker,
+};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const PHONE: &str = "+15551234567";
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Connects to the test broker or fails the test with a clear message.
+pub async fn broker() -> Connection {
+    match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "RabbitMQ is not reachable at {} ({e}). Start it (`rabbitmq-server -detached`) or set AMQP_URL; \
+             these tests need a real broker and never skip.",
+            amqp_url()
+        ),
+    }
+}
+
+/// Polls `f` until it yields `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn unique_prefix(test: &str) -> String {
+    format!(
+        "t-{test}-{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
+}
+
+/// One channel of a test worker.
+#[derive(Clone)]
+pub struct TestChannel {
+    pub name: String,
+    pub key: String,
+    pub rate: f64,
+    pub burst: u32,
+    pub provider: &'static str,
+}
+
+impl TestChannel {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            key: format!("key-{name}-s3cret"),
+            rate: 1000.0,
+            burst: 100,
+            provider: "cloud_api",
+        }
+    }
+}
+
+pub struct Options {
+    pub channels: Vec<TestChannel>,
+    /// Extra TOML appended to the generated config (e.g. a `[retry]` table).
+    pub retry_toml: String,
+    /// Keys the sandbox accepts; empty means any.
+    pub sandbox_keys: Vec<String>,
+    pub sandbox_latency: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            channels: vec![TestChannel::new("store-eu")],
+            retry_toml:
+                "[retry]\nmax_attempts = 4\ninitial_interval = \"20ms\"\nmax_interval = \"200ms\"\n"
+                    .into(),
+            sandbox_keys: Vec::new(),
+            sandbox_latency: Duration::ZERO,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub prefix: String,
+    pub sandbox: Sandbox,
+    pub http: SocketAddr,
+    pub channels: Vec<TestChannel>,
+    conn: Connection,
+    ch: Channel,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    _keys: tempfile::TempDir,
+}
+
+/// A dead-lettered message as found in `<prefix>.dead`.
+pub struct DeadLetter {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl DeadLetter {
+    pub fn header(&self, key: &str) -> Option<AMQPValue> {
+        self.properties
+            .headers()
+            .as_ref()?
+            .inner()
+            .get(key)
+            .cloned()
+    }
+
+    pub fn text(&self, key: &str) -> Option<String> {
+        match self.header(key)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match self.header(key)? {
+            AMQPValue::LongLongInt(v) => Some(v),
+            AMQPValue::LongInt(v) => Some(v.into()),
+            AMQPValue::ShortShortUInt(v) => Some(v.into()),
+            _ => None,
+        }
+    }
+}
+
+pub async fn spawn_worker(test: &str) -> TestApp {
+    spawn_with(test, Options::default()).await
+}
+
+pub fn config_text(
+    prefix: &str,
+    sandbox_url: &str,
+    opts: &Options,
+    keys: &std::path::Path,
+) -> String {
+    let mut text = format!(
+        "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n\n\
+         [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\n\n{}\n",
+        amqp_url(),
+        opts.retry_toml
+    );
+    for c in &opts.channels {
+        let key_file = keys.join(&c.name);
+        std::fs::write(&key_file, &c.key).expect("write key file");
+        text.push_str(&format!(
+            "[[channels]]\nname = \"{}\"\napi_key_file = \"{}\"\nprovider = \"{}\"\nrate_per_second = {}\nburst = {}\n\n",
+            c.name,
+            key_file.display(),
+            c.provider,
+            c.rate,
+            c.burst
+        ));
+    }
+    text
+}
+
+pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
+    let prefix = unique_prefix(test);
+    let sandbox = Sandbox::start(SandboxConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        latency: opts.sandbox_latency,
+        api_keys: opts.sandbox_keys.clone(),
+    })
+    .await
+    .expect("sandbox starts");
+    let keys = tempfile::tempdir().expect("tempdir");
+    let text = config_text(&prefix, &sandbox.url(), &opts, keys.path());
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+    let conn = broker().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let worker = Worker::build(config).await.expect("worker builds");
+    let http = worker.http_addr();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(worker.run(shutdown.clone()));
+    let app = TestApp {
+        prefix,
+        sandbox,
+        http,
+        channels: opts.channels,
+        conn,
+        ch,
+        shutdown,
+        handle: Some(handle),
+        _keys: keys,
+    };
+    app.wait_ready().await;
+    app
+}
+
+impl TestApp {
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.http);
+        eventually(
+            Duration::from_secs(15),
+            "the worker to be ready (connected and consuming)",
+            || async {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub fn queue(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.prefix)
+    }
+
+    /// Publishes raw bytes to `<prefix>.jobs` with the channel as routing key.
+    pub async fn publish_bytes(&self, channel: &str, body: &[u8], props: BasicProperties) {
+        let confirm = self
+            .ch
+            .basic_publish(
+                self.queue("jobs").as_str().into(),
+                channel.into(),
+                BasicPublishOptions::default(),
+                body,
+                props
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker nacked the job");
+    }
+
+    pub async fn publish_job(&self, job: &Value) -> Vec<u8> {
+        let body = serde_json::to_vec(job).expect("json");
+        self.publish_bytes(&self.channels[0].name, &body, BasicProperties::default())
+            .await;
+        body
+    }
+
+    async fn get(&self, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+        self.ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+    }
+
+    /// The next result event (taken off `<prefix>.results`), with its AMQP properties.
+    pub async fn next_event_with_props(&self) -> (Value, BasicProperties, String) {
+        let q = self.queue("results");
+        let msg = eventually(Duration::from_secs(15), "a result event", || self.get(&q)).await;
+        msg.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        let v = serde_json::from_slice(&msg.delivery.data).expect("event is JSON");
+        (
+            v,
+            msg.delivery.properties,
+            msg.delivery.routing_key.to_string(),
+        )
+    }
+
+    pub async fn next_event(&self) -> Value {
+        self.next_event_with_props().await.0
+    }
+
+    /// The next dead letter (taken off `<prefix>.dead`).
+    pub async fn next_dead_letter(&self) -> DeadLetter {
+        let q = self.queue("dead");
+        let msg = eventually(Duration::from_secs(15), "a dead letter", || self.get(&q)).await;
+        msg.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        DeadLetter {
+            routing_key: msg.delivery.routing_key.to_string(),
+            body: msg.delivery.data,
+            properties: msg.delivery.properties,
+        }
+    }
+
+    /// Messages waiting in `<prefix>.<suffix>`, without taking them.
+    pub async fn depth(&self, suffix: &str) -> u32 {
+        let q = self
+            .ch
+            .queue_declare(
+                self.queue(suffix).as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        q.message_count()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.sandbox.requests()
+    }
+
+    pub fn script(&self, script: Script) {
+        self.sandbox.script(script);
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Reads one sample's value from `/metrics`, e.g.
+    /// `octopods_jobs_completed_total{channel="a",outcome="sent"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Stops the worker (as SIGTERM would) and deletes the test's topology.
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("worker task").expect("worker exits cleanly");
+        }
+        let mut queues = vec!["unroutable", "dead", "results"]
+            .into_iter()
+            .map(|s| self.queue(s))
+            .collect::<Vec<_>>();
+        queues.extend(
+            self.channels
+                .iter()
+                .map(|c| self.queue(&format!("jobs.{}", c.name))),
+        );
+        for q in queues {
+            drop(
+                self.ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await,
+            );
+        }
+        for x in ["jobs", "unroutable", "dead", "results", "retry"] {
+            drop(
+                self.ch
+                    .exchange_delete(self.queue(x).as_str().into(), Default::default())
+                    .await,
+            );
+        }
+        drop(self.conn.close(200, "OK".into()).await);
+    }
+}
+
+/// A valid delivery-confirmation job.
+pub fn button_job(job_id: &str) -> Value {
+    serde_json::json!({
+        "job_id": job_id,
+        "destination_phone": PHONE,
+        "waba_interactive_message": {
+            "type": "button",
+            "body": {"text": "Did your order arrive today?"},
+            "action": {"buttons": [
+                {"type": "reply", "reply": {"id": "yes", "title": "Yes, received"}},
+                {"type": "reply", "reply": {"id": "not-yet", "title": "Not yet"}},
+                {"type": "reply", "reply": {"id": "problem", "title": "There's a problem"}}
+            ]}
+        },
+        "open_intercom_conversation": true,
+        "intercom_teammate_id": "4711",
+        "metadata": {"order_id": "1234"}
+    })
+}
+
+pub fn list_job(job_id: &str) -> Value {
+    serde_json::json!({
+        "job_id": job_id,
+        "destination_phone": PHONE,
+        "waba_interactive_message": {
+            "type": "list",
+            "header": {"type": "text", "text": "Your delivery"},
+            "body": {"text": "How did your delivery go?"},
+            "footer": {"text": "Reply any time"},
+            "action": {"button": "Choose", "sections": [
+                {"title": "All fine", "rows": [{"id": "ok", "title": "Arrived, all good", "description": "Thanks!"}]},
+                {"title": "Problems", "rows": [
+                    {"id": "late", "title": "Not arrived yet"},
+                    {"id": "damaged", "title": "Arrived damaged", "description": "We'll make it right"}
+                ]}
+            ]}
+        },
+        "metadata": {"order_id": "5678"}
+    })
+}
+
+/// The payload Octopods must receive for `job`: the job minus worker-only fields.
+pub fn expected_payload(job: &Value) -> Value {
+    let mut p = serde_json::Map::new();
+    for k in [
+        "destination_phone",
+        "waba_interactive_message",
+        "open_intercom_conversation",
+        "intercom_teammate_id",
+    ] {
+        if let Some(v) = job.get(k) {
+            p.insert(k.into(), v.clone());
+        }
+    }
+    Value::Object(p)
+}

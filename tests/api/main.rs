@@ -1,0 +1,5 @@
+//! Black-box tests against the real RabbitMQ and the sandbox. Each test runs
+//! its own worker on its own topology prefix, so tests run in parallel.
+
+mod helpers;
+mod outcomes;
