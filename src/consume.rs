@@ -60,6 +60,8 @@ pub enum Stopped {
 
 /// Consumes `queue` until cancelled or the broker fails. Each delivery runs on
 /// `tracker`; the consumer itself is cancelled on the broker before returning.
+/// The caller keeps a clone of `amqp` open until the tracker drained: an
+/// `Acker` alone does not keep its channel alive.
 pub async fn consume(
     amqp: lapin::Channel,
     queue: String,

@@ -185,8 +185,10 @@ impl Worker {
 
         let stop = CancellationToken::new();
         let mut consumers = JoinSet::new();
+        let mut amqp_channels = Vec::with_capacity(self.channels.len());
         for channel in &self.channels {
             let amqp = conn.create_channel().await?;
+            amqp_channels.push(amqp.clone());
             let (queue, ch, sh, st) = (
                 names.channel_queue(&channel.config.name),
                 channel.clone(),
@@ -235,6 +237,17 @@ impl Worker {
                 "grace period over; unfinished jobs go back to the queue"
             );
         }
+        drop(events);
+        for amqp in &amqp_channels {
+            drop(amqp.close(200, "shutdown".into()).await);
+        }
+        drop(
+            settler
+                .publisher
+                .channel()
+                .close(200, "shutdown".into())
+                .await,
+        );
         if let Err(e) = conn.close(200, "shutdown".into()).await {
             error!(error = %e, "closing the broker connection failed");
         }

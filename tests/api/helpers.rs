@@ -359,12 +359,17 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
-    /// Stops the worker (as SIGTERM would) and deletes the test's topology.
-    pub async fn shutdown(mut self) {
+    /// Stops the worker as SIGTERM would and waits for it to drain and exit.
+    pub async fn stop_worker(&mut self) {
         self.shutdown.cancel();
         if let Some(h) = self.handle.take() {
             h.await.expect("worker task").expect("worker exits cleanly");
         }
+    }
+
+    /// Stops the worker and deletes the test's topology.
+    pub async fn shutdown(mut self) {
+        self.stop_worker().await;
         let mut queues = vec!["unroutable", "dead", "results"]
             .into_iter()
             .map(|s| self.queue(s))

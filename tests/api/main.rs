@@ -1,5 +1,7 @@
 //! Black-box tests against the real RabbitMQ and the sandbox. Each test runs
 //! its own worker on its own topology prefix, so tests run in parallel.
 
+mod cli;
 mod helpers;
+mod lifecycle;
 mod outcomes;

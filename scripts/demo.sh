@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The main job, locally: RabbitMQ (started or installed if needed), the
+# sandbox standing in for Octopods, the worker, the sample jobs from
+# examples/jobs.jsonl, and the result events printed as they come back.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-rabbitmq.sh
+cargo build --quiet --locked
+bin=target/debug/octopods-worker
+config=examples/worker.toml
+export OCTOPODS_KEY_STORE_EU=demo-key-store-eu OCTOPODS_KEY_STORE_US=demo-key-store-us
+mkdir -p .demo
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+"$bin" sandbox --listen 127.0.0.1:18080 >.demo/sandbox.log 2>&1 &
+pids+=($!)
+"$bin" run --config "$config" >.demo/worker.log 2>&1 &
+pids+=($!)
+
+echo "waiting for the worker to be ready (logs in .demo/)..." >&2
+for i in $(seq 1 60); do
+  curl -fs http://127.0.0.1:19464/readyz >/dev/null 2>&1 && break
+  if [ "$i" = 60 ]; then echo "worker not ready after 30 s; see .demo/worker.log" >&2; exit 1; fi
+  sleep 0.5
+done
+
+# Leftover events from an earlier run would be confusing: take them off first.
+"$bin" events --config "$config" --timeout 1s >/dev/null 2>&1 || true
+
+"$bin" enqueue --config "$config" examples/jobs.jsonl
+echo "result events (one per job; the last sample is invalid on purpose):" >&2
+"$bin" events --config "$config" --count "$(grep -c . examples/jobs.jsonl)" --timeout 30s
+echo >&2
+echo "dead-lettered jobs stay in octopods.dead (see README, 'Operators')." >&2

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the black-box tests
+# against the real RabbitMQ (started or installed if needed) and the sandbox.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-rabbitmq.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+else
+  cargo test --locked --no-fail-fast
+fi

@@ -1,0 +1,196 @@
+//! The real binary: exit codes, error messages, SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use octopods_worker::sandbox::{Sandbox, SandboxConfig};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_octopods-worker");
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("worker.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_names_the_key_and_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        "[[channels]]\nname = \"store-eu\"\napi_key_env = \"OCTOPODS_TEST_UNSET_VAR\"\nrate_per_second = 20\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("OCTOPODS_TEST_UNSET_VAR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "channels[0].api_key_env: environment variable OCTOPODS_TEST_UNSET_VAR is not set"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_reports_unknown_keys_and_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "[[channels]]\nname = \"store-eu\"\napi_key_env = \"OCTOPODS_TEST_KEY\"\nrate_per_second = 20\n";
+    let path = write_config(dir.path(), &format!("[octopods]\ntimeot = \"1s\"\n{good}"));
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timeot"));
+
+    let path = write_config(dir.path(), good);
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("OCTOPODS_TEST_KEY", "k-very-secret")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("ok"), "{all}");
+    assert!(!all.contains("k-very-secret"));
+}
+
+#[tokio::test]
+async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        latency: Duration::ZERO,
+        api_keys: vec![],
+    })
+    .await
+    .unwrap();
+    let prefix = unique_prefix("binary");
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default();
+    let path = write_config(
+        dir.path(),
+        &config_text(&prefix, &sandbox.url(), &opts, dir.path()),
+    );
+
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The worker logs its HTTP address; read it, and keep the log.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut log = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("http=").nth(1) {
+                drop(tx.send(addr.trim().to_owned()));
+            }
+            log.push(line);
+        }
+        log
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("worker logs its HTTP address");
+    eventually(
+        Duration::from_secs(15),
+        "the binary to be ready",
+        || async {
+            let r = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
+
+    let conn = broker().await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.basic_publish(
+        format!("{prefix}.jobs").as_str().into(),
+        "store-eu".into(),
+        Default::default(),
+        &serde_json::to_vec(&button_job("bin-1")).unwrap(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let results = format!("{prefix}.results");
+    let msg = eventually(Duration::from_secs(10), "the sent event", || async {
+        ch.basic_get(results.as_str().into(), Default::default())
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    let event: serde_json::Value = serde_json::from_slice(&msg.delivery.data).unwrap();
+    assert_eq!(event["event"], "sent");
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not exit within 15 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = reader.join().unwrap().join("\n");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; log:\n{log}"
+    );
+    assert!(log.contains("worker stopped"), "{log}");
+    assert!(
+        !log.contains("s3cret"),
+        "the API key leaked into the log:\n{log}"
+    );
+    assert!(
+        !log.contains(PHONE),
+        "a full phone number reached the log:\n{log}"
+    );
+
+    for q in ["unroutable", "dead", "results", "jobs.store-eu"] {
+        drop(
+            ch.queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default())
+                .await,
+        );
+    }
+    for x in ["jobs", "unroutable", "dead", "results", "retry"] {
+        drop(
+            ch.exchange_delete(format!("{prefix}.{x}").as_str().into(), Default::default())
+                .await,
+        );
+    }
+}
