@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{self, topology},
     config::Config,
+    dlq::{self, Filter, Op, Source},
     enqueue, results,
     sandbox::{self, SandboxConfig},
     telemetry::LogFormat,
@@ -51,6 +52,70 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Print result events from <prefix>.results as JSON lines (consumes them).
     Events(EventsArgs),
+    /// Inspect, replay, export and purge dead-lettered jobs.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Which queue: the dead-letter queue, or jobs for unknown channels.
+    #[arg(long, value_enum, default_value_t = Source::Dead)]
+    pub from: Source,
+    #[command(flatten)]
+    pub filter: Filter,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Counts by reason and channel, with oldest and newest failure.
+    Stats {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look without removing.
+    List {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy out as JSON lines with body and headers (for backup, `jq`).
+    Export {
+        #[command(flatten)]
+        args: DlqArgs,
+    },
+    /// Move back to <prefix>.jobs, to the job's channel.
+    Replay {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Replay at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Say what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete, explicitly.
+    Purge {
+        #[command(flatten)]
+        args: DlqArgs,
+        /// Purge at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Say what would be purged; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +232,44 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
                 return Ok(ExitCode::from(1));
             }
         }
+        Command::Dlq(d) => return run_dlq(d).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let (args, op) = match command {
+        DlqCommand::Stats { args, json } => (args, Op::Stats { json }),
+        DlqCommand::List { args, json } => (args, Op::List { json }),
+        DlqCommand::Export { args } => (args, Op::Export),
+        DlqCommand::Replay {
+            args,
+            limit,
+            dry_run,
+        } => (args, Op::Replay { limit, dry_run }),
+        DlqCommand::Purge {
+            args,
+            limit,
+            dry_run,
+            yes,
+        } => {
+            if !yes && !dry_run {
+                eprintln!(
+                    "error: dlq purge deletes messages for good: add --yes (or --dry-run to see what would go)"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            (args, Op::Purge { limit, dry_run })
+        }
+    };
+    let config = Config::load(&args.config.config)?;
+    let mut out = std::io::stdout().lock();
+    let summary = dlq::run(&config, args.from, &args.filter, op, &mut out, true).await?;
+    if matches!(
+        op,
+        Op::Replay { .. } | Op::Purge { .. } | Op::List { json: false }
+    ) {
+        eprintln!("{}", summary.describe(op, config.dlq.max_replays));
     }
     Ok(ExitCode::SUCCESS)
 }

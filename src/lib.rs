@@ -22,6 +22,7 @@
 //! - [`events`]: result-event JSON.
 //! - [`dedup`]: the recent-`job_id` memory that prevents re-sends.
 //! - [`metrics`], [`http`], [`telemetry`]: what SREs see.
+//! - [`dlq`]: dead-letter operations (stats, list, export, replay, purge).
 //! - [`sandbox`]: the stand-in Octopods server.
 //! - [`enqueue`], [`results`], [`cli`]: the command line.
 
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod consume;
 pub mod dedup;
+pub mod dlq;
 pub mod enqueue;
 pub mod events;
 pub mod http;

@@ -15,11 +15,20 @@ async fn main() -> ExitCode {
     tokio::spawn(on_signals(shutdown.clone()));
     match cli::run(cli, shutdown).await {
         Ok(code) => code,
+        // `… | head`: the reader left, as with any Unix tool that is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 async fn on_signals(shutdown: CancellationToken) {

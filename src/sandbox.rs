@@ -205,6 +205,12 @@ impl Sandbox {
         self.state.add_script(script);
     }
 
+    pub fn clear_scripts(&self) {
+        if let Ok(mut s) = self.state.scripts.lock() {
+            s.clear();
+        }
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.log.lock().map(|l| l.clone()).unwrap_or_default()
     }

@@ -93,27 +93,32 @@ impl TestChannel {
 pub struct Options {
     pub channels: Vec<TestChannel>,
     /// Extra TOML appended to the generated config (e.g. a `[retry]` table).
-    pub retry_toml: String,
+    pub extra_toml: String,
     /// Keys the sandbox accepts; empty means any.
     pub sandbox_keys: Vec<String>,
     pub sandbox_latency: Duration,
+    /// `broker.delivery_limit` (the config's default when `None`).
+    pub delivery_limit: Option<u32>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             channels: vec![TestChannel::new("store-eu")],
-            retry_toml:
+            extra_toml:
                 "[retry]\nmax_attempts = 4\ninitial_interval = \"20ms\"\nmax_interval = \"200ms\"\n"
                     .into(),
             sandbox_keys: Vec::new(),
             sandbox_latency: Duration::ZERO,
+            delivery_limit: None,
         }
     }
 }
 
 pub struct TestApp {
     pub prefix: String,
+    pub config: Config,
+    pub config_path: std::path::PathBuf,
     pub sandbox: Sandbox,
     pub http: SocketAddr,
     pub channels: Vec<TestChannel>,
@@ -170,11 +175,14 @@ pub fn config_text(
     keys: &std::path::Path,
 ) -> String {
     let mut text = format!(
-        "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n\n\
+        "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n{}\n\
          [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\n\n{}\n",
         amqp_url(),
-        opts.retry_toml
+        opts.delivery_limit
+            .map(|n| format!("delivery_limit = {n}\n"))
+            .unwrap_or_default(),
+        opts.extra_toml
     );
     for c in &opts.channels {
         let key_file = keys.join(&c.name);
@@ -203,31 +211,123 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
     let keys = tempfile::tempdir().expect("tempdir");
     let text = config_text(&prefix, &sandbox.url(), &opts, keys.path());
     let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+    let config_path = keys.path().join("worker.toml");
+    std::fs::write(&config_path, &text).expect("write config");
     let conn = broker().await;
     let ch = conn.create_channel().await.expect("channel");
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");
-    let worker = Worker::build(config).await.expect("worker builds");
-    let http = worker.http_addr();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(worker.run(shutdown.clone()));
-    let app = TestApp {
+    let mut app = TestApp {
         prefix,
+        config,
+        config_path,
         sandbox,
-        http,
+        http: "127.0.0.1:0".parse().expect("address"),
         channels: opts.channels,
         conn,
         ch,
-        shutdown,
-        handle: Some(handle),
+        shutdown: CancellationToken::new(),
+        handle: None,
         _keys: keys,
     };
-    app.wait_ready().await;
+    app.start_worker().await;
     app
 }
 
 impl TestApp {
+    /// Starts (or restarts) the in-process worker and waits until it is ready.
+    pub async fn start_worker(&mut self) {
+        assert!(self.handle.is_none(), "the worker is already running");
+        let worker = Worker::build(self.config.clone())
+            .await
+            .expect("worker builds");
+        self.http = worker.http_addr();
+        self.shutdown = CancellationToken::new();
+        self.handle = Some(tokio::spawn(worker.run(self.shutdown.clone())));
+        self.wait_ready().await;
+    }
+
+    /// Runs the real binary with this test's config appended.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .output()
+            .expect("run the binary")
+    }
+
+    /// Publishes a message straight to `<prefix>.<exchange>`.
+    pub async fn publish_to(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
+        let confirm = self
+            .ch
+            .basic_publish(
+                self.queue(exchange).as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker nacked");
+    }
+
+    /// Every message in `<prefix>.<suffix>`, left in place.
+    pub async fn peek_all(&self, suffix: &str) -> Vec<DeadLetter> {
+        self.take_all(suffix, false).await
+    }
+
+    /// Every message in `<prefix>.<suffix>`, taken off the queue.
+    pub async fn drain(&self, suffix: &str) -> Vec<DeadLetter> {
+        self.take_all(suffix, true).await
+    }
+
+    /// Reads as many messages as the queue holds with a consumer (quorum
+    /// queues with a single active consumer refuse `basic.get`), then acks
+    /// them (`take`) or gives them all back.
+    async fn take_all(&self, suffix: &str, take: bool) -> Vec<DeadLetter> {
+        use futures_util::StreamExt;
+        let n = self.depth(suffix).await as usize;
+        let ch = self.conn.create_channel().await.expect("channel");
+        let q = self.queue(suffix);
+        let mut consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut all = Vec::with_capacity(n);
+        while all.len() < n {
+            let next = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("{q}: expected {n} messages, got {}", all.len()));
+            let d = next.expect("consumer open").expect("delivery");
+            if take {
+                d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+            all.push(DeadLetter {
+                routing_key: d.routing_key.to_string(),
+                body: d.data,
+                properties: d.properties,
+            });
+        }
+        drop(ch.close(200, "OK".into()).await);
+        all
+    }
+
     pub async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.http);
         eventually(
@@ -357,6 +457,10 @@ impl TestApp {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    pub fn clear_scripts(&self) {
+        self.sandbox.clear_scripts();
     }
 
     /// Stops the worker as SIGTERM would and waits for it to drain and exit.

@@ -2,6 +2,7 @@
 //! its own worker on its own topology prefix, so tests run in parallel.
 
 mod cli;
+mod dlq;
 mod helpers;
 mod lifecycle;
 mod outcomes;

@@ -366,7 +366,7 @@ async fn persistent_outage_exhausts_retries() {
     let app = spawn_with(
         "retries-exhausted",
         Options {
-            retry_toml:
+            extra_toml:
                 "[retry]\nmax_attempts = 3\ninitial_interval = \"20ms\"\nmax_interval = \"100ms\"\n"
                     .into(),
             ..Options::default()

@@ -1,0 +1,144 @@
+//! Which dead-lettered messages an operator means: `--reason` (repeatable),
+//! `--channel` (repeatable), `--job-id`, `--older-than`. Empty filters match all.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::message::DeadMessage;
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Filter {
+    /// Only this reason (repeatable): validation, malformed, window, expired,
+    /// unauthorized, forbidden, rejected, retries_exhausted, poison, unroutable.
+    #[arg(long = "reason", value_parser = parse_reason)]
+    pub reasons: Vec<String>,
+    /// Only this channel (repeatable).
+    #[arg(long = "channel")]
+    pub channels: Vec<String>,
+    /// Only this job.
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// Only messages that failed longer ago than this, e.g. `1h`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<Duration>,
+}
+
+fn parse_reason(s: &str) -> Result<String, String> {
+    if s == "unroutable" || crate::outcome::Reason::parse(s).is_some() {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "unknown reason {s:?}; one of validation, malformed, window, expired, unauthorized, \
+             forbidden, rejected, retries_exhausted, poison, unroutable"
+        ))
+    }
+}
+
+impl Filter {
+    pub fn matches(&self, m: &DeadMessage, now: OffsetDateTime) -> bool {
+        if !self.reasons.is_empty() && !self.reasons.iter().any(|r| r == m.why.as_str()) {
+            return false;
+        }
+        if !self.channels.is_empty()
+            && !m
+                .channel
+                .as_ref()
+                .is_some_and(|c| self.channels.iter().any(|f| f == c))
+        {
+            return false;
+        }
+        if let Some(id) = &self.job_id
+            && m.job_id.as_ref() != Some(id)
+        {
+            return false;
+        }
+        if let Some(age) = self.older_than {
+            // A message whose failure time is unknown is not known to be old.
+            let Some(at) = m.failed_at else { return false };
+            if now - at < age {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::{dlq::message::Why, outcome::Reason};
+
+    fn msg(reason: Reason, channel: &str, job: &str, at: OffsetDateTime) -> DeadMessage {
+        DeadMessage {
+            job_id: Some(job.into()),
+            channel: Some(channel.into()),
+            why: Why::Dead(reason),
+            error: String::new(),
+            attempts: 1,
+            failed_at: Some(at),
+            replays: 0,
+        }
+    }
+
+    const NOW: OffsetDateTime = datetime!(2026-11-24 12:00 UTC);
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        assert!(Filter::default().matches(&msg(Reason::Window, "a", "j", NOW), NOW));
+    }
+
+    #[test]
+    fn repeated_reasons_are_alternatives() {
+        let f = Filter {
+            reasons: vec!["window".into(), "poison".into()],
+            ..Filter::default()
+        };
+        assert!(f.matches(&msg(Reason::Window, "a", "j", NOW), NOW));
+        assert!(f.matches(&msg(Reason::Poison, "a", "j", NOW), NOW));
+        assert!(!f.matches(&msg(Reason::Validation, "a", "j", NOW), NOW));
+    }
+
+    #[test]
+    fn channel_and_job_id_must_both_match() {
+        let f = Filter {
+            channels: vec!["a".into(), "b".into()],
+            job_id: Some("j1".into()),
+            ..Filter::default()
+        };
+        assert!(f.matches(&msg(Reason::Window, "b", "j1", NOW), NOW));
+        assert!(!f.matches(&msg(Reason::Window, "c", "j1", NOW), NOW));
+        assert!(!f.matches(&msg(Reason::Window, "a", "j2", NOW), NOW));
+    }
+
+    #[test]
+    fn older_than_compares_the_failure_time() {
+        let f = Filter {
+            older_than: Some(Duration::from_secs(3600)),
+            ..Filter::default()
+        };
+        assert!(f.matches(
+            &msg(Reason::Window, "a", "j", datetime!(2026-11-24 10:59 UTC)),
+            NOW
+        ));
+        assert!(!f.matches(
+            &msg(Reason::Window, "a", "j", datetime!(2026-11-24 11:01 UTC)),
+            NOW
+        ));
+        let mut unknown = msg(Reason::Window, "a", "j", NOW);
+        unknown.failed_at = None;
+        assert!(!f.matches(&unknown, NOW));
+    }
+
+    #[test]
+    fn unknown_reason_is_refused_with_the_list() {
+        assert!(
+            parse_reason("windw")
+                .unwrap_err()
+                .contains("one of validation")
+        );
+        assert!(parse_reason("unroutable").is_ok());
+    }
+}

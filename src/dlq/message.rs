@@ -1,0 +1,218 @@
+//! What the DLQ tools know about one dead-lettered message: read from the
+//! `x-octopods-*` headers the worker wrote, or, for a job RabbitMQ dead-lettered
+//! itself (delivery limit), from `x-death` as reason `poison`.
+
+use base64::Engine;
+use lapin::{
+    message::Delivery,
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::{
+    broker::{Names, headers},
+    events::timestamp,
+    outcome::Reason,
+};
+
+/// Where the tools read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Source {
+    /// `<prefix>.dead`: jobs dead-lettered by the worker or by RabbitMQ.
+    #[default]
+    Dead,
+    /// `<prefix>.unroutable`: jobs published for a channel no worker knows.
+    Unroutable,
+}
+
+/// The reason as shown and filtered: a dead-letter [`Reason`], or
+/// `unroutable` for messages from the unroutable queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Why {
+    Dead(Reason),
+    Unroutable,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Dead(r) => r.as_str(),
+            Why::Unroutable => "unroutable",
+        }
+    }
+}
+
+/// One message, as the DLQ tools see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadMessage {
+    pub job_id: Option<String>,
+    pub channel: Option<String>,
+    pub why: Why,
+    pub error: String,
+    pub attempts: u32,
+    pub failed_at: Option<OffsetDateTime>,
+    pub replays: u32,
+}
+
+fn x_death(table: Option<&FieldTable>) -> Option<&FieldTable> {
+    match table?.inner().get("x-death")? {
+        AMQPValue::FieldArray(a) => match a.as_slice().first()? {
+            AMQPValue::FieldTable(t) => Some(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl DeadMessage {
+    pub fn read(delivery: &Delivery, source: Source, names: &Names) -> Self {
+        let h = delivery.properties.headers().as_ref();
+        let job_id = serde_json::from_slice::<Value>(&delivery.data)
+            .ok()
+            .and_then(|v| v.get("job_id")?.as_str().map(str::to_owned));
+        let death = x_death(h);
+        let why = match source {
+            Source::Unroutable => Why::Unroutable,
+            Source::Dead => Why::Dead(
+                headers::text(h, headers::REASON)
+                    .and_then(|r| Reason::parse(&r))
+                    .unwrap_or(Reason::Poison),
+            ),
+        };
+        let channel = headers::text(h, headers::CHANNEL)
+            .or_else(|| {
+                let queue = headers::text(death, "queue")?;
+                names.channel_of_queue(&queue).map(str::to_owned)
+            })
+            .or_else(|| {
+                // Unroutable jobs keep the routing key they were published with.
+                (source == Source::Unroutable && !delivery.routing_key.as_str().is_empty())
+                    .then(|| delivery.routing_key.as_str().to_owned())
+            });
+        let error = headers::text(h, headers::ERROR).unwrap_or_else(|| match why {
+            Why::Unroutable => "no queue for this channel".into(),
+            _ => {
+                let reason = headers::text(death, "reason").unwrap_or_else(|| "unknown".into());
+                format!("dead-lettered by RabbitMQ ({reason}): the job kept being redelivered")
+            }
+        });
+        let attempts = headers::int(h, headers::ATTEMPTS)
+            .or_else(|| headers::int(h, "x-delivery-count"))
+            .or_else(|| headers::int(death, "count"))
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
+        let failed_at = headers::text(h, headers::FAILED_AT)
+            .and_then(|t| {
+                OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .or_else(|| match death?.inner().get("time")? {
+                AMQPValue::Timestamp(t) => {
+                    OffsetDateTime::from_unix_timestamp(i64::try_from(*t).ok()?).ok()
+                }
+                _ => None,
+            })
+            .or_else(|| {
+                let t = (*delivery.properties.timestamp())?;
+                OffsetDateTime::from_unix_timestamp(i64::try_from(t).ok()?).ok()
+            });
+        let replays = headers::int(h, headers::REPLAYS)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
+        Self {
+            job_id,
+            channel,
+            why,
+            error,
+            attempts,
+            failed_at,
+            replays,
+        }
+    }
+
+    /// The `dlq list --json` line.
+    pub fn summary_json(&self) -> Value {
+        json!({
+            "job_id": self.job_id,
+            "channel": self.channel,
+            "reason": self.why.as_str(),
+            "error": self.error,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at.map(timestamp),
+            "replays": self.replays,
+        })
+    }
+
+    /// The `dlq export` line: the summary plus the message itself.
+    pub fn export_json(&self, delivery: &Delivery) -> Value {
+        let mut v = self.summary_json();
+        let p = &delivery.properties;
+        let mut props = Map::new();
+        let mut put = |k: &str, val: Option<String>| {
+            if let Some(val) = val {
+                props.insert(k.into(), Value::String(val));
+            }
+        };
+        put(
+            "content_type",
+            p.content_type().as_ref().map(|s| s.to_string()),
+        );
+        put(
+            "correlation_id",
+            p.correlation_id().as_ref().map(|s| s.to_string()),
+        );
+        put("message_id", p.message_id().as_ref().map(|s| s.to_string()));
+        put("app_id", p.app_id().as_ref().map(|s| s.to_string()));
+        if let Some(mode) = p.delivery_mode() {
+            props.insert("delivery_mode".into(), json!(mode));
+        }
+        if let Some(h) = p.headers() {
+            props.insert("headers".into(), table_to_json(h));
+        }
+        v["routing_key"] = json!(delivery.routing_key.as_str());
+        v["properties"] = Value::Object(props);
+        match std::str::from_utf8(&delivery.data) {
+            Ok(text) => v["body"] = json!(text),
+            Err(_) => {
+                v["body_base64"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(&delivery.data));
+            }
+        }
+        v
+    }
+}
+
+/// AMQP headers as plain JSON, for export.
+pub fn table_to_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Float(n) => json!(n),
+        AMQPValue::Double(n) => json!(n),
+        AMQPValue::DecimalValue(d) => json!(format!("{d:?}")),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        AMQPValue::ByteArray(b) => {
+            json!(base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
+        }
+        AMQPValue::Void => Value::Null,
+    }
+}
