@@ -180,7 +180,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         }
         Command::Topology(a) => {
             let config = Config::load(&a.config)?;
-            let conn = broker::connect(&config.broker.url, "topology")
+            let conn = broker::connect(&config.broker.url, "topology", &config.broker.prefix)
                 .await
                 .with_context(|| {
                     format!(

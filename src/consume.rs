@@ -121,7 +121,7 @@ pub async fn handle(
     settler: &Settler,
 ) {
     let name = channel.config.name.as_str();
-    let span = info_span!("job", job_id = Empty, channel = name, attempt = Empty);
+    let span = info_span!("job", job_id = Empty, channel = name, attempt = Empty, phone = Empty);
     async {
         let received = Instant::now();
         shared.metrics.received(name);
@@ -149,7 +149,10 @@ pub async fn handle(
                 return;
             }
         };
-        tracing::Span::current().record("job_id", job.id.as_str());
+        let span = tracing::Span::current();
+        span.record("job_id", job.id.as_str());
+        // `Phone` displays masked: +1555***4567.
+        span.record("phone", tracing::field::display(&job.phone));
         if let Some(event) = shared.dedup.sent_event(name, job.id.as_str()) {
             info!("already sent by this worker; re-publishing its sent event instead");
             shared.metrics.duplicate_suppressed(name);

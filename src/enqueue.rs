@@ -60,7 +60,7 @@ pub fn read_jobs(
 
 /// Publishes every job with confirms; returns how many.
 pub async fn publish(config: &Config, jobs: &[Pending]) -> anyhow::Result<usize> {
-    let conn = broker::connect(&config.broker.url, "enqueue")
+    let conn = broker::connect(&config.broker.url, "enqueue", &config.broker.prefix)
         .await
         .with_context(|| {
             format!(

@@ -41,6 +41,7 @@ pub struct Metrics {
     broker_connected: IntGauge,
     broker_reconnects: IntCounter,
     events_unroutable: IntCounterVec,
+    budget: prometheus::GaugeVec,
     duplicates_suppressed: IntCounterVec,
 }
 
@@ -113,11 +114,20 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let budget = prometheus::GaugeVec::new(
+            Opts::new(
+                "octopods_channel_rate_budget",
+                "Configured sends per second for the channel (whole deployment).",
+            ),
+            &["channel"],
+        )
+        .unwrap_or_else(|e| panic!("budget: {e}"));
         for c in [
             Box::new(in_flight.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(broker_connected.clone()),
             Box::new(broker_reconnects.clone()),
             Box::new(build_info),
+            Box::new(budget.clone()),
         ] {
             r.register(c).unwrap_or_else(|e| panic!("register: {e}"));
         }
@@ -192,6 +202,7 @@ impl Metrics {
                 &["channel"],
             ),
             in_flight,
+            budget,
             broker_connected,
             broker_reconnects,
             registry,
@@ -200,7 +211,8 @@ impl Metrics {
 
     /// Makes every per-channel series exist at zero, so dashboards and
     /// `rate()` see the channel before its first job.
-    pub fn register_channel(&self, channel: &str) {
+    pub fn register_channel(&self, channel: &str, rate_per_second: f64) {
+        self.budget.with_label_values(&[channel]).set(rate_per_second);
         self.received.with_label_values(&[channel]);
         self.in_flight.with_label_values(&[channel]);
         for c in [Completion::Sent, Completion::DeadLettered] {
@@ -300,7 +312,7 @@ mod tests {
     #[test]
     fn contract_metric_names_are_exposed() {
         let m = Metrics::new();
-        m.register_channel("c");
+        m.register_channel("c", 2.5);
         m.received("c");
         m.dead_lettered("c", Reason::Window);
         m.retried("c", RetryCause::ServerError);
@@ -324,6 +336,7 @@ mod tests {
             "octopods_broker_connected 0",
             "octopods_broker_reconnects_total 0",
             "octopods_worker_build_info{version=",
+            "octopods_channel_rate_budget{channel=\"c\"} 2.5",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -21,7 +21,7 @@ pub async fn tail(
     timeout: Duration,
     out: &mut impl Write,
 ) -> anyhow::Result<usize> {
-    let conn = broker::connect(&config.broker.url, "events")
+    let conn = broker::connect(&config.broker.url, "events", &config.broker.prefix)
         .await
         .with_context(|| {
             format!(

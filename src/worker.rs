@@ -63,7 +63,7 @@ impl Worker {
         let client = Client::new(&config.octopods).context("cannot build the HTTP client")?;
         let metrics = Arc::new(Metrics::new());
         for c in &config.channels {
-            metrics.register_channel(&c.name);
+            metrics.register_channel(&c.name, c.rate_per_second);
         }
         let dedup = Dedup::new(config.worker.dedup_capacity, config.worker.dedup_ttl);
         Ok(Self {
@@ -163,7 +163,7 @@ impl Worker {
         reconnect: &mut ExponentialBackoff,
     ) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        let conn = broker::connect(&config.broker.url, "worker")
+        let conn = broker::connect(&config.broker.url, "worker", &config.broker.prefix)
             .await
             .with_context(|| {
                 format!(

@@ -10,10 +10,11 @@ use lapin::{Connection, ConnectionProperties};
 pub use publish::{PublishError, Publisher};
 pub use topology::Names;
 
-/// Opens a connection named for `rabbitmqctl list_connections`.
-pub async fn connect(url: &str, role: &str) -> Result<Connection, lapin::Error> {
+/// Opens a connection named for `rabbitmqctl list_connections`, e.g.
+/// `octopods-worker worker prefix=octopods pid=4242 v0.1.0`.
+pub async fn connect(url: &str, role: &str, prefix: &str) -> Result<Connection, lapin::Error> {
     let name = format!(
-        "octopods-worker {role} pid={} v{}",
+        "octopods-worker {role} prefix={prefix} pid={} v{}",
         std::process::id(),
         env!("CARGO_PKG_VERSION")
     );

@@ -101,7 +101,7 @@ pub async fn run(
         Source::Dead => names.dead(),
         Source::Unroutable => names.unroutable(),
     };
-    let conn = broker::connect(&config.broker.url, "dlq")
+    let conn = broker::connect(&config.broker.url, "dlq", &config.broker.prefix)
         .await
         .with_context(|| {
             format!(

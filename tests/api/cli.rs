@@ -93,7 +93,7 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
     );
 
     let mut child = Command::new(BIN)
-        .args(["run", "--config"])
+        .args(["--log-format", "json", "run", "--config"])
         .arg(&path)
         .stderr(Stdio::piped())
         .spawn()
@@ -104,8 +104,9 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
     let reader = std::thread::spawn(move || {
         let mut log = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("http=").nth(1) {
-                drop(tx.send(addr.trim().to_owned()));
+            let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"]["http"].as_str()) {
+                drop(tx.send(addr.to_owned()));
             }
             log.push(line);
         }
@@ -146,6 +147,10 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
     let event: serde_json::Value = serde_json::from_slice(&msg.delivery.data).unwrap();
     assert_eq!(event["event"], "sent");
 
+    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("octopods_jobs_received_total{channel=\"store-eu\"} 1"), "{metrics}");
+    assert!(!metrics.contains("s3cret") && !metrics.contains("5551234567"));
+
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
@@ -172,6 +177,20 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
         "exit status after SIGTERM; log:\n{log}"
     );
     assert!(log.contains("worker stopped"), "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    let settled = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "job settled")
+        .unwrap_or_else(|| panic!("no settle line in:\n{log}"));
+    assert_eq!(settled["fields"]["outcome"], "sent");
+    assert!(settled["fields"]["duration_ms"].is_u64());
+    assert_eq!(settled["span"]["job_id"], "bin-1");
+    assert_eq!(settled["span"]["channel"], "store-eu");
+    assert_eq!(settled["span"]["attempt"], 1);
+    assert_eq!(settled["span"]["phone"], "+1555***4567");
     assert!(
         !log.contains("s3cret"),
         "the API key leaked into the log:\n{log}"

@@ -5,4 +5,5 @@ mod cli;
 mod dlq;
 mod helpers;
 mod lifecycle;
+mod observability;
 mod outcomes;
