@@ -12,3 +12,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+scripts/check-deploy.sh
