@@ -189,7 +189,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
                     )
                 })?;
             let ch = conn.create_channel().await?;
-            topology::declare(&ch, &config, &[])
+            topology::declare(&ch, &config)
                 .await
                 .context("cannot declare the topology")?;
             drop(conn.close(200, "OK".into()).await);

@@ -113,15 +113,26 @@ impl Default for OctopodsConfig {
     }
 }
 
-/// `[retry]`: in-process retries of transient failures.
+/// `[retry]`: retries of transient failures, in two levels: a few immediate
+/// attempts in process (exponential backoff with jitter), then durable delayed
+/// retries through the `<prefix>.retry.<delay>` queues.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
-    /// Attempts per job in all, the first included. Default 8.
+    /// Attempts per job in all, across both levels, the first included. Default 8.
     pub max_attempts: u32,
-    /// Time from the first attempt after which no new attempt starts. Default `10m`.
+    /// Time from the job's first attempt after which no new attempt starts,
+    /// across both levels. Default `10m`.
     #[serde(with = "humantime_serde")]
     pub max_elapsed: Duration,
+    /// Attempts per delivery before the job is handed to a delay queue.
+    /// Default 2.
+    pub immediate_attempts: u32,
+    /// Delay before the 1st, 2nd, … durable retry; the last repeats. Default
+    /// `["10s", "1m", "5m", "30m"]`. Empty: retry in process only (up to
+    /// `max_attempts` within one delivery).
+    #[serde(with = "durations")]
+    pub delays: Vec<Duration>,
     /// First backoff interval, before jitter (±50 %). Default `500ms`; doubles
     /// each attempt.
     #[serde(with = "humantime_serde")]
@@ -136,6 +147,13 @@ impl Default for RetryConfig {
         Self {
             max_attempts: 8,
             max_elapsed: Duration::from_secs(600),
+            immediate_attempts: 2,
+            delays: vec![
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+                Duration::from_secs(300),
+                Duration::from_secs(1800),
+            ],
             initial_interval: Duration::from_millis(500),
             max_interval: Duration::from_secs(30),
         }
@@ -374,10 +392,29 @@ impl Config {
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
-        if self.retry.max_elapsed >= self.broker.consumer_timeout / 2 {
+        if self.retry.immediate_attempts == 0 {
+            return Err(invalid("retry.immediate_attempts", "must be at least 1"));
+        }
+        if self.retry.delays.iter().any(|d| d.as_millis() == 0) {
+            return Err(invalid("retry.delays", "every delay must be at least 1ms"));
+        }
+        // One delivery's worst case must stay well inside RabbitMQ's consumer
+        // acknowledgement timeout, or the broker closes the channel mid-job.
+        let per_delivery = if self.retry.delays.is_empty() {
+            self.retry.max_attempts
+        } else {
+            self.retry.immediate_attempts.min(self.retry.max_attempts)
+        };
+        let worst = (self.octopods.timeout + self.retry.max_interval) * per_delivery;
+        if worst >= self.broker.consumer_timeout / 2 {
             return Err(invalid(
-                "retry.max_elapsed",
-                "must be under half of broker.consumer_timeout, or RabbitMQ may close the channel mid-retry",
+                "retry",
+                format!(
+                    "one delivery may take {} ({per_delivery} attempts × (octopods.timeout + retry.max_interval)), \
+                     over half of broker.consumer_timeout ({}); use fewer immediate attempts or durable delays",
+                    humantime::format_duration(worst),
+                    humantime::format_duration(self.broker.consumer_timeout)
+                ),
             ));
         }
         if self.channels.is_empty() {
@@ -425,6 +462,23 @@ impl Config {
 
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
         self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+/// `["10s", "1m"]` as durations.
+mod durations {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                humantime::parse_duration(s)
+                    .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+            })
+            .collect()
     }
 }
 
@@ -539,6 +593,34 @@ burst = 5
         assert_eq!(c.channels[0].effective_prefetch(&c.broker), 5);
         c.channels[0].rate_per_second = 100.0;
         assert_eq!(c.channels[0].effective_prefetch(&c.broker), 64);
+    }
+
+    #[test]
+    fn retry_delays_parse_and_default() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.retry.delays.len(), 4);
+        assert_eq!(c.retry.immediate_attempts, 2);
+        let c = Config::from_toml(&format!("[retry]\ndelays = [\"500ms\", \"2m\"]\n{MINIMAL}"))
+            .unwrap();
+        assert_eq!(
+            c.retry.delays,
+            vec![Duration::from_millis(500), Duration::from_secs(120)]
+        );
+        let err =
+            Config::from_toml(&format!("[retry]\ndelays = [\"soon\"]\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn in_process_retries_must_fit_the_consumer_timeout() {
+        let text = format!(
+            "[retry]\ndelays = []\nmax_attempts = 60\n[broker]\ndelivery_limit = 99\n{MINIMAL}"
+        );
+        let err = Config::from_toml(&text).unwrap_err();
+        assert!(
+            err.to_string().starts_with("retry: one delivery may take"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,16 +18,16 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, error, field::Empty, info, info_span, warn};
 
 use crate::{
-    broker::headers,
+    broker::{headers, topology::delay_label},
     config::{ApiKey, ChannelConfig, Config},
-    dedup::Dedup,
+    dedup::{Begin, Dedup},
     events::{DeadLetteredEvent, SentEvent},
     job::{Echo, Job},
     limit::Limiter,
     metrics::{Completion, Metrics},
     octopods::Client,
-    outcome::{Failure, Reason},
-    send::{self, Final, Target},
+    outcome::{Failure, Reason, RetryCause},
+    send::{self, Final, History, Target},
     settle::{self, Settler},
 };
 
@@ -121,11 +121,17 @@ pub async fn handle(
     settler: &Settler,
 ) {
     let name = channel.config.name.as_str();
-    let span = info_span!("job", job_id = Empty, channel = name, attempt = Empty, phone = Empty);
+    let span = info_span!(
+        "job",
+        job_id = Empty,
+        channel = name,
+        attempt = Empty,
+        phone = Empty
+    );
     async {
         let received = Instant::now();
         shared.metrics.received(name);
-        let prior = headers::attempts(&delivery.properties);
+        let (prior, delayed, first_attempt_at) = headers::history(&delivery.properties);
         let job = match Job::parse(&delivery.data, name, channel.config.provider) {
             Ok(job) => job,
             Err(rejection) => {
@@ -153,30 +159,41 @@ pub async fn handle(
         span.record("job_id", job.id.as_str());
         // `Phone` displays masked: +1555***4567.
         span.record("phone", tracing::field::display(&job.phone));
-        if let Some(event) = shared.dedup.sent_event(name, job.id.as_str()) {
-            info!("already sent by this worker; re-publishing its sent event instead");
-            shared.metrics.duplicate_suppressed(name);
-            settle_sent(
-                &delivery,
-                channel,
-                shared,
-                settler,
-                job.id.as_str(),
-                &event,
-                received,
-            )
-            .await;
-            return;
-        }
+        let _claim = loop {
+            match shared.dedup.begin(name, job.id.as_str()) {
+                Begin::Go(claim) => break claim,
+                Begin::Sent(event) => {
+                    info!("already sent by this worker; re-publishing its sent event instead");
+                    shared.metrics.duplicate_suppressed(name);
+                    settle_sent(
+                        &delivery,
+                        channel,
+                        shared,
+                        settler,
+                        job.id.as_str(),
+                        &event,
+                        received,
+                    )
+                    .await;
+                    return;
+                }
+                // The same job is in flight on another delivery: wait for it.
+                Begin::Wait(mut done) => drop(done.changed().await),
+            }
+        };
         let target = Target {
             channel: name,
             key: &channel.key,
             limiter: &channel.limiter,
         };
+        let history = History {
+            attempts: prior,
+            first_attempt_at,
+        };
         let (result, attempts) = send::attempt(
             &job,
             &target,
-            prior,
+            history,
             &shared.client,
             &shared.config.retry,
             &shared.metrics,
@@ -222,10 +239,57 @@ pub async fn handle(
                 )
                 .await;
             }
+            Final::Delay {
+                cause,
+                after,
+                failure,
+            } => {
+                let first = first_attempt_at.unwrap_or_else(|| {
+                    OffsetDateTime::now_utc()
+                        - time::Duration::try_from(received.elapsed()).unwrap_or_default()
+                });
+                delay(
+                    &delivery, shared, settler, name, attempts, delayed, first, after, cause,
+                    &failure,
+                )
+                .await;
+            }
         }
     }
     .instrument(span)
     .await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn delay(
+    delivery: &Delivery,
+    shared: &Shared,
+    settler: &Settler,
+    channel: &str,
+    attempts: u32,
+    delayed: u32,
+    first_attempt_at: OffsetDateTime,
+    after: Option<std::time::Duration>,
+    cause: RetryCause,
+    failure: &Failure,
+) {
+    let Some(wait) = send::pick_delay(&shared.config.retry.delays, delayed, after) else {
+        return give_back(delivery, shared, channel, "no retry delays configured").await;
+    };
+    let label = delay_label(wait);
+    match settler
+        .delay(delivery, channel, attempts, delayed, first_attempt_at, wait)
+        .await
+    {
+        Ok(()) => {
+            if let Err(e) = settle::ack(delivery).await {
+                warn!(error = %e, "ack failed after handing the job to a delay queue; it may be retried twice");
+            }
+            shared.metrics.delayed(channel, &label);
+            info!(cause = cause.as_str(), error = %failure.message, delay = %label, attempts, "still failing; retrying later from a delay queue");
+        }
+        Err(e) => give_back(delivery, shared, channel, &e.to_string()).await,
+    }
 }
 
 async fn settle_sent(

@@ -1,12 +1,20 @@
-//! The recent-`job_id` memory: jobs this process has already sent, with
-//! their `sent` event, so a redelivered or re-published job is not sent twice
-//! (CONTRACT §10). Bounded by count and by age; the oldest entries go first.
+//! The recent-`job_id` memory (CONTRACT §10): jobs this process has sent,
+//! with their `sent` event, so a redelivered or re-published job is not sent
+//! twice — its event is re-published instead. Bounded by count and by age;
+//! the oldest entries go first.
+//!
+//! It also knows which jobs are in flight: a second delivery of a job that is
+//! being sent right now waits for the first to finish, then looks again.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::Mutex,
     time::{Duration, Instant},
 };
+
+use tokio::sync::watch;
+
+type Key = (String, String);
 
 pub struct Dedup {
     capacity: usize,
@@ -16,8 +24,34 @@ pub struct Dedup {
 
 #[derive(Default)]
 struct Inner {
-    events: HashMap<(String, String), (Instant, Vec<u8>)>,
-    order: VecDeque<(Instant, (String, String))>,
+    events: HashMap<Key, (Instant, Vec<u8>)>,
+    order: VecDeque<(Instant, Key)>,
+    /// Jobs being worked on; waiters watch the sender, which drops when done.
+    in_flight: HashMap<Key, watch::Sender<()>>,
+}
+
+/// What to do with a delivery.
+pub enum Begin<'a> {
+    /// Sent recently: re-publish this event instead.
+    Sent(Vec<u8>),
+    /// Nobody else has it: go ahead; the claim ends when dropped.
+    Go(Claim<'a>),
+    /// Another delivery of the same job is in flight: wait, then ask again.
+    Wait(watch::Receiver<()>),
+}
+
+/// A claim on a job in flight. Dropping it wakes any waiting duplicate.
+pub struct Claim<'a> {
+    dedup: &'a Dedup,
+    key: Key,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut inner) = self.dedup.inner.lock() {
+            inner.in_flight.remove(&self.key);
+        }
+    }
 }
 
 impl Dedup {
@@ -27,6 +61,24 @@ impl Dedup {
             ttl,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Claims `job_id` on `channel`, or says why not.
+    pub fn begin(&self, channel: &str, job_id: &str) -> Begin<'_> {
+        let key = (channel.to_owned(), job_id.to_owned());
+        let Ok(mut inner) = self.inner.lock() else {
+            // A poisoned lock only loses the memory, never a job.
+            return Begin::Go(Claim { dedup: self, key });
+        };
+        self.evict(&mut inner, Instant::now());
+        if let Some((_, event)) = inner.events.get(&key) {
+            return Begin::Sent(event.clone());
+        }
+        if let Some(tx) = inner.in_flight.get(&key) {
+            return Begin::Wait(tx.subscribe());
+        }
+        inner.in_flight.insert(key.clone(), watch::channel(()).0);
+        Begin::Go(Claim { dedup: self, key })
     }
 
     /// Remembers that `job_id` on `channel` was sent, with its event body.
@@ -47,11 +99,7 @@ impl Dedup {
         self.evict(&mut inner, now);
     }
 
-    /// The `sent` event of a job sent recently, if any.
-    pub fn sent_event(&self, channel: &str, job_id: &str) -> Option<Vec<u8>> {
-        self.sent_event_at(channel, job_id, Instant::now())
-    }
-
+    #[cfg(test)]
     fn sent_event_at(&self, channel: &str, job_id: &str, now: Instant) -> Option<Vec<u8>> {
         let mut inner = self.inner.lock().ok()?;
         self.evict(&mut inner, now);
@@ -83,8 +131,8 @@ mod tests {
     fn remembers_sent_jobs_per_channel() {
         let d = Dedup::new(10, Duration::from_secs(60));
         d.remember("a", "j1", b"e1".to_vec());
-        assert_eq!(d.sent_event("a", "j1").as_deref(), Some(&b"e1"[..]));
-        assert_eq!(d.sent_event("b", "j1"), None);
+        assert!(matches!(d.begin("a", "j1"), Begin::Sent(e) if e == b"e1"));
+        assert!(matches!(d.begin("b", "j1"), Begin::Go(_)));
     }
 
     #[test]
@@ -112,5 +160,30 @@ mod tests {
         assert!(d.sent_event_at("a", "j1", t0).is_none());
         assert!(d.sent_event_at("a", "j2", t0).is_some());
         assert!(d.sent_event_at("a", "j3", t0).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_in_flight_waits_for_the_first_then_sees_it_sent() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        let Begin::Go(claim) = d.begin("a", "j") else {
+            panic!("first delivery goes")
+        };
+        let Begin::Wait(mut rx) = d.begin("a", "j") else {
+            panic!("second waits")
+        };
+        d.remember("a", "j", b"event".to_vec());
+        drop(claim);
+        rx.changed().await.expect_err("the claim's sender is gone");
+        assert!(matches!(d.begin("a", "j"), Begin::Sent(_)));
+    }
+
+    #[test]
+    fn a_failed_first_attempt_lets_the_duplicate_go() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        let Begin::Go(claim) = d.begin("a", "j") else {
+            panic!()
+        };
+        drop(claim);
+        assert!(matches!(d.begin("a", "j"), Begin::Go(_)));
     }
 }

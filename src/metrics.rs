@@ -41,6 +41,7 @@ pub struct Metrics {
     broker_connected: IntGauge,
     broker_reconnects: IntCounter,
     events_unroutable: IntCounterVec,
+    delayed: IntCounterVec,
     budget: prometheus::GaugeVec,
     duplicates_suppressed: IntCounterVec,
 }
@@ -195,6 +196,12 @@ impl Metrics {
                 "Result events returned by the broker as unroutable.",
                 &["channel", "event"],
             ),
+            delayed: counter(
+                r,
+                "octopods_delayed_retries_total",
+                "Jobs handed to a durable delay queue, by delay.",
+                &["channel", "delay"],
+            ),
             duplicates_suppressed: counter(
                 r,
                 "octopods_duplicates_suppressed_total",
@@ -212,7 +219,9 @@ impl Metrics {
     /// Makes every per-channel series exist at zero, so dashboards and
     /// `rate()` see the channel before its first job.
     pub fn register_channel(&self, channel: &str, rate_per_second: f64) {
-        self.budget.with_label_values(&[channel]).set(rate_per_second);
+        self.budget
+            .with_label_values(&[channel])
+            .set(rate_per_second);
         self.received.with_label_values(&[channel]);
         self.in_flight.with_label_values(&[channel]);
         for c in [Completion::Sent, Completion::DeadLettered] {
@@ -280,6 +289,12 @@ impl Metrics {
         self.events_unroutable
             .with_label_values(&[channel, event])
             .inc();
+    }
+
+    /// The job left for a delay queue; it is no longer in flight here.
+    pub fn delayed(&self, channel: &str, delay: &str) {
+        self.delayed.with_label_values(&[channel, delay]).inc();
+        self.in_flight.with_label_values(&[channel]).dec();
     }
 
     pub fn duplicate_suppressed(&self, channel: &str) {

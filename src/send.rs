@@ -1,7 +1,9 @@
-//! One job's attempts: before each, the deadlines and the channel's rate
+//! One delivery's attempts: before each, the deadlines and the channel's rate
 //! limit; after each, [`classify`](crate::classify)'s verdict. Transient
 //! failures back off exponentially with jitter (`backoff`), with `Retry-After`
-//! as a floor, until the attempt or time budget runs out.
+//! as a floor, for `immediate_attempts`; then the job is handed back for a
+//! durable delayed retry ([`Final::Delay`]), until the job's attempt or time
+//! budget (counted across deliveries) runs out.
 
 use std::time::Duration;
 
@@ -15,14 +17,28 @@ use crate::{
     limit::Limiter,
     metrics::Metrics,
     octopods::Client,
-    outcome::{Failure, Outcome, Reason, Receipt},
+    outcome::{Failure, Outcome, Reason, Receipt, RetryCause},
 };
 
-/// How a job's attempts ended.
+/// How a delivery's attempts ended.
 #[derive(Debug)]
 pub enum Final {
     Sent(Receipt),
     DeadLetter(Reason, Failure),
+    /// Still transient after this delivery's immediate attempts: retry later
+    /// through a delay queue, waiting at least `after`.
+    Delay {
+        cause: RetryCause,
+        after: Option<Duration>,
+        failure: Failure,
+    },
+}
+
+/// What earlier deliveries of the job did (from its headers).
+#[derive(Debug, Clone, Copy)]
+pub struct History {
+    pub attempts: u32,
+    pub first_attempt_at: Option<OffsetDateTime>,
 }
 
 /// What the send stage needs of the channel.
@@ -45,19 +61,23 @@ pub fn schedule(retry: &RetryConfig) -> ExponentialBackoff {
     }
 }
 
-/// Attempts `job` until it is sent or must be dead-lettered. `prior` counts
-/// attempts made by earlier deliveries; the returned count includes them.
+/// Attempts `job` until it is sent, must be dead-lettered, or should wait in
+/// a delay queue. The returned count includes earlier deliveries' attempts.
 pub async fn attempt(
     job: &Job,
     target: &Target<'_>,
-    prior: u32,
+    history: History,
     client: &Client,
     retry: &RetryConfig,
     metrics: &Metrics,
 ) -> (Final, u32) {
     let mut backoff = schedule(retry);
     backoff.reset();
+    let prior = history.attempts;
     let mut attempts = prior;
+    let first_at = history
+        .first_attempt_at
+        .unwrap_or_else(OffsetDateTime::now_utc);
     loop {
         if let Err((reason, message)) = job.check_deadlines(OffsetDateTime::now_utc()) {
             return (
@@ -91,7 +111,8 @@ pub async fn attempt(
                 if let Some(pause) = after {
                     target.limiter.pause(pause);
                 }
-                let next = if attempts >= retry.max_attempts {
+                let elapsed = OffsetDateTime::now_utc() - first_at;
+                let next = if attempts >= retry.max_attempts || elapsed >= retry.max_elapsed {
                     None
                 } else {
                     backoff.next_backoff()
@@ -107,8 +128,18 @@ pub async fn attempt(
                         attempts,
                     );
                 };
-                let delay = next.max(after.unwrap_or(Duration::ZERO));
                 metrics.retried(target.channel, cause);
+                if attempts - prior >= retry.immediate_attempts && !retry.delays.is_empty() {
+                    return (
+                        Final::Delay {
+                            cause,
+                            after,
+                            failure,
+                        },
+                        attempts,
+                    );
+                }
+                let delay = next.max(after.unwrap_or(Duration::ZERO));
                 info!(
                     cause = cause.as_str(),
                     error = %failure.message,
@@ -121,9 +152,54 @@ pub async fn attempt(
     }
 }
 
+/// The delay queue for the job's next durable retry: the configured delay for
+/// this round (the last one repeats), raised to the first that honours `floor`.
+pub fn pick_delay(
+    delays: &[Duration],
+    delayed_so_far: u32,
+    floor: Option<Duration>,
+) -> Option<Duration> {
+    let last = *delays.last()?;
+    let index = usize::try_from(delayed_so_far).unwrap_or(usize::MAX);
+    let delay = delays.get(index).copied().unwrap_or(last);
+    Some(match floor {
+        Some(f) if f > delay => delays.iter().copied().find(|d| *d >= f).unwrap_or(last),
+        _ => delay,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_advance_and_the_last_repeats() {
+        let d = [
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+        ];
+        assert_eq!(pick_delay(&d, 0, None), Some(d[0]));
+        assert_eq!(pick_delay(&d, 1, None), Some(d[1]));
+        assert_eq!(pick_delay(&d, 7, None), Some(d[2]));
+        assert_eq!(pick_delay(&[], 0, None), None);
+    }
+
+    #[test]
+    fn retry_after_raises_the_delay_to_a_queue_that_honours_it() {
+        let d = [
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            Duration::from_secs(300),
+        ];
+        assert_eq!(pick_delay(&d, 0, Some(Duration::from_secs(30))), Some(d[1]));
+        assert_eq!(pick_delay(&d, 0, Some(Duration::from_secs(5))), Some(d[0]));
+        // Past the longest delay: the longest there is.
+        assert_eq!(
+            pick_delay(&d, 0, Some(Duration::from_secs(900))),
+            Some(d[2])
+        );
+    }
 
     #[test]
     fn schedule_grows_and_stays_within_jitter_bounds() {

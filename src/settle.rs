@@ -148,6 +148,51 @@ impl Settler {
     }
 }
 
+impl Settler {
+    /// Sends the job to the delay queue for `delay`, from where it expires
+    /// back to its channel queue, with its attempt history in the headers.
+    pub async fn delay(
+        &self,
+        delivery: &Delivery,
+        channel: &str,
+        attempts: u32,
+        delayed: u32,
+        first_attempt_at: OffsetDateTime,
+        delay: std::time::Duration,
+    ) -> Result<(), PublishError> {
+        let label = crate::broker::topology::delay_label(delay);
+        let props = headers::with_headers(
+            &delivery.properties,
+            vec![
+                (
+                    headers::ATTEMPTS,
+                    AMQPValue::LongLongInt(i64::from(attempts)),
+                ),
+                (
+                    headers::DELAYED,
+                    AMQPValue::LongLongInt(i64::from(delayed) + 1),
+                ),
+                (
+                    headers::FIRST_ATTEMPT_AT,
+                    headers::text_value(&timestamp(first_attempt_at)),
+                ),
+                (headers::DELAY, headers::text_value(&label)),
+            ],
+            &[],
+        );
+        self.publisher
+            .publish(
+                &self.names.retry_exchange(),
+                &self.names.channel_queue(channel),
+                &delivery.data,
+                props,
+                false,
+            )
+            .await
+            .map(|_| ())
+    }
+}
+
 /// Acks after everything was confirmed.
 pub async fn ack(delivery: &Delivery) -> Result<(), lapin::Error> {
     delivery

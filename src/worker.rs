@@ -173,7 +173,7 @@ impl Worker {
             })?;
         let mut events = Box::pin(conn.events_listener());
         let setup = conn.create_channel().await?;
-        topology::declare(&setup, config, &[])
+        topology::declare(&setup, config)
             .await
             .context("cannot declare the topology")?;
         drop(setup.close(200, "OK".into()).await);

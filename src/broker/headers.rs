@@ -14,7 +14,13 @@ pub const ATTEMPTS: &str = "x-octopods-attempts";
 pub const CHANNEL: &str = "x-octopods-channel";
 pub const FAILED_AT: &str = "x-octopods-failed-at";
 pub const REPLAYS: &str = "x-octopods-replays";
+/// The delay queue a durable retry goes to (`10s`, `1m`, …); the retry
+/// exchange routes on it.
 pub const DELAY: &str = "x-octopods-delay";
+/// Durable retries so far.
+pub const DELAYED: &str = "x-octopods-delayed";
+/// When the job's first attempt was made (RFC 3339), for `retry.max_elapsed`.
+pub const FIRST_ATTEMPT_AT: &str = "x-octopods-first-attempt-at";
 
 /// Reads a header as an integer, whatever width it was sent with.
 pub fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
@@ -50,6 +56,18 @@ pub fn attempts(props: &BasicProperties) -> u32 {
     int(props.headers().as_ref(), ATTEMPTS)
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(0)
+}
+
+/// What earlier deliveries did: attempts, durable retries, first attempt time.
+pub fn history(props: &BasicProperties) -> (u32, u32, Option<time::OffsetDateTime>) {
+    let h = props.headers().as_ref();
+    let delayed = int(h, DELAYED)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0);
+    let first = text(h, FIRST_ATTEMPT_AT).and_then(|t| {
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
+    });
+    (attempts(props), delayed, first)
 }
 
 /// The properties with headers changed: `set` entries written, `remove` keys dropped.

@@ -102,11 +102,8 @@ const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
 
 /// Declares the whole topology. Safe to run any number of times; a queue
 /// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
-pub async fn declare(
-    ch: &Channel,
-    config: &Config,
-    retry_delays: &[Duration],
-) -> Result<(), lapin::Error> {
+pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
+    let retry_delays = &config.retry.delays;
     let n = Names::new(&config.broker.prefix);
     let none = FieldTable::default;
 

@@ -54,6 +54,8 @@ const FAILURE_HEADERS: &[&str] = &[
     headers::CHANNEL,
     headers::FAILED_AT,
     headers::DELAY,
+    headers::DELAYED,
+    headers::FIRST_ATTEMPT_AT,
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",

@@ -147,8 +147,16 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
     let event: serde_json::Value = serde_json::from_slice(&msg.delivery.data).unwrap();
     assert_eq!(event["event"], "sent");
 
-    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("octopods_jobs_received_total{channel=\"store-eu\"} 1"), "{metrics}");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("octopods_jobs_received_total{channel=\"store-eu\"} 1"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("s3cret") && !metrics.contains("5551234567"));
 
     let pid = child.id().to_string();
@@ -179,7 +187,9 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
     assert!(log.contains("worker stopped"), "{log}");
     let lines: Vec<serde_json::Value> = log
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"))
+        })
         .collect();
     let settled = lines
         .iter()

@@ -90,6 +90,11 @@ impl TestChannel {
     }
 }
 
+/// The retry settings of most tests: two immediate attempts, then a short
+/// durable delay, so both retry levels run in every retry test.
+pub const TEST_RETRY: &str = "[retry]\nmax_attempts = 4\nimmediate_attempts = 2\ndelays = [\"300ms\"]\n\
+                              initial_interval = \"20ms\"\nmax_interval = \"200ms\"\n";
+
 pub struct Options {
     pub channels: Vec<TestChannel>,
     /// Extra TOML appended to the generated config (e.g. a `[retry]` table).
@@ -105,9 +110,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             channels: vec![TestChannel::new("store-eu")],
-            extra_toml:
-                "[retry]\nmax_attempts = 4\ninitial_interval = \"20ms\"\nmax_interval = \"200ms\"\n"
-                    .into(),
+            extra_toml: TEST_RETRY.into(),
             sandbox_keys: Vec::new(),
             sandbox_latency: Duration::ZERO,
             delivery_limit: None,

@@ -15,7 +15,10 @@ async fn counters_match_the_outcomes_exactly() {
     let app = spawn_worker("metrics").await;
     app.script(Script::for_phone(
         FLAKY,
-        vec![Fault::Outage { status: Some(503) }, Fault::Outage { status: Some(503) }],
+        vec![
+            Fault::Outage { status: Some(503) },
+            Fault::Outage { status: Some(503) },
+        ],
     ));
     for i in 0..4 {
         app.publish_job(&button_job(&format!("ok-{i}"))).await;
@@ -35,24 +38,79 @@ async fn counters_match_the_outcomes_exactly() {
     let s = |name: &str, labels: &str| format!("octopods_{name}{{{labels}}}");
     let ch = "channel=\"store-eu\"";
     eventually(Duration::from_secs(15), "8 completed jobs", || async {
-        let done = app.metric(&s("jobs_completed_total", &format!("{ch},outcome=\"sent\""))).await
-            + app.metric(&s("jobs_completed_total", &format!("{ch},outcome=\"dead_lettered\""))).await;
+        let done = app
+            .metric(&s(
+                "jobs_completed_total",
+                &format!("{ch},outcome=\"sent\""),
+            ))
+            .await
+            + app
+                .metric(&s(
+                    "jobs_completed_total",
+                    &format!("{ch},outcome=\"dead_lettered\""),
+                ))
+                .await;
         (done == 8.0).then_some(())
     })
     .await;
 
     let expect = [
-        (s("jobs_received_total", ch), 8.0),
-        (s("jobs_completed_total", &format!("{ch},outcome=\"sent\"")), 5.0),
-        (s("jobs_completed_total", &format!("{ch},outcome=\"dead_lettered\"")), 3.0),
-        (s("dead_lettered_total", &format!("{ch},reason=\"validation\"")), 2.0),
-        (s("dead_lettered_total", &format!("{ch},reason=\"window\"")), 1.0),
-        (s("retries_total", &format!("cause=\"server_error\",{ch}")), 2.0),
-        (s("api_requests_total", &format!("{ch},status=\"200\"")), 5.0),
-        (s("api_requests_total", &format!("{ch},status=\"503\"")), 2.0),
+        // 8 jobs, one of them delivered twice: after its 2 immediate
+        // attempts it waited in the delay queue.
+        (s("jobs_received_total", ch), 9.0),
+        (
+            s("delayed_retries_total", &format!("{ch},delay=\"300ms\"")),
+            1.0,
+        ),
+        (
+            s("jobs_completed_total", &format!("{ch},outcome=\"sent\"")),
+            5.0,
+        ),
+        (
+            s(
+                "jobs_completed_total",
+                &format!("{ch},outcome=\"dead_lettered\""),
+            ),
+            3.0,
+        ),
+        (
+            s(
+                "dead_lettered_total",
+                &format!("{ch},reason=\"validation\""),
+            ),
+            2.0,
+        ),
+        (
+            s("dead_lettered_total", &format!("{ch},reason=\"window\"")),
+            1.0,
+        ),
+        (
+            s("retries_total", &format!("cause=\"server_error\",{ch}")),
+            2.0,
+        ),
+        (
+            s("api_requests_total", &format!("{ch},status=\"200\"")),
+            5.0,
+        ),
+        (
+            s("api_requests_total", &format!("{ch},status=\"503\"")),
+            2.0,
+        ),
         (s("api_request_duration_seconds_count", ch), 7.0),
-        (s("job_duration_seconds_count", &format!("{ch},outcome=\"sent\"")), 5.0),
-        (s("job_duration_seconds_count", &format!("{ch},outcome=\"dead_lettered\"")), 3.0),
+        (
+            s(
+                "job_duration_seconds_count",
+                &format!("{ch},outcome=\"sent\""),
+            ),
+            5.0,
+        ),
+        (
+            s(
+                "job_duration_seconds_count",
+                &format!("{ch},outcome=\"dead_lettered\""),
+            ),
+            3.0,
+        ),
         (s("rate_limit_wait_seconds_count", ch), 7.0),
         (s("jobs_in_flight", ch), 0.0),
         ("octopods_broker_connected".into(), 1.0),
@@ -62,9 +120,15 @@ async fn counters_match_the_outcomes_exactly() {
     for (series, want) in expect {
         assert_eq!(app.metric(&series).await, want, "{series}\n{text}");
     }
-    assert!(text.contains("octopods_worker_build_info{version=\""), "{text}");
+    assert!(
+        text.contains("octopods_worker_build_info{version=\""),
+        "{text}"
+    );
     assert!(!text.contains("s3cret"), "an API key reached /metrics");
-    assert!(!text.contains("5551234567") && !text.contains("5550000003"), "a phone number reached /metrics");
+    assert!(
+        !text.contains("5551234567") && !text.contains("5550000003"),
+        "a phone number reached /metrics"
+    );
     app.shutdown().await;
 }
 
@@ -93,16 +157,24 @@ async fn readiness_follows_the_broker_connection() {
     let app = spawn_worker("readyz").await;
     let readyz = format!("http://{}/readyz", app.http);
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(format!("http://{}/healthz", app.http)).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(format!("http://{}/healthz", app.http))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     close_worker_connection(&app.prefix);
     eventually(Duration::from_secs(10), "/readyz to turn 503", || async {
         (reqwest::get(&readyz).await.ok()?.status() == 503).then_some(())
     })
     .await;
-    eventually(Duration::from_secs(20), "/readyz back to 200 after reconnecting", || async {
-        (reqwest::get(&readyz).await.ok()?.status() == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "/readyz back to 200 after reconnecting",
+        || async { (reqwest::get(&readyz).await.ok()?.status() == 200).then_some(()) },
+    )
     .await;
     assert_eq!(app.metric("octopods_broker_reconnects_total").await, 1.0);
     assert_eq!(app.metric("octopods_broker_connected").await, 1.0);

@@ -330,6 +330,8 @@ async fn other_4xx_is_rejected() {
     app.shutdown().await;
 }
 
+/// Two immediate attempts fail, the job waits in the delay queue, and the
+/// third attempt, on the next delivery, succeeds.
 #[tokio::test]
 async fn two_503s_then_sent_takes_three_attempts() {
     let app = spawn_worker("retry-then-sent").await;
@@ -366,9 +368,7 @@ async fn persistent_outage_exhausts_retries() {
     let app = spawn_with(
         "retries-exhausted",
         Options {
-            extra_toml:
-                "[retry]\nmax_attempts = 3\ninitial_interval = \"20ms\"\nmax_interval = \"100ms\"\n"
-                    .into(),
+            extra_toml: TEST_RETRY.replace("max_attempts = 4", "max_attempts = 3"),
             ..Options::default()
         },
     )
