@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/ensure-rabbitmq.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Property tests over job parsing run a bounded number of cases here.
+export PROPTEST_CASES="${PROPTEST_CASES:-20000}"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
 else

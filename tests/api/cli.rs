@@ -1,10 +1,6 @@
 //! The real binary: exit codes, error messages, SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use octopods_worker::sandbox::{Sandbox, SandboxConfig};
 
@@ -92,38 +88,8 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
         &config_text(&prefix, &sandbox.url(), &opts, dir.path()),
     );
 
-    let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The worker logs its HTTP address; read it, and keep the log.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut log = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let parsed: Option<serde_json::Value> = serde_json::from_str(&line).ok();
-            if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"]["http"].as_str()) {
-                drop(tx.send(addr.to_owned()));
-            }
-            log.push(line);
-        }
-        log
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("worker logs its HTTP address");
-    eventually(
-        Duration::from_secs(15),
-        "the binary to be ready",
-        || async {
-            let r = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
-            r.status().is_success().then_some(())
-        },
-    )
-    .await;
+    let mut worker = BinaryWorker::start(&path).await;
+    let addr = worker.addr.clone();
 
     let conn = broker().await;
     let ch = conn.create_channel().await.unwrap();
@@ -159,26 +125,9 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
     );
     assert!(!metrics.contains("s3cret") && !metrics.contains("5551234567"));
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the worker did not exit within 15 s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let log = reader.join().unwrap().join("\n");
+    worker.signal("TERM");
+    let status = worker.wait_exit(Duration::from_secs(15)).await;
+    let log = worker.log().join("\n");
     assert_eq!(
         status.code(),
         Some(0),

@@ -399,6 +399,17 @@ impl TestApp {
         )
     }
 
+    /// The next result event if one is waiting.
+    pub async fn try_next_event(&self) -> Option<Value> {
+        let msg = self.get(&self.queue("results")).await?;
+        msg.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        Some(serde_json::from_slice(&msg.delivery.data).expect("event is JSON"))
+    }
+
     pub async fn next_event(&self) -> Value {
         self.next_event_with_props().await.0
     }
@@ -559,4 +570,114 @@ pub fn expected_payload(job: &Value) -> Value {
         }
     }
     Value::Object(p)
+}
+
+/// The real binary running `run` with JSON logs, for tests of signals and crashes.
+pub struct BinaryWorker {
+    pub child: std::process::Child,
+    pub addr: String,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl BinaryWorker {
+    /// Starts the binary and waits until `/readyz` answers 200.
+    pub async fn start(config: &std::path::Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        // The worker logs its HTTP address; read it, and keep the log.
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let parsed: Option<Value> = serde_json::from_str(&line).ok();
+                if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"]["http"].as_str()) {
+                    drop(tx.send(addr.to_owned()));
+                }
+                log.push(line);
+            }
+            log
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the worker logs its HTTP address");
+        let url = format!("http://{addr}/readyz");
+        eventually(
+            Duration::from_secs(15),
+            "the binary to be ready",
+            || async {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+        Self {
+            child,
+            addr,
+            log: Some(log),
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{signal} {pid}");
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The log lines written so far (call after the process exited).
+    pub fn log(&mut self) -> Vec<String> {
+        self.log
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for BinaryWorker {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+/// Closes the worker's broker connection the way an operator (or a broker
+/// restart) would.
+pub fn close_worker_connection(prefix: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl must be installed for this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .lines()
+        .find(|l| l.contains(&format!("octopods-worker worker prefix={prefix} ")))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no worker connection for {prefix} in:\n{text}"));
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "closed by test"])
+        .status()
+        .expect("rabbitmqctl close_connection");
+    assert!(status.success());
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod dlq;
+mod faults;
 mod helpers;
 mod lifecycle;
 mod observability;

@@ -132,26 +132,6 @@ async fn counters_match_the_outcomes_exactly() {
     app.shutdown().await;
 }
 
-/// Closes the worker's broker connection the way an operator (or a broker
-/// restart) would.
-fn close_worker_connection(prefix: &str) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl must be installed for this test");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pid = text
-        .lines()
-        .find(|l| l.contains(&format!("octopods-worker worker prefix={prefix} ")))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no worker connection for {prefix} in:\n{text}"));
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", pid, "closed by test"])
-        .status()
-        .expect("rabbitmqctl close_connection");
-    assert!(status.success());
-}
-
 #[tokio::test]
 async fn readiness_follows_the_broker_connection() {
     let app = spawn_worker("readyz").await;
