@@ -189,6 +189,15 @@ pub struct WorkerConfig {
     /// How long a sent `job_id` is remembered. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub dedup_ttl: Duration,
+    /// This replica's name, for spreading channels over replicas. Default: the
+    /// `HOSTNAME` environment variable (the pod name on Kubernetes), else random.
+    pub replica_id: Option<String>,
+    /// Replicas subscribe to each channel queue after a delay within this
+    /// window, derived from (replica_id, channel), so the single active
+    /// consumers of the channels spread over the replicas that start together.
+    /// Default `2s`; `0s` subscribes at once.
+    #[serde(with = "humantime_serde")]
+    pub spread_window: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -197,6 +206,8 @@ impl Default for WorkerConfig {
             grace_period: Duration::from_secs(30),
             dedup_capacity: 10_000,
             dedup_ttl: Duration::from_secs(3600),
+            replica_id: None,
+            spread_window: Duration::from_secs(2),
         }
     }
 }
@@ -260,6 +271,10 @@ pub struct ChannelConfig {
     /// Sends allowed at once above the steady rate. Default 1.
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// Optional pacing per recipient: at most one message to the same phone
+    /// per this interval (Meta's error 131056). Default: off.
+    #[serde(default, with = "humantime_serde")]
+    pub recipient_interval: Option<Duration>,
 }
 
 fn default_burst() -> u32 {
@@ -458,6 +473,15 @@ impl Config {
             .enumerate()
             .map(|(i, ch)| ch.api_key(i))
             .collect()
+    }
+
+    /// This replica's name: `worker.replica_id`, else `HOSTNAME`, else random.
+    pub fn replica_id(&self) -> String {
+        self.worker
+            .replica_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| ulid::Ulid::generate().to_string())
     }
 
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {

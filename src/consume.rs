@@ -5,7 +5,10 @@
 //! Concurrency is bounded by the channel's prefetch: the broker never hands
 //! this consumer more unacked deliveries than that, and each runs as one task.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures_util::StreamExt;
 use lapin::{
@@ -45,6 +48,25 @@ pub struct Shared {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub dedup: Dedup,
+    /// This replica's name (see [`subscribe_delay`]).
+    pub replica_id: String,
+}
+
+/// How long this replica waits before subscribing to `channel`'s queue: a
+/// stable fraction of `window` from (replica, channel). RabbitMQ 3.10 makes the
+/// first subscriber of a single-active-consumer queue the active one, so
+/// replicas that start together each become active on a share of the channels.
+pub fn subscribe_delay(replica: &str, channel: &str, window: Duration) -> Duration {
+    if window.is_zero() {
+        return Duration::ZERO;
+    }
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in replica.bytes().chain([0]).chain(channel.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    window.mul_f64((h % 10_000) as f64 / 10_000.0)
 }
 
 /// Why a consumer stopped.
@@ -408,5 +430,44 @@ async fn give_back(delivery: &Delivery, shared: &Shared, channel: &str, error: &
     shared.metrics.abandoned(channel);
     if let Err(e) = settle::requeue(delivery).await {
         warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_delay_is_stable_and_within_the_window() {
+        let w = Duration::from_secs(2);
+        let a = subscribe_delay("worker-0", "store-eu", w);
+        assert_eq!(a, subscribe_delay("worker-0", "store-eu", w));
+        assert!(a < w);
+        assert_eq!(
+            subscribe_delay("worker-0", "store-eu", Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn subscribe_delays_spread_channels_over_replicas() {
+        // With 3 replicas and 30 channels, each replica subscribes first to
+        // a fair share of the channels.
+        let replicas = [
+            "octopods-worker-0",
+            "octopods-worker-1",
+            "octopods-worker-2",
+        ];
+        let mut firsts = [0; 3];
+        for c in 0..30 {
+            let ch = format!("store-{c}");
+            let (winner, _) = replicas
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, r)| subscribe_delay(r, &ch, Duration::from_secs(2)))
+                .unwrap();
+            firsts[winner] += 1;
+        }
+        assert!(firsts.iter().all(|n| *n >= 5), "{firsts:?}");
     }
 }

@@ -7,7 +7,7 @@
 
 use std::{num::NonZeroU32, sync::Mutex, time::Duration};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
 /// Builds the quota for `rate_per_second` (fractions allowed) and `burst`.
@@ -22,6 +22,8 @@ pub fn quota(rate_per_second: f64, burst: u32) -> Quota {
 /// A channel's limiter.
 pub struct Limiter {
     governor: DefaultDirectRateLimiter,
+    /// Optional per-recipient pacing, keyed by phone number.
+    recipients: Option<DefaultKeyedRateLimiter<String>>,
     paused_until: Mutex<Option<Instant>>,
 }
 
@@ -29,13 +31,31 @@ impl Limiter {
     pub fn new(rate_per_second: f64, burst: u32) -> Self {
         Self {
             governor: RateLimiter::direct(quota(rate_per_second, burst)),
+            recipients: None,
             paused_until: Mutex::new(None),
         }
     }
 
-    /// Waits for the channel's next slot; returns how long it waited.
-    pub async fn ready(&self) -> Duration {
+    /// Also allow at most one message per `interval` to the same recipient.
+    pub fn with_recipient_interval(mut self, interval: Option<Duration>) -> Self {
+        self.recipients = interval
+            .filter(|i| !i.is_zero())
+            .and_then(Quota::with_period)
+            .map(RateLimiter::keyed);
+        self
+    }
+
+    /// Waits for the recipient's turn (if paced) and the channel's next slot;
+    /// returns how long it waited.
+    pub async fn ready(&self, recipient: &str) -> Duration {
         let started = Instant::now();
+        if let Some(recipients) = &self.recipients {
+            recipients.until_key_ready(&recipient.to_owned()).await;
+            // Forget recipients whose slot is free again, so memory stays bounded.
+            if recipients.len() > 10_000 {
+                recipients.retain_recent();
+            }
+        }
         loop {
             if let Some(until) = self.pause_deadline() {
                 tokio::time::sleep_until(until).await;
@@ -100,6 +120,18 @@ mod tests {
     }
 
     #[test]
+    fn recipient_pacing_is_keyed_by_phone() {
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::with_period(Duration::from_secs(6)).unwrap();
+        let keyed = RateLimiter::dashmap_with_clock(quota, clock.clone());
+        assert!(keyed.check_key(&"+1".to_owned()).is_ok());
+        assert!(keyed.check_key(&"+1".to_owned()).is_err());
+        assert!(keyed.check_key(&"+2".to_owned()).is_ok());
+        clock.advance(Duration::from_secs(6));
+        assert!(keyed.check_key(&"+1".to_owned()).is_ok());
+    }
+
+    #[test]
     fn fractional_rates_work() {
         // One every 2 s: at 0, 2, 4, 6, 8, 10.
         assert_eq!(admitted_over(0.5, 1, 10), 6);
@@ -109,8 +141,8 @@ mod tests {
     async fn a_pause_holds_the_channel_back() {
         let limiter = Limiter::new(1000.0, 10);
         limiter.pause(Duration::from_secs(3));
-        let waited = limiter.ready().await;
+        let waited = limiter.ready("+1").await;
         assert!(waited >= Duration::from_secs(3), "{waited:?}");
-        assert!(limiter.ready().await < Duration::from_millis(10));
+        assert!(limiter.ready("+1").await < Duration::from_millis(10));
     }
 }

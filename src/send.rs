@@ -85,7 +85,7 @@ pub async fn attempt(
                 attempts.max(1),
             );
         }
-        let waited = target.limiter.ready().await;
+        let waited = target.limiter.ready(job.phone.as_str()).await;
         metrics.waited_for_limit(target.channel, waited);
         // The deadline may have passed while the job waited for its slot.
         if let Err((reason, message)) = job.check_deadlines(OffsetDateTime::now_utc()) {

@@ -51,7 +51,8 @@ impl Worker {
             .map(|(c, key)| {
                 Arc::new(ChannelState {
                     prefetch: c.effective_prefetch(&config.broker),
-                    limiter: Limiter::new(c.rate_per_second, c.burst),
+                    limiter: Limiter::new(c.rate_per_second, c.burst)
+                        .with_recipient_interval(c.recipient_interval),
                     key,
                     config: c.clone(),
                 })
@@ -66,12 +67,14 @@ impl Worker {
             metrics.register_channel(&c.name, c.rate_per_second);
         }
         let dedup = Dedup::new(config.worker.dedup_capacity, config.worker.dedup_ttl);
+        let replica_id = config.replica_id();
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
                 client,
                 metrics,
                 dedup,
+                replica_id,
             }),
             channels,
             listener: Some(listener),

@@ -104,6 +104,8 @@ pub struct Options {
     pub sandbox_latency: Duration,
     /// `broker.delivery_limit` (the config's default when `None`).
     pub delivery_limit: Option<u32>,
+    /// `worker.spread_window`: 0 in most tests, so consumers subscribe at once.
+    pub spread_window: Duration,
 }
 
 impl Default for Options {
@@ -114,6 +116,7 @@ impl Default for Options {
             sandbox_keys: Vec::new(),
             sandbox_latency: Duration::ZERO,
             delivery_limit: None,
+            spread_window: Duration::ZERO,
         }
     }
 }
@@ -180,11 +183,12 @@ pub fn config_text(
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n{}\n\
          [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\n\n{}\n",
+         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"{}ms\"\n\n{}\n",
         amqp_url(),
         opts.delivery_limit
             .map(|n| format!("delivery_limit = {n}\n"))
             .unwrap_or_default(),
+        opts.spread_window.as_millis(),
         opts.extra_toml
     );
     for c in &opts.channels {
