@@ -11,7 +11,7 @@ use crate::{
     broker::{self, topology},
     config::Config,
     dlq::{self, Filter, Op, Source},
-    enqueue, results,
+    enqueue, loadtest, results,
     sandbox::{self, SandboxConfig},
     telemetry::LogFormat,
     worker::Worker,
@@ -52,9 +52,27 @@ pub enum Command {
     Enqueue(EnqueueArgs),
     /// Print result events from <prefix>.results as JSON lines (consumes them).
     Events(EventsArgs),
+    /// Publish N jobs to a running worker + sandbox and report throughput,
+    /// latency and each channel's achieved rate against its budget.
+    Loadtest(LoadtestArgs),
     /// Inspect, replay, export and purge dead-lettered jobs.
     #[command(subcommand)]
     Dlq(DlqCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// How many jobs to publish.
+    #[arg(long, default_value_t = 1000)]
+    pub jobs: usize,
+    /// Channel to use (repeatable); default: every configured channel.
+    #[arg(long = "channel")]
+    pub channels: Vec<String>,
+    /// Stop waiting after this long without a result event.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +247,19 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
             let n = results::tail(&config, a.count, a.timeout, &mut out).await?;
             eprintln!("{n} event(s)");
             if a.count.is_some_and(|c| n < c) {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Loadtest(a) => {
+            let config = Config::load(&a.config.config)?;
+            let opts = loadtest::Options {
+                jobs: a.jobs,
+                channels: a.channels,
+                idle_timeout: a.idle_timeout,
+            };
+            let report = loadtest::run(&config, &opts).await?;
+            print!("{}", report.render());
+            if report.missing > 0 {
                 return Ok(ExitCode::from(1));
             }
         }

@@ -24,7 +24,7 @@
 //! - [`metrics`], [`http`], [`telemetry`]: what SREs see.
 //! - [`dlq`]: dead-letter operations (stats, list, export, replay, purge).
 //! - [`sandbox`]: the stand-in Octopods server.
-//! - [`enqueue`], [`results`], [`cli`]: the command line.
+//! - [`enqueue`], [`results`], [`loadtest`], [`cli`]: the command line.
 
 pub mod broker;
 pub mod classify;
@@ -38,6 +38,7 @@ pub mod events;
 pub mod http;
 pub mod job;
 pub mod limit;
+pub mod loadtest;
 pub mod metrics;
 pub mod octopods;
 pub mod outcome;

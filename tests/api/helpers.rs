@@ -76,6 +76,8 @@ pub struct TestChannel {
     pub rate: f64,
     pub burst: u32,
     pub provider: &'static str,
+    /// `recipient_interval`, e.g. `"1s"`.
+    pub recipient_interval: Option<&'static str>,
 }
 
 impl TestChannel {
@@ -86,6 +88,7 @@ impl TestChannel {
             rate: 1000.0,
             burst: 100,
             provider: "cloud_api",
+            recipient_interval: None,
         }
     }
 }
@@ -202,6 +205,9 @@ pub fn config_text(
             c.rate,
             c.burst
         ));
+        if let Some(i) = c.recipient_interval {
+            text.push_str(&format!("recipient_interval = \"{i}\"\n\n"));
+        }
     }
     text
 }
@@ -372,6 +378,27 @@ impl TestApp {
         assert!(confirm.is_ack(), "broker nacked the job");
     }
 
+    /// Publishes many jobs to `channel`, waiting for all confirms at the end.
+    pub async fn publish_many(&self, channel: &str, jobs: impl IntoIterator<Item = Value>) {
+        for job in jobs {
+            let body = serde_json::to_vec(&job).expect("json");
+            drop(
+                self.ch
+                    .basic_publish(
+                        self.queue("jobs").as_str().into(),
+                        channel.into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .expect("publish"),
+            );
+        }
+        let returned = self.ch.wait_for_confirms().await.expect("confirms");
+        assert!(returned.is_empty());
+    }
+
     pub async fn publish_job(&self, job: &Value) -> Vec<u8> {
         let body = serde_json::to_vec(job).expect("json");
         self.publish_bytes(&self.channels[0].name, &body, BasicProperties::default())
@@ -453,6 +480,10 @@ impl TestApp {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.sandbox.requests()
+    }
+
+    pub fn requests_for(&self, phone: &str) -> Vec<Recorded> {
+        self.sandbox.requests_for(phone)
     }
 
     pub fn script(&self, script: Script) {

@@ -8,3 +8,4 @@ mod helpers;
 mod lifecycle;
 mod observability;
 mod outcomes;
+mod scale;

@@ -1,0 +1,199 @@
+//! Scale and fairness: the per-channel budget holds across replicas, one
+//! channel's backlog never delays another, recipients can be paced.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// Asserts that in every window of `window` the sandbox saw at most
+/// `rate × window + burst` requests for the channel (CONTRACT §8).
+fn assert_budget(at_ms: &[u64], rate: f64, burst: u32, window: Duration) {
+    let w = window.as_millis() as u64;
+    let limit = (rate * window.as_secs_f64()).floor() as usize + burst as usize;
+    for (i, start) in at_ms.iter().enumerate() {
+        let n = at_ms[i..].iter().take_while(|t| **t < start + w).count();
+        assert!(
+            n <= limit,
+            "{n} requests within {window:?} from request {i}; budget allows {limit}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_budget_holds_across_three_replicas() {
+    const N: usize = 60;
+    let mut channel = TestChannel::new("store-eu");
+    channel.rate = 10.0;
+    channel.burst = 2;
+    let mut app = spawn_with(
+        "scale-replicas",
+        Options {
+            channels: vec![channel],
+            spread_window: Duration::from_millis(500),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.stop_worker().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(BinaryWorker::start(&app.config_path).await);
+    }
+    let started = Instant::now();
+    app.publish_many("store-eu", (0..N).map(|i| button_job(&format!("r-{i}"))))
+        .await;
+    for _ in 0..N {
+        assert_eq!(app.next_event().await["event"], "sent");
+    }
+    let took = started.elapsed();
+    let mut at: Vec<u64> = app.requests().iter().map(|r| r.at_ms).collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), N);
+    for window in [1, 2, 3] {
+        assert_budget(&at, 10.0, 2, Duration::from_secs(window));
+    }
+    let rate = (N - 1) as f64 / ((at[N - 1] - at[0]) as f64 / 1000.0);
+    eprintln!("3 replicas, budget 10/s burst 2: {N} jobs in {took:.2?}, achieved {rate:.2}/s");
+    assert!(
+        rate <= 10.0 * 1.02 + 0.5,
+        "achieved {rate}/s over a 10/s budget"
+    );
+    assert!(rate >= 9.0, "achieved only {rate}/s of a 10/s budget");
+    for mut r in replicas {
+        r.signal("TERM");
+        assert_eq!(r.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn when_the_active_replica_dies_another_takes_over() {
+    const N: usize = 40;
+    let mut channel = TestChannel::new("store-eu");
+    channel.rate = 20.0;
+    channel.burst = 1;
+    let mut app = spawn_with(
+        "scale-failover",
+        Options {
+            channels: vec![channel],
+            ..Options::default()
+        },
+    )
+    .await;
+    app.stop_worker().await;
+    let first = BinaryWorker::start(&app.config_path).await;
+    let second = BinaryWorker::start(&app.config_path).await;
+    app.publish_many("store-eu", (0..N).map(|i| button_job(&format!("fo-{i}"))))
+        .await;
+    eventually(Duration::from_secs(10), "sending under way", || async {
+        (app.requests().len() >= 10).then_some(())
+    })
+    .await;
+    // The first to subscribe is the active consumer: kill it.
+    let mut first = first;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(5)).await;
+    let mut ids = std::collections::BTreeSet::new();
+    while ids.len() < N {
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent");
+        ids.insert(e["job_id"].as_str().unwrap().to_owned());
+    }
+    eprintln!(
+        "failover: {N} of {N} sent after the active replica was killed, {} requests",
+        app.requests().len()
+    );
+    drop(second);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_backlogged_channel_does_not_delay_another() {
+    let mut slow = TestChannel::new("store-slow");
+    slow.rate = 5.0;
+    slow.burst = 1;
+    let mut fast = TestChannel::new("store-fast");
+    fast.rate = 50.0;
+    fast.burst = 1;
+    let app = spawn_with(
+        "scale-fairness",
+        Options {
+            channels: vec![slow, fast],
+            ..Options::default()
+        },
+    )
+    .await;
+    app.publish_many(
+        "store-slow",
+        (0..5000).map(|i| button_job(&format!("slow-{i}"))),
+    )
+    .await;
+    let started = Instant::now();
+    app.publish_many(
+        "store-fast",
+        (0..50).map(|i| button_job(&format!("fast-{i}"))),
+    )
+    .await;
+    let mut fast_sent = 0;
+    while fast_sent < 50 {
+        let e = app.next_event().await;
+        if e["channel"] == "store-fast" {
+            assert_eq!(e["event"], "sent");
+            fast_sent += 1;
+        }
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "fairness: 50 jobs of store-fast (50/s) sent in {took:.2?} behind 5000 backlogged on store-slow (5/s)"
+    );
+    assert!(
+        took <= Duration::from_secs(2),
+        "store-fast took {took:?} behind store-slow's backlog"
+    );
+    assert!(
+        app.depth("jobs.store-slow").await > 4000,
+        "the slow channel is still backlogged"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn recipient_pacing_spaces_messages_to_the_same_phone() {
+    let mut channel = TestChannel::new("store-eu");
+    channel.recipient_interval = Some("1s");
+    let app = spawn_with(
+        "scale-pacing",
+        Options {
+            channels: vec![channel],
+            ..Options::default()
+        },
+    )
+    .await;
+    let other = "+15550009999";
+    for i in 0..3 {
+        app.publish_job(&button_job(&format!("same-{i}"))).await;
+    }
+    let mut j = button_job("other");
+    j["destination_phone"] = json!(other);
+    app.publish_job(&j).await;
+    for _ in 0..4 {
+        assert_eq!(app.next_event().await["event"], "sent");
+    }
+    let same: Vec<u64> = app.requests_for(PHONE).iter().map(|r| r.at_ms).collect();
+    assert_eq!(same.len(), 3);
+    for pair in same.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 950,
+            "same recipient {} ms apart",
+            pair[1] - pair[0]
+        );
+    }
+    let other_at = app.requests_for(other)[0].at_ms;
+    assert!(
+        other_at < same[1],
+        "another recipient is not held back by the first one's pacing"
+    );
+    app.shutdown().await;
+}
