@@ -102,6 +102,9 @@ pub struct OctopodsConfig {
     /// Timeout of one HTTP request, connect included. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Requests to Octopods open at once, over all channels (each holds a
+    /// connection). Jobs past it wait, still in flight. Default 256.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for OctopodsConfig {
@@ -109,6 +112,7 @@ impl Default for OctopodsConfig {
         Self {
             base_url: "https://api.octopods.io".into(),
             timeout: Duration::from_secs(10),
+            max_concurrent_requests: 256,
         }
     }
 }
@@ -399,6 +403,12 @@ impl Config {
             return Err(invalid(
                 "octopods.base_url",
                 "must start with http:// or https://",
+            ));
+        }
+        if self.octopods.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "octopods.max_concurrent_requests",
+                "must be at least 1",
             ));
         }
         if self.octopods.timeout.is_zero() {

@@ -135,7 +135,8 @@ pub async fn consume(
     }
 }
 
-/// One delivery, from receipt to ack.
+/// One delivery, from receipt to ack. The settle stages are boxed: they are
+/// large and short-lived, and would otherwise size every waiting job's task.
 pub async fn handle(
     delivery: Delivery,
     channel: &ChannelState,
@@ -162,7 +163,7 @@ pub async fn handle(
                 }
                 let failure = Failure::local(rejection.message);
                 let attempts = prior.max(1);
-                dead_letter(
+                Box::pin(dead_letter(
                     &delivery,
                     channel,
                     shared,
@@ -172,7 +173,7 @@ pub async fn handle(
                     *rejection.echo,
                     attempts,
                     received,
-                )
+                ))
                 .await;
                 return;
             }
@@ -187,7 +188,7 @@ pub async fn handle(
                 Begin::Sent(event) => {
                     info!("already sent by this worker; re-publishing its sent event instead");
                     shared.metrics.duplicate_suppressed(name);
-                    settle_sent(
+                    Box::pin(settle_sent(
                         &delivery,
                         channel,
                         shared,
@@ -195,7 +196,7 @@ pub async fn handle(
                         job.id.as_str(),
                         &event,
                         received,
-                    )
+                    ))
                     .await;
                     return;
                 }
@@ -236,7 +237,7 @@ pub async fn handle(
                 // Remember before publishing: if the broker goes away now, the
                 // redelivered job re-publishes this event instead of re-sending.
                 shared.dedup.remember(name, job.id.as_str(), body.clone());
-                settle_sent(
+                Box::pin(settle_sent(
                     &delivery,
                     channel,
                     shared,
@@ -244,11 +245,11 @@ pub async fn handle(
                     job.id.as_str(),
                     &body,
                     received,
-                )
+                ))
                 .await;
             }
             Final::DeadLetter(reason, failure) => {
-                dead_letter(
+                Box::pin(dead_letter(
                     &delivery,
                     channel,
                     shared,
@@ -258,7 +259,7 @@ pub async fn handle(
                     job.echo(),
                     attempts,
                     received,
-                )
+                ))
                 .await;
             }
             Final::Delay {
@@ -270,10 +271,10 @@ pub async fn handle(
                     OffsetDateTime::now_utc()
                         - time::Duration::try_from(received.elapsed()).unwrap_or_default()
                 });
-                delay(
+                Box::pin(delay(
                     &delivery, shared, settler, name, attempts, delayed, first, after, cause,
                     &failure,
-                )
+                ))
                 .await;
             }
         }

@@ -31,6 +31,8 @@ pub struct Client {
     http: reqwest::Client,
     url: String,
     timeout: Duration,
+    /// Bounds the requests open at once (`max_concurrent_requests`).
+    open: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Client {
@@ -40,19 +42,27 @@ impl Client {
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(config.max_concurrent_requests)
             .user_agent(concat!("octopods-worker/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
             http,
             url: format!("{}{PATH}", config.base_url.trim_end_matches('/')),
             timeout: config.timeout,
+            open: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         })
     }
 
-    /// Sends one interactive message.
+    /// Sends one interactive message. The duration counts from when the
+    /// request could start (a free slot under `max_concurrent_requests`).
     pub async fn send(&self, key: &ApiKey, body: Vec<u8>) -> Attempt {
+        // The semaphore is never closed; if it were, sending unbounded is
+        // still correct, only less frugal.
+        let _slot = self.open.acquire().await.ok();
         let started = Instant::now();
-        let (status, outcome) = match self.request(key, body).await {
+        // Boxed: the request's state lives on the heap only while it runs,
+        // not in every waiting job's task.
+        let (status, outcome) = match Box::pin(self.request(key, body)).await {
             Ok((status, retry_after, answer)) => {
                 (Some(status), classify(status, retry_after, &answer))
             }
