@@ -164,7 +164,7 @@ async fn ceiling(conn: &Connection, sandbox_url: &str, n: usize, prefetch: u16) 
             }
             drop(d.acker.ack(BasicAckOptions::default()).await);
             if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n / 10 {
-                drop(tenth.set(Instant::now()));
+                let _ = tenth.set(Instant::now());
             }
             done.add_permits(1);
         });
