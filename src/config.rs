@@ -193,8 +193,8 @@ pub struct WorkerConfig {
     /// How long a sent `job_id` is remembered. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub dedup_ttl: Duration,
-    /// This replica's name, for spreading channels over replicas. Default: the
-    /// `HOSTNAME` environment variable (the pod name on Kubernetes), else random.
+    /// This replica's name, for spreading channels over replicas. Default:
+    /// `<HOSTNAME>-<pid>` (the pod name on Kubernetes).
     pub replica_id: Option<String>,
     /// Replicas subscribe to each channel queue after a delay within this
     /// window, derived from (replica_id, channel), so the single active
@@ -485,13 +485,16 @@ impl Config {
             .collect()
     }
 
-    /// This replica's name: `worker.replica_id`, else `HOSTNAME`, else random.
+    /// This replica's name: `worker.replica_id`, else `<HOSTNAME>-<pid>`
+    /// (processes on one host differ by pid; pods by name).
     pub fn replica_id(&self) -> String {
-        self.worker
-            .replica_id
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| ulid::Ulid::generate().to_string())
+        self.worker.replica_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "local".into());
+            format!("{host}-{}", std::process::id())
+        })
     }
 
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {

@@ -99,11 +99,20 @@ pub async fn consume(
     {
         return Stopped::Broker(e);
     }
+    let delay = subscribe_delay(
+        &shared.replica_id,
+        &channel.config.name,
+        shared.config.worker.spread_window,
+    );
+    tokio::select! {
+        () = stop.cancelled() => return Stopped::Cancelled,
+        () = tokio::time::sleep(delay) => {}
+    }
     let tag = format!(
         "octopods-worker-{}-{}",
-        std::process::id(),
-        channel.config.name
+        shared.replica_id, channel.config.name
     );
+    info!(channel = %channel.config.name, replica = %shared.replica_id, delay_ms = delay.as_millis() as u64, "subscribing");
     let mut consumer = match amqp
         .basic_consume(
             queue.as_str().into(),
