@@ -15,3 +15,4 @@ else
   cargo test --locked --no-fail-fast
 fi
 scripts/check-deploy.sh
+scripts/check-producers.sh

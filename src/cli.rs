@@ -55,6 +55,12 @@ pub enum Command {
     /// Publish N jobs to a running worker + sandbox and report throughput,
     /// latency and each channel's achieved rate against its budget.
     Loadtest(LoadtestArgs),
+    /// Exit 0 if the URL answers 2xx (a container HEALTHCHECK without curl).
+    Probe {
+        /// What to check.
+        #[arg(long, default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+    },
     /// Inspect, replay, export and purge dead-lettered jobs.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -260,6 +266,20 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
             let report = loadtest::run(&config, &opts).await?;
             print!("{}", report.render());
             if report.missing > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Probe { url } => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()?;
+            let ok = client
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !ok {
+                eprintln!("{url}: not healthy");
                 return Ok(ExitCode::from(1));
             }
         }

@@ -101,9 +101,12 @@ async fn when_the_active_replica_dies_another_takes_over() {
         assert_eq!(e["event"], "sent");
         ids.insert(e["job_id"].as_str().unwrap().to_owned());
     }
+    let mut at: Vec<u64> = app.requests().iter().map(|r| r.at_ms).collect();
+    at.sort_unstable();
+    let gap = at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
     eprintln!(
-        "failover: {N} of {N} sent after the active replica was killed, {} requests",
-        app.requests().len()
+        "failover: {N} of {N} sent after the active replica was killed (kill -9), {} requests, longest pause {gap} ms",
+        at.len()
     );
     drop(second);
     app.shutdown().await;

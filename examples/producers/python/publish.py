@@ -1,0 +1,72 @@
+"""Publish a delivery-confirmation job to octopods-worker.
+
+    pip install -r requirements.txt
+    python publish.py --channel store-eu --order 1234 --phone +15551234567
+
+The job goes to the `octopods.jobs` exchange with the channel as routing key,
+persistent, with publisher confirms: when this script prints the job id, the
+broker has the job on disk. AMQP_URL overrides the broker address.
+"""
+import argparse
+import json
+import os
+import sys
+
+import pika
+
+
+def delivery_confirmation(order_id: str, phone: str, channel: str) -> dict:
+    return {
+        "job_id": f"order-{order_id}/delivery-confirm",
+        "destination_phone": phone,
+        "waba_interactive_message": {
+            "type": "button",
+            "body": {"text": f"Did your order #{order_id} arrive today?"},
+            "action": {"buttons": [
+                {"type": "reply", "reply": {"id": "yes", "title": "Yes, received"}},
+                {"type": "reply", "reply": {"id": "not-yet", "title": "Not yet"}},
+                {"type": "reply", "reply": {"id": "problem", "title": "There's a problem"}},
+            ]},
+        },
+        "open_intercom_conversation": True,
+        "channel": channel,
+        "metadata": {"order_id": order_id},
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--channel", default="store-eu")
+    p.add_argument("--order", default="1234")
+    p.add_argument("--phone", default="+15551234567")
+    p.add_argument("--prefix", default="octopods")
+    args = p.parse_args()
+
+    url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.confirm_delivery()  # basic_publish now raises unless the broker confirms
+    job = delivery_confirmation(args.order, args.phone, args.channel)
+    try:
+        channel.basic_publish(
+            exchange=f"{args.prefix}.jobs",
+            routing_key=args.channel,  # routing key = channel name
+            body=json.dumps(job).encode(),
+            properties=pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=pika.DeliveryMode.Persistent,
+                correlation_id=job["job_id"],
+            ),
+            mandatory=True,
+        )
+    except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as e:
+        print(f"the broker did not take the job: {e}", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    print(job["job_id"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+//! Publish a delivery-confirmation job to octopods-worker with lapin, then wait
+//! for its result event on your own queue.
+//!
+//! ```text
+//! cargo run --example producer -- store-eu 1234 +15551234567
+//! ```
+//!
+//! The job is persistent and published with confirms: once `publish` returns,
+//! the broker has it. `AMQP_URL` overrides the broker, `OCTOPODS_PREFIX` the
+//! topology prefix.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
+    types::FieldTable,
+};
+use serde_json::{Value, json};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let channel = args.next().unwrap_or_else(|| "store-eu".into());
+    let order = args.next().unwrap_or_else(|| "1234".into());
+    let phone = args.next().unwrap_or_else(|| "+15551234567".into());
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let prefix = std::env::var("OCTOPODS_PREFIX").unwrap_or_else(|_| "octopods".into());
+
+    let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+
+    // Your own queue for result events; routing keys are `<event>.<channel>`.
+    let queue = "shop.delivery-confirmations.rust";
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
+    ch.queue_bind(
+        queue.into(),
+        format!("{prefix}.results").as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+
+    let job_id = format!("order-{order}/delivery-confirm");
+    let job = json!({
+        "job_id": job_id,
+        "destination_phone": phone,
+        "waba_interactive_message": {
+            "type": "button",
+            "body": {"text": format!("Did your order #{order} arrive today?")},
+            "action": {"buttons": [
+                {"type": "reply", "reply": {"id": "yes", "title": "Yes, received"}},
+                {"type": "reply", "reply": {"id": "not-yet", "title": "Not yet"}},
+                {"type": "reply", "reply": {"id": "problem", "title": "There's a problem"}}
+            ]}
+        },
+        "channel": channel,
+        "metadata": {"order_id": order}
+    });
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let confirm = ch
+        .basic_publish(
+            format!("{prefix}.jobs").as_str().into(),
+            channel.as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &serde_json::to_vec(&job)?,
+            BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2)
+                .with_correlation_id(job_id.as_str().into()),
+        )
+        .await?
+        .await?;
+    if !confirm.is_ack() || confirm.take_message().is_some() {
+        return Err(format!("the broker did not take {job_id}").into());
+    }
+    println!("published {job_id}");
+
+    let mut events = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let wait = async {
+        while let Some(delivery) = events.next().await {
+            let delivery = delivery?;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            let event: Value = serde_json::from_slice(&delivery.data)?;
+            if event["job_id"] == job_id.as_str() {
+                println!("{event}");
+                return Ok(());
+            }
+        }
+        Err::<(), Box<dyn std::error::Error>>("consumer closed".into())
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .map_err(|_| format!("no event for {job_id} within 30 s"))??;
+    conn.close(200, "OK".into()).await?;
+    Ok(())
+}
