@@ -69,22 +69,13 @@ name = "store-eu"
 api_key_file = "$work/key"
 rate_per_second = 10
 TOML
-pids=()
+. scripts/lib.sh
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_stack
   rm -rf "$work"
 }
 trap cleanup EXIT
-"$bin" sandbox --listen 127.0.0.1:18181 >"$work/sandbox.log" 2>&1 &
-pids+=($!)
-"$bin" run --config "$work/worker.toml" >"$work/worker.log" 2>&1 &
-pids+=($!)
-for i in $(seq 1 60); do
-  curl -fs http://127.0.0.1:19465/readyz >/dev/null 2>&1 && break
-  [ "$i" = 60 ] && { cat "$work/worker.log"; echo "worker not ready" >&2; exit 1; }
-  sleep 0.5
-done
+start_stack 18181 19465 "$work/worker.toml" "$work"
 sed -n 1p examples/jobs.jsonl | "$bin" enqueue --config "$work/worker.toml" --channel store-eu - 2>/dev/null
 "$bin" events --config "$work/worker.toml" --count 1 --timeout 20s >/dev/null 2>&1
 curl -fs http://127.0.0.1:19465/metrics >"$work/metrics.txt"

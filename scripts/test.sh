@@ -16,3 +16,9 @@ else
 fi
 scripts/check-deploy.sh
 scripts/check-producers.sh
+# The README's main command, as a newcomer runs it: three sent events and the
+# deliberately invalid sample dead-lettered.
+demo=$(scripts/demo.sh 2>/dev/null)
+[ "$(grep -c '"event":"sent"' <<<"$demo")" = 3 ] && grep -q '"event":"dead_lettered".*"reason":"validation"' <<<"$demo" \
+  || { echo "scripts/demo.sh did not print 3 sent events and 1 dead letter:" >&2; echo "$demo" >&2; exit 1; }
+echo "scripts/demo.sh: 3 sent, 1 dead-lettered"

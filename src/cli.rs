@@ -204,14 +204,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         }
         Command::Topology(a) => {
             let config = Config::load(&a.config)?;
-            let conn = broker::connect(&config.broker.url, "topology", &config.broker.prefix)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot connect to {}",
-                        broker::redact_url(&config.broker.url)
-                    )
-                })?;
+            let conn = broker::connect(&config.broker, "topology").await?;
             let ch = conn.create_channel().await?;
             topology::declare(&ch, &config)
                 .await

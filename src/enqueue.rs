@@ -60,14 +60,7 @@ pub fn read_jobs(
 
 /// Publishes every job with confirms; returns how many.
 pub async fn publish(config: &Config, jobs: &[Pending]) -> anyhow::Result<usize> {
-    let conn = broker::connect(&config.broker.url, "enqueue", &config.broker.prefix)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                broker::redact_url(&config.broker.url)
-            )
-        })?;
+    let conn = broker::connect(&config.broker, "enqueue").await?;
     let publisher = Publisher::open(&conn).await?;
     let names = Names::new(&config.broker.prefix);
     for (i, job) in jobs.iter().enumerate() {

@@ -105,14 +105,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
     }
     anyhow::ensure!(!channels.is_empty() && opts.jobs > 0, "nothing to do");
     let names = Names::new(&config.broker.prefix);
-    let conn = broker::connect(&config.broker.url, "loadtest", &config.broker.prefix)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                broker::redact_url(&config.broker.url)
-            )
-        })?;
+    let conn = broker::connect(&config.broker, "loadtest").await?;
     let run_id = ulid::Ulid::generate().to_string().to_lowercase();
 
     // Listen first, so no event is missed.

@@ -4,7 +4,6 @@
 
 use std::{io::Write, time::Duration};
 
-use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use tokio::time::Instant;
 
@@ -21,14 +20,7 @@ pub async fn tail(
     timeout: Duration,
     out: &mut impl Write,
 ) -> anyhow::Result<usize> {
-    let conn = broker::connect(&config.broker.url, "events", &config.broker.prefix)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                broker::redact_url(&config.broker.url)
-            )
-        })?;
+    let conn = broker::connect(&config.broker, "events").await?;
     let ch = conn.create_channel().await?;
     let queue = Names::new(&config.broker.prefix).results();
     let mut printed = 0;

@@ -166,14 +166,7 @@ impl Worker {
         reconnect: &mut ExponentialBackoff,
     ) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        let conn = broker::connect(&config.broker.url, "worker", &config.broker.prefix)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to {}",
-                    broker::redact_url(&config.broker.url)
-                )
-            })?;
+        let conn = broker::connect(&config.broker, "worker").await?;
         let mut events = Box::pin(conn.events_listener());
         let setup = conn.create_channel().await?;
         topology::declare(&setup, config)

@@ -7,19 +7,36 @@ pub mod topology;
 
 use lapin::{Connection, ConnectionProperties};
 
+use crate::config::BrokerConfig;
+
 pub use publish::{PublishError, Publisher};
 pub use topology::Names;
 
-/// Opens a connection named for `rabbitmqctl list_connections`, e.g.
-/// `octopods-worker worker prefix=octopods pid=4242 v0.1.0`.
-pub async fn connect(url: &str, role: &str, prefix: &str) -> Result<Connection, lapin::Error> {
+/// The broker could not be reached; the URL is shown without its password.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to {url}: {source}")]
+pub struct ConnectError {
+    url: String,
+    #[source]
+    source: lapin::Error,
+}
+
+/// Opens a connection to the configured broker, named for `rabbitmqctl
+/// list_connections`, e.g. `octopods-worker worker prefix=octopods pid=4242 v0.1.0`.
+pub async fn connect(config: &BrokerConfig, role: &str) -> Result<Connection, ConnectError> {
     let name = format!(
-        "octopods-worker {role} prefix={prefix} pid={} v{}",
+        "octopods-worker {role} prefix={} pid={} v{}",
+        config.prefix,
         std::process::id(),
         env!("CARGO_PKG_VERSION")
     );
     let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, props).await
+    Connection::connect(&config.url, props)
+        .await
+        .map_err(|source| ConnectError {
+            url: redact_url(&config.url),
+            source,
+        })
 }
 
 /// The broker URL with any password replaced, for logs and errors.

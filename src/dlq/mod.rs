@@ -103,14 +103,7 @@ pub async fn run(
         Source::Dead => names.dead(),
         Source::Unroutable => names.unroutable(),
     };
-    let conn = broker::connect(&config.broker.url, "dlq", &config.broker.prefix)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                broker::redact_url(&config.broker.url)
-            )
-        })?;
+    let conn = broker::connect(&config.broker, "dlq").await?;
     let ch = conn.create_channel().await?;
     let declared = ch
         .queue_declare(

@@ -22,6 +22,20 @@ fn assert_dead_event(e: &Value, job_id: Option<&str>, reason: &str, attempts: u6
     );
 }
 
+/// Checks that Octopods got exactly `n` requests for `job`: the job's payload
+/// and the channel's key.
+fn assert_sandbox_got(app: &TestApp, job: &Value, n: usize) {
+    let reqs = app.requests();
+    assert_eq!(reqs.len(), n, "requests to Octopods");
+    for r in &reqs {
+        assert_eq!(
+            serde_json::from_str::<Value>(&r.body).unwrap(),
+            expected_payload(job)
+        );
+        assert_eq!(r.auth.as_deref(), Some("key-store-eu-s3cret"));
+    }
+}
+
 /// Checks the dead-letter copy: untouched bytes, routing key, headers.
 fn assert_dead_letter(d: &DeadLetter, body: &[u8], reason: &str, attempts: i64) {
     assert_eq!(d.body, body, "dead letter body must be byte-identical");
@@ -181,7 +195,7 @@ async fn octopods_validation_error_is_dead_lettered_with_its_code() {
     assert_dead_letter(&d, &body, "validation", 1);
     assert_eq!(d.int("x-octopods-http-status"), Some(400));
     assert_eq!(d.int("x-octopods-error-code"), Some(7));
-    assert_eq!(app.requests().len(), 1);
+    assert_sandbox_got(&app, &job, 1);
     app.shutdown().await;
 }
 
@@ -234,13 +248,15 @@ async fn closed_window_from_last_inbound_at_is_dead_lettered_without_a_request()
 async fn window_reported_by_octopods_is_dead_lettered_as_window() {
     let app = spawn_worker("window-remote").await;
     app.script(Script::for_phone(PHONE, vec![Fault::Window]));
-    let body = app.publish_job(&button_job("w")).await;
+    let job = button_job("w");
+    let body = app.publish_job(&job).await;
     let e = app.next_event().await;
     assert_dead_event(&e, Some("w"), "window", 1);
     assert_eq!(e["octopods_error"]["error_code"], 8);
     let d = app.next_dead_letter().await;
     assert_dead_letter(&d, &body, "window", 1);
     assert_eq!(d.int("x-octopods-error-code"), Some(8));
+    assert_sandbox_got(&app, &job, 1);
     app.shutdown().await;
 }
 
@@ -268,7 +284,8 @@ async fn unknown_key_is_unauthorized() {
         },
     )
     .await;
-    let body = app.publish_job(&button_job("u")).await;
+    let job = button_job("u");
+    let body = app.publish_job(&job).await;
     let e = app.next_event().await;
     assert_dead_event(&e, Some("u"), "unauthorized", 1);
     assert_eq!(e["http_status"], 401);
@@ -282,6 +299,7 @@ async fn unknown_key_is_unauthorized() {
     );
     assert!(!e.to_string().contains("s3cret"));
     assert!(!format!("{:?}", d.properties).contains("s3cret"));
+    assert_sandbox_got(&app, &job, 1);
     app.shutdown().await;
 }
 
@@ -289,11 +307,13 @@ async fn unknown_key_is_unauthorized() {
 async fn deprecated_key_is_unauthorized() {
     let app = spawn_worker("deprecated-key").await;
     app.script(Script::for_phone(PHONE, vec![Fault::DeprecatedKey]));
-    app.publish_job(&button_job("dk")).await;
+    let job = button_job("dk");
+    app.publish_job(&job).await;
     let e = app.next_event().await;
     assert_dead_event(&e, Some("dk"), "unauthorized", 1);
     assert_eq!(e["http_status"], 400);
     assert_eq!(e["octopods_error"]["error_code"], 6);
+    assert_sandbox_got(&app, &job, 1);
     app.shutdown().await;
 }
 
@@ -301,12 +321,14 @@ async fn deprecated_key_is_unauthorized() {
 async fn interactive_not_enabled_is_forbidden() {
     let app = spawn_worker("forbidden").await;
     app.script(Script::for_phone(PHONE, vec![Fault::NotEnabled]));
-    let body = app.publish_job(&button_job("f")).await;
+    let job = button_job("f");
+    let body = app.publish_job(&job).await;
     let e = app.next_event().await;
     assert_dead_event(&e, Some("f"), "forbidden", 1);
     assert_eq!(e["http_status"], 403);
     let d = app.next_dead_letter().await;
     assert_dead_letter(&d, &body, "forbidden", 1);
+    assert_sandbox_got(&app, &job, 1);
     app.shutdown().await;
 }
 
@@ -321,12 +343,14 @@ async fn other_4xx_is_rejected() {
             error: Some("CONFLICT: already queued".into()),
         }],
     ));
-    let body = app.publish_job(&button_job("r")).await;
+    let job = button_job("r");
+    let body = app.publish_job(&job).await;
     let e = app.next_event().await;
     assert_dead_event(&e, Some("r"), "rejected", 1);
     assert_eq!(e["http_status"], 409);
     let d = app.next_dead_letter().await;
     assert_dead_letter(&d, &body, "rejected", 1);
+    assert_sandbox_got(&app, &job, 1);
     app.shutdown().await;
 }
 
@@ -379,13 +403,15 @@ async fn persistent_outage_exhausts_retries() {
         repeat: 0,
         for_ms: None,
     });
-    let body = app.publish_job(&button_job("down")).await;
+    let job = button_job("down");
+    let body = app.publish_job(&job).await;
     let e = app.next_event().await;
     assert_dead_event(&e, Some("down"), "retries_exhausted", 3);
     assert_eq!(e["http_status"], 502);
     let d = app.next_dead_letter().await;
     assert_dead_letter(&d, &body, "retries_exhausted", 3);
     assert_eq!(app.requests().len(), 3);
+    assert_sandbox_got(&app, &job, 3);
     app.shutdown().await;
 }
 
@@ -398,7 +424,8 @@ async fn rate_limited_answer_is_retried_after_retry_after() {
             retry_after: Some(1),
         }],
     ));
-    app.publish_job(&button_job("throttled")).await;
+    let job = button_job("throttled");
+    app.publish_job(&job).await;
     let e = app.next_event().await;
     assert_eq!(e["event"], "sent", "{e}");
     assert_eq!(e["attempts"], 2);
@@ -416,6 +443,38 @@ async fn rate_limited_answer_is_retried_after_retry_after() {
         app.metric("octopods_retries_total{cause=\"rate_limited\",channel=\"store-eu\"}")
             .await,
         1.0
+    );
+    assert_sandbox_got(&app, &job, 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_429_holds_back_the_whole_channel() {
+    let app = spawn_worker("429-channel").await;
+    app.script(Script::for_phone(
+        PHONE,
+        vec![Fault::RateLimited {
+            retry_after: Some(1),
+        }],
+    ));
+    app.publish_job(&button_job("first")).await;
+    eventually(Duration::from_secs(5), "the 429", || async {
+        (!app.requests().is_empty()).then_some(())
+    })
+    .await;
+    let mut other = button_job("second");
+    other["destination_phone"] = json!("+15550001111");
+    app.publish_job(&other).await;
+    for _ in 0..2 {
+        assert_eq!(app.next_event().await["event"], "sent");
+    }
+    let reqs = app.requests();
+    let throttled_at = reqs[0].at_ms;
+    let other_at = app.requests_for("+15550001111")[0].at_ms;
+    assert!(
+        other_at >= throttled_at + 1000,
+        "another job of the channel went out {} ms after the 429 (Retry-After: 1 s)",
+        other_at - throttled_at
     );
     app.shutdown().await;
 }
