@@ -69,6 +69,17 @@ pub fn subscribe_delay(replica: &str, channel: &str, window: Duration) -> Durati
     window.mul_f64((h % 10_000) as f64 / 10_000.0)
 }
 
+/// What a consumer shares with its broker session.
+#[derive(Clone)]
+pub struct Session {
+    /// Runs each delivery's task; the session drains it at shutdown.
+    pub tracker: TaskTracker,
+    /// Cancelled to stop taking jobs.
+    pub stop: CancellationToken,
+    /// Gets a permit when the consumer has subscribed (readiness).
+    pub subscribed: Arc<tokio::sync::Semaphore>,
+}
+
 /// Why a consumer stopped.
 #[derive(Debug)]
 pub enum Stopped {
@@ -82,6 +93,7 @@ pub enum Stopped {
 
 /// Consumes `queue` until cancelled or the broker fails. Each delivery runs on
 /// `tracker`; the consumer itself is cancelled on the broker before returning.
+/// Adds a permit to `session.subscribed` once subscribed.
 /// The caller keeps a clone of `amqp` open until the tracker drained: an
 /// `Acker` alone does not keep its channel alive.
 pub async fn consume(
@@ -90,9 +102,13 @@ pub async fn consume(
     channel: Arc<ChannelState>,
     shared: Arc<Shared>,
     settler: Arc<Settler>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
+    session: Session,
 ) -> Stopped {
+    let Session {
+        tracker,
+        stop,
+        subscribed,
+    } = session;
     if let Err(e) = amqp
         .basic_qos(channel.prefetch, BasicQosOptions::default())
         .await
@@ -125,6 +141,8 @@ pub async fn consume(
         Ok(c) => c,
         Err(e) => return Stopped::Broker(e),
     };
+    // Readiness counts subscriptions: ready once every channel has one.
+    subscribed.add_permits(1);
     loop {
         tokio::select! {
             () = stop.cancelled() => {

@@ -55,7 +55,7 @@ impl Client {
 
     /// Sends one interactive message. The duration counts from when the
     /// request could start (a free slot under `max_concurrent_requests`).
-    pub async fn send(&self, key: &ApiKey, body: Vec<u8>) -> Attempt {
+    pub async fn send(&self, key: &ApiKey, body: bytes::Bytes) -> Attempt {
         // The semaphore is never closed; if it were, sending unbounded is
         // still correct, only less frugal.
         let _slot = self.open.acquire().await.ok();
@@ -78,7 +78,7 @@ impl Client {
     async fn request(
         &self,
         key: &ApiKey,
-        body: Vec<u8>,
+        body: bytes::Bytes,
     ) -> Result<(u16, Option<Duration>, Vec<u8>), Outcome> {
         let mut auth = HeaderValue::from_str(key.expose()).map_err(|_| {
             // Cannot be sent at all: a key with control characters. Octopods

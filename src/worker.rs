@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 use crate::{
     broker::{self, Names, Publisher, topology},
     config::Config,
-    consume::{self, ChannelState, Shared, Stopped},
+    consume::{self, ChannelState, Session, Shared, Stopped},
     dedup::Dedup,
     http,
     limit::Limiter,
@@ -180,6 +180,7 @@ impl Worker {
         });
 
         let stop = CancellationToken::new();
+        let subscribed = Arc::new(tokio::sync::Semaphore::new(0));
         let mut consumers = JoinSet::new();
         let mut amqp_channels = Vec::with_capacity(self.channels.len());
         for channel in &self.channels {
@@ -191,20 +192,34 @@ impl Worker {
                 self.shared.clone(),
                 settler.clone(),
             );
-            let (tr, stop) = (tracker.clone(), stop.clone());
+            let session = Session {
+                tracker: tracker.clone(),
+                stop: stop.clone(),
+                subscribed: subscribed.clone(),
+            };
             consumers
-                .spawn(async move { consume::consume(amqp, queue, ch, sh, st, tr, stop).await });
+                .spawn(async move { consume::consume(amqp, queue, ch, sh, st, session).await });
         }
         if *connected_before {
             self.shared.metrics.broker_reconnected();
         }
         *connected_before = true;
         reconnect.reset();
-        self.set_ready(true);
-        info!("connected; consuming");
+        info!("connected; subscribing to the channel queues");
+        // Ready once every channel queue has our consumer; then keep waiting.
+        let channels = u32::try_from(self.channels.len()).unwrap_or(u32::MAX);
+        let all_subscribed = async {
+            if let Ok(permits) = subscribed.acquire_many(channels).await {
+                permits.forget();
+                self.set_ready(true);
+                info!("consuming");
+            }
+            std::future::pending::<()>().await;
+        };
 
         let failure = tokio::select! {
             () = shutdown.cancelled() => None,
+            () = all_subscribed => None,
             Some(joined) = consumers.join_next() => Some(match joined {
                 Ok(Stopped::Broker(e)) => anyhow::Error::new(e).context("consumer failed"),
                 Ok(other) => anyhow::anyhow!("consumer stopped: {other:?}"),

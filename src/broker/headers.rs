@@ -15,8 +15,10 @@ pub const CHANNEL: &str = "x-octopods-channel";
 pub const FAILED_AT: &str = "x-octopods-failed-at";
 pub const REPLAYS: &str = "x-octopods-replays";
 /// The delay queue a durable retry goes to (`10s`, `1m`, …); the retry
-/// exchange routes on it.
-pub const DELAY: &str = "x-octopods-delay";
+/// (headers) exchange routes on it. Not `x-` prefixed: a headers exchange
+/// ignores binding arguments whose names start with `x-`, so such a binding
+/// would match every message and copy it into every delay queue.
+pub const DELAY: &str = "octopods-retry-delay";
 /// Durable retries so far.
 pub const DELAYED: &str = "x-octopods-delayed";
 /// When the job's first attempt was made (RFC 3339), for `retry.max_elapsed`.

@@ -177,7 +177,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
     }
 
     // Delayed retries: a headers exchange picks the delay queue by the
-    // `x-octopods-delay` header; the queue's TTL expires the message back
+    // `octopods-retry-delay` header; the queue's TTL expires the message back
     // through the default exchange to the routing key it was published with,
     // which is the channel queue's name.
     ch.exchange_declare(
@@ -198,7 +198,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
             .await?;
         let bind = args(&[
             ("x-match", text("all")),
-            ("x-octopods-delay", text(&delay_label(*delay))),
+            (super::headers::DELAY, text(&delay_label(*delay))),
         ]);
         ch.queue_bind(
             q.as_str().into(),

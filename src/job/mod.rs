@@ -105,7 +105,7 @@ pub struct Job {
     pub expires_at: Option<OffsetDateTime>,
     pub metadata: Option<Value>,
     /// The Octopods request body, serialized once.
-    pub request_body: Vec<u8>,
+    pub request_body: bytes::Bytes,
 }
 
 impl Job {
@@ -220,7 +220,9 @@ impl Job {
         if let Some(v) = teammate {
             body.insert("intercom_teammate_id".into(), v);
         }
-        let request_body = serde_json::to_vec(&body).map_err(|e| format!("body: {e}"))?;
+        let request_body = serde_json::to_vec(&body)
+            .map(bytes::Bytes::from)
+            .map_err(|e| format!("body: {e}"))?;
         Ok(Job {
             id,
             phone,

@@ -192,6 +192,15 @@ async fn a_two_minute_outage_goes_through_the_delay_queues_and_all_jobs_end_sent
         via_30s >= N as f64,
         "every job went through the longest delay queue"
     );
+    // 5 s + 15 s + 30 s × n covers a 2-minute outage in about 6 hand-offs per
+    // job; many more would mean copies of a job multiplying in the delay queues.
+    assert!(
+        via_30s <= (N * 6) as f64,
+        "{via_30s} hand-offs to the 30 s queue for {N} jobs"
+    );
+    for (id, es) in &events {
+        assert_eq!(es.len(), 1, "{id} has {} events", es.len());
+    }
     assert!(
         events
             .values()

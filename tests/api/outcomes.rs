@@ -387,6 +387,54 @@ async fn two_503s_then_sent_takes_three_attempts() {
     app.shutdown().await;
 }
 
+/// With several delay queues, each hand-off goes to exactly one of them: the
+/// job is attempted exactly as often as scripted and yields one event.
+#[tokio::test]
+async fn each_durable_retry_goes_to_exactly_one_delay_queue() {
+    let app = spawn_with(
+        "retry-one-queue",
+        Options {
+            extra_toml: "[retry]\nmax_attempts = 6\nimmediate_attempts = 2\ndelays = [\"300ms\", \"600ms\", \"900ms\"]\n\
+                         initial_interval = \"20ms\"\nmax_interval = \"100ms\"\n"
+                .into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let outage = || Fault::Outage { status: Some(503) };
+    app.script(Script::for_phone(
+        PHONE,
+        vec![outage(), outage(), outage(), outage()],
+    ));
+    let job = button_job("one-queue");
+    app.publish_job(&job).await;
+    let e = app.next_event().await;
+    assert_eq!(e["event"], "sent", "{e}");
+    assert_eq!(e["attempts"], 5);
+    // Two hand-offs (300 ms, then 600 ms), five requests, one event, and the
+    // delay queues empty: a copy in a second delay queue would show here.
+    for (delay, n) in [("300ms", 1.0), ("600ms", 1.0), ("900ms", 0.0)] {
+        let series =
+            format!("octopods_delayed_retries_total{{channel=\"store-eu\",delay=\"{delay}\"}}");
+        assert_eq!(app.metric(&series).await, n, "{series}");
+    }
+    eventually(
+        Duration::from_secs(3),
+        "the delay queues to be empty",
+        || async {
+            let mut total = 0;
+            for d in ["300ms", "600ms", "900ms"] {
+                total += app.depth(&format!("retry.{d}")).await;
+            }
+            (total == 0).then_some(())
+        },
+    )
+    .await;
+    assert_sandbox_got(&app, &job, 5);
+    assert!(app.try_next_event().await.is_none(), "one event per job");
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn persistent_outage_exhausts_retries() {
     let app = spawn_with(
