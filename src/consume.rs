@@ -152,8 +152,8 @@ pub async fn consume(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let (ch, sh, st) = (channel.clone(), shared.clone(), settler.clone());
-                    tracker.spawn(async move { handle(delivery, &ch, &sh, &st).await });
+                    let (ch, sh, st, stop) = (channel.clone(), shared.clone(), settler.clone(), stop.clone());
+                    tracker.spawn(async move { handle(delivery, &ch, &sh, &st, &stop).await });
                 }
                 Some(Err(e)) => return Stopped::Broker(e),
                 None => return Stopped::ConsumerEnded,
@@ -169,6 +169,7 @@ pub async fn handle(
     channel: &ChannelState,
     shared: &Shared,
     settler: &Settler,
+    stop: &CancellationToken,
 ) {
     let name = channel.config.name.as_str();
     let span = info_span!(
@@ -235,6 +236,7 @@ pub async fn handle(
             channel: name,
             key: &channel.key,
             limiter: &channel.limiter,
+            stop,
         };
         let history = History {
             attempts: prior,
@@ -303,6 +305,13 @@ pub async fn handle(
                     &failure,
                 ))
                 .await;
+            }
+            Final::Requeue => {
+                info!("stopping before this job's turn; returned to its queue");
+                shared.metrics.abandoned(name);
+                if let Err(e) = settle::requeue(&delivery).await {
+                    warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
+                }
             }
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use backoff::{ExponentialBackoff, backoff::Backoff};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, warn};
 
 use crate::{
@@ -32,6 +33,9 @@ pub enum Final {
         after: Option<Duration>,
         failure: Failure,
     },
+    /// The replica is stopping and the job had not reached its request: put
+    /// it back in its queue untouched.
+    Requeue,
 }
 
 /// What earlier deliveries of the job did (from its headers).
@@ -46,6 +50,10 @@ pub struct Target<'a> {
     pub channel: &'a str,
     pub key: &'a ApiKey,
     pub limiter: &'a Limiter,
+    /// Cancelled when this replica stops taking jobs: a job that has not
+    /// reached its request yet goes back instead, so a standby taking over the
+    /// channel never shares its budget with a replica that is draining.
+    pub stop: &'a CancellationToken,
 }
 
 /// The backoff schedule of [`RetryConfig`].
@@ -85,7 +93,10 @@ pub async fn attempt(
                 attempts.max(1),
             );
         }
-        let waited = target.limiter.ready(job.phone.as_str()).await;
+        let waited = tokio::select! {
+            waited = target.limiter.ready(job.phone.as_str()) => waited,
+            () = target.stop.cancelled() => return (Final::Requeue, attempts),
+        };
         metrics.waited_for_limit(target.channel, waited);
         // The deadline may have passed while the job waited for its slot.
         if let Err((reason, message)) = job.check_deadlines(OffsetDateTime::now_utc()) {
@@ -146,7 +157,18 @@ pub async fn attempt(
                     delay_ms = delay.as_millis() as u64,
                     "transient failure, will retry"
                 );
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    // Stopping between attempts: keep the count, retry later.
+                    () = target.stop.cancelled() => {
+                        let next = if retry.delays.is_empty() {
+                            Final::Requeue
+                        } else {
+                            Final::Delay { cause, after, failure }
+                        };
+                        return (next, attempts);
+                    }
+                }
             }
         }
     }

@@ -41,3 +41,54 @@ async fn shutdown_finishes_and_acks_jobs_in_flight() {
     assert_eq!(app.depth("results").await, 0, "exactly one event per job");
     app.shutdown().await;
 }
+
+/// Jobs still waiting for their rate slot at shutdown go back to the queue
+/// at once: a standby that takes the channel over must not share its budget
+/// with a replica that is draining a prefetched backlog.
+#[tokio::test]
+async fn shutdown_returns_jobs_still_waiting_for_their_rate_slot() {
+    const N: usize = 12;
+    let mut channel = TestChannel::new("store-eu");
+    channel.rate = 2.0;
+    channel.burst = 1;
+    let mut app = spawn_with(
+        "graceful-backlog",
+        Options {
+            channels: vec![channel],
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..N {
+        app.publish_job(&button_job(&format!("backlog-{i}"))).await;
+    }
+    eventually(Duration::from_secs(10), "two sends", || async {
+        (app.requests().len() >= 2).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    app.stop_worker().await;
+    let took = started.elapsed();
+    let sent = app.requests().len();
+    assert!(
+        took < Duration::from_secs(2),
+        "shutdown took {took:?}; the backlog at 2/s would take {} s to drain",
+        N / 2
+    );
+    assert!(sent < N, "the whole backlog was sent while stopping");
+    for _ in 0..sent {
+        assert_eq!(app.next_event().await["event"], "sent");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the unsent jobs back in the queue",
+        || async { (app.depth("jobs.store-eu").await as usize == N - sent).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        app.requests().len(),
+        sent,
+        "no request after the worker stopped"
+    );
+    app.shutdown().await;
+}
