@@ -275,6 +275,7 @@ async fn memory(
         listen: "127.0.0.1:0".parse()?,
         latency: Duration::from_secs(3),
         api_keys: vec![],
+        rate_limit: None,
     })
     .await?;
     let prefix = format!("bench-mem-{}", std::process::id());
@@ -380,6 +381,7 @@ async fn main() -> Res<()> {
         listen: "127.0.0.1:0".parse()?,
         latency: Duration::ZERO,
         api_keys: vec![],
+        rate_limit: None,
     })
     .await?;
     let a = ceiling(&conn, &sandbox.url(), n, prefetch).await?;
@@ -405,6 +407,7 @@ async fn main() -> Res<()> {
         listen: "127.0.0.1:0".parse()?,
         latency: Duration::from_millis(200),
         api_keys: vec![],
+        rate_limit: None,
     })
     .await?;
     let (per_channel_prefetch, budgets) = (16u16, [("c1", 200.0), ("c2", 200.0)]);

@@ -153,6 +153,9 @@ pub struct SandboxArgs {
     /// An accepted API key (repeatable); without any, every non-empty key is accepted.
     #[arg(long = "api-key")]
     pub api_keys: Vec<String>,
+    /// Answer 429 (Retry-After: 1) past this many requests per second per key.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -217,6 +220,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
                 listen: a.listen,
                 latency: a.latency,
                 api_keys: a.api_keys,
+                rate_limit: a.rate_limit,
             };
             sandbox::run(config, shutdown)
                 .await

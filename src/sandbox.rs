@@ -36,6 +36,9 @@ pub struct SandboxConfig {
     pub latency: Duration,
     /// Keys accepted; empty means any non-empty key.
     pub api_keys: Vec<String>,
+    /// Requests per second accepted per API key before answering 429 with
+    /// `Retry-After: 1`, as Octopods does for sustained bursts. `None`: no limit.
+    pub rate_limit: Option<u32>,
 }
 
 /// A scripted answer.
@@ -153,6 +156,7 @@ struct SandboxState {
     started: Instant,
     scripts: Mutex<HashMap<Option<String>, Running>>,
     log: Mutex<Vec<Recorded>>,
+    per_key: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 /// A running sandbox.
@@ -166,11 +170,15 @@ impl Sandbox {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(SandboxState {
-            config,
             addr,
             started: Instant::now(),
             scripts: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
+            per_key: config
+                .rate_limit
+                .and_then(std::num::NonZeroU32::new)
+                .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
+            config,
         });
         let app = Router::new()
             .route(octopods::PATH, post(interactive_handler))
@@ -369,6 +377,16 @@ fn normal_answer(state: &SandboxState, auth: Option<&str>, body: &[u8]) -> Answe
     };
     if !state.config.api_keys.is_empty() && !state.config.api_keys.iter().any(|k| k == key) {
         return error(401, 5, "UNAUTHORIZED: unknown API key");
+    }
+    if let Some(limiter) = &state.per_key
+        && limiter.check_key(&key.to_owned()).is_err()
+    {
+        return Answer {
+            status: 429,
+            body: json!({"request_id": request_id(), "error": "Too Many Requests"}),
+            retry_after: Some(1),
+            hang: None,
+        };
     }
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
         return error(400, 2, "TYPE_MISMATCH: the body must be a JSON object");

@@ -77,6 +77,7 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
         listen: "127.0.0.1:0".parse().unwrap(),
         latency: Duration::ZERO,
         api_keys: vec![],
+        rate_limit: None,
     })
     .await
     .unwrap();

@@ -105,6 +105,8 @@ pub struct Options {
     /// Keys the sandbox accepts; empty means any.
     pub sandbox_keys: Vec<String>,
     pub sandbox_latency: Duration,
+    /// The sandbox's own per-key limit (429 past it), like Octopods'.
+    pub sandbox_rate_limit: Option<u32>,
     /// `broker.delivery_limit` (the config's default when `None`).
     pub delivery_limit: Option<u32>,
     /// `worker.spread_window`: 0 in most tests, so consumers subscribe at once.
@@ -118,6 +120,7 @@ impl Default for Options {
             extra_toml: TEST_RETRY.into(),
             sandbox_keys: Vec::new(),
             sandbox_latency: Duration::ZERO,
+            sandbox_rate_limit: None,
             delivery_limit: None,
             spread_window: Duration::ZERO,
         }
@@ -218,6 +221,7 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
         listen: "127.0.0.1:0".parse().expect("address"),
         latency: opts.sandbox_latency,
         api_keys: opts.sandbox_keys.clone(),
+        rate_limit: opts.sandbox_rate_limit,
     })
     .await
     .expect("sandbox starts");

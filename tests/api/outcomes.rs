@@ -585,3 +585,44 @@ async fn job_for_an_unknown_channel_lands_in_unroutable() {
     assert_eq!(depth, 1);
     app.shutdown().await;
 }
+
+/// A channel configured above what Octopods accepts: Octopods' 429s pause the
+/// channel for their Retry-After, and every job still ends sent.
+#[tokio::test]
+async fn octopods_rate_limit_above_the_budget_slows_the_channel_and_loses_nothing() {
+    const N: usize = 20;
+    let mut channel = TestChannel::new("store-eu");
+    channel.rate = 20.0;
+    channel.burst = 5;
+    let app = spawn_with(
+        "octopods-429",
+        Options {
+            channels: vec![channel],
+            sandbox_rate_limit: Some(5),
+            extra_toml: TEST_RETRY
+                .replace("max_attempts = 4", "max_attempts = 10")
+                .replace("[\"300ms\"]", "[\"1s\"]"),
+            delivery_limit: Some(30),
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..N {
+        app.publish_job(&button_job(&format!("burst-{i}"))).await;
+    }
+    let mut sent = std::collections::BTreeSet::new();
+    while sent.len() < N {
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent", "{e}");
+        sent.insert(e["job_id"].as_str().unwrap().to_owned());
+    }
+    let throttled = app.requests().iter().filter(|r| r.status == 429).count();
+    assert!(throttled > 0, "the sandbox never throttled");
+    assert_eq!(
+        app.metric("octopods_retries_total{cause=\"rate_limited\",channel=\"store-eu\"}")
+            .await,
+        throttled as f64
+    );
+    eprintln!("Octopods limit 5/s under a 20/s budget: {N} sent, {throttled} answers 429");
+    app.shutdown().await;
+}
