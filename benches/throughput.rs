@@ -44,11 +44,7 @@ fn job(i: usize) -> Value {
     json!({
         "job_id": format!("bench-{i}"),
         "destination_phone": format!("+1555{:07}", i),
-        "waba_interactive_message": {"type": "button", "body": {"text": "Did your order arrive today?"},
-            "action": {"buttons": [
-                {"type": "reply", "reply": {"id": "yes", "title": "Yes, received"}},
-                {"type": "reply", "reply": {"id": "not-yet", "title": "Not yet"}},
-                {"type": "reply", "reply": {"id": "problem", "title": "There's a problem"}}]}},
+        "waba_interactive_message": octopods_worker::job::delivery_confirmation(),
         "metadata": {"order_id": i.to_string()}
     })
 }

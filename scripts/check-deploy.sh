@@ -54,7 +54,7 @@ hadolint Dockerfile && echo "Dockerfile: hadolint clean"
 # A live scrape: sandbox + worker on a throwaway prefix, one job through.
 cargo build --quiet --locked
 bin=target/debug/octopods-worker
-work=$(mktemp -d)
+. scripts/lib.sh
 prefix="ci-scrape"   # fixed: re-running reuses the same small topology
 echo "k" >"$work/key"
 cat >"$work/worker.toml" <<TOML
@@ -69,12 +69,6 @@ name = "store-eu"
 api_key_file = "$work/key"
 rate_per_second = 10
 TOML
-. scripts/lib.sh
-cleanup() {
-  stop_stack
-  rm -rf "$work"
-}
-trap cleanup EXIT
 start_stack 18181 19465 "$work/worker.toml" "$work"
 sed -n 1p examples/jobs.jsonl | "$bin" enqueue --config "$work/worker.toml" --channel store-eu - 2>/dev/null
 "$bin" events --config "$work/worker.toml" --count 1 --timeout 20s >/dev/null 2>&1

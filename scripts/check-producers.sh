@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 cargo build --quiet --locked --bin octopods-worker --example producer
 bin=target/debug/octopods-worker
-work=$(mktemp -d)
+. scripts/lib.sh
 export OCTOPODS_PREFIX=ci-producers
 echo "k" >"$work/key"
 cat >"$work/worker.toml" <<TOML
@@ -25,12 +25,6 @@ name = "store-eu"
 api_key_file = "$work/key"
 rate_per_second = 20
 TOML
-. scripts/lib.sh
-cleanup() {
-  stop_stack
-  rm -rf "$work"
-}
-trap cleanup EXIT
 start_stack 18282 19466 "$work/worker.toml" "$work"
 
 # Unique order numbers: the example queues outlive a run, and must not match

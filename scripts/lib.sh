@@ -1,14 +1,17 @@
-# Shared by the check scripts: run a sandbox and a worker in the background
-# for the length of the script.
+# Shared by the check scripts. Sourcing it gives "$work", a scratch
+# directory removed on exit, and start_stack, which runs a sandbox and a worker
+# in the background for the length of the script:
 #   start_stack SANDBOX_PORT HTTP_PORT CONFIG LOGDIR
 # The worker's [octopods] base_url and [http] listen must match the ports.
 # Both processes are stopped (SIGTERM) when the script exits.
 
+work=$(mktemp -d)
 stack_pids=()
 stop_stack() {
   for pid in "${stack_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
+trap 'stop_stack; rm -rf "$work"' EXIT
 
 start_stack() {
   local sandbox_port=$1 http_port=$2 config=$3 logs=$4

@@ -368,11 +368,7 @@ async fn settle_sent(
     {
         Ok(routed) => {
             if !routed {
-                warn!(
-                    event = "sent",
-                    "result event was unroutable: no queue bound to the results exchange"
-                );
-                shared.metrics.event_unroutable(name, "sent");
+                note_unroutable(shared, name, "sent");
             }
             finish(delivery, shared, name, Completion::Sent, None, received).await;
         }
@@ -405,11 +401,7 @@ async fn dead_letter(
     match settler.dead_letter(delivery, name, &event, &failure).await {
         Ok(routed) => {
             if !routed {
-                warn!(
-                    event = "dead_lettered",
-                    "result event was unroutable: no queue bound to the results exchange"
-                );
-                shared.metrics.event_unroutable(name, "dead_lettered");
+                note_unroutable(shared, name, "dead_lettered");
             }
             shared.metrics.dead_lettered(name, reason);
             finish(
@@ -457,6 +449,15 @@ async fn finish(
             "job settled"
         ),
     }
+}
+
+/// Nobody is bound to the results exchange: not an error, but worth knowing.
+fn note_unroutable(shared: &Shared, channel: &str, event: &str) {
+    warn!(
+        event,
+        "result event was unroutable: no queue bound to the results exchange"
+    );
+    shared.metrics.event_unroutable(channel, event);
 }
 
 async fn give_back(delivery: &Delivery, shared: &Shared, channel: &str, error: &str) {

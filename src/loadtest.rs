@@ -76,15 +76,7 @@ fn job(run: &str, i: usize, channel: &str) -> Value {
     json!({
         "job_id": format!("loadtest-{run}-{i}"),
         "destination_phone": format!("+1555{:07}", i % 10_000_000),
-        "waba_interactive_message": {
-            "type": "button",
-            "body": {"text": "Did your order arrive today?"},
-            "action": {"buttons": [
-                {"type": "reply", "reply": {"id": "yes", "title": "Yes, received"}},
-                {"type": "reply", "reply": {"id": "not-yet", "title": "Not yet"}},
-                {"type": "reply", "reply": {"id": "problem", "title": "There's a problem"}}
-            ]}
-        },
+        "waba_interactive_message": crate::job::delivery_confirmation(),
         "channel": channel,
         "metadata": {"loadtest": run, "published_at_us": OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000}
     })

@@ -4,8 +4,11 @@
 
 use std::{io::Write, time::Duration};
 
-use lapin::options::{BasicAckOptions, BasicGetOptions};
-use tokio::time::Instant;
+use futures_util::StreamExt;
+use lapin::{
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+};
 
 use crate::{
     broker::{self, Names},
@@ -22,25 +25,29 @@ pub async fn tail(
 ) -> anyhow::Result<usize> {
     let conn = broker::connect(&config.broker, "events").await?;
     let ch = conn.create_channel().await?;
+    // Deliveries not yet printed when we stop go back to the queue on close.
+    ch.basic_qos(16, BasicQosOptions::default()).await?;
     let queue = Names::new(&config.broker.prefix).results();
+    let mut events = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let mut printed = 0;
-    let mut last = Instant::now();
     while count.is_none_or(|c| printed < c) {
-        match ch
-            .basic_get(queue.as_str().into(), BasicGetOptions::default())
-            .await?
-        {
-            Some(msg) => {
-                out.write_all(&msg.delivery.data)?;
-                out.write_all(b"\n")?;
-                out.flush()?;
-                msg.delivery.acker.ack(BasicAckOptions::default()).await?;
-                printed += 1;
-                last = Instant::now();
-            }
-            None if last.elapsed() >= timeout => break,
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+        let Ok(next) = tokio::time::timeout(timeout, events.next()).await else {
+            break; // quiet for `timeout`
+        };
+        let Some(delivery) = next else { break };
+        let delivery = delivery?;
+        out.write_all(&delivery.data)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        printed += 1;
     }
     drop(conn.close(200, "OK".into()).await);
     Ok(printed)

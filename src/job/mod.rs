@@ -266,6 +266,20 @@ impl Job {
     }
 }
 
+/// The question this product exists to ask, as an interactive message: the
+/// sample of the load test, the benchmark and the tests.
+pub fn delivery_confirmation() -> Value {
+    serde_json::json!({
+        "type": "button",
+        "body": {"text": "Did your order arrive today?"},
+        "action": {"buttons": [
+            {"type": "reply", "reply": {"id": "yes", "title": "Yes, received"}},
+            {"type": "reply", "reply": {"id": "not-yet", "title": "Not yet"}},
+            {"type": "reply", "reply": {"id": "problem", "title": "There's a problem"}}
+        ]}
+    })
+}
+
 fn timestamp(map: &Map<String, Value>, key: &str) -> Result<Option<OffsetDateTime>, String> {
     match map.get(key) {
         None => Ok(None),

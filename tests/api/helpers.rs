@@ -559,15 +559,7 @@ pub fn button_job(job_id: &str) -> Value {
     serde_json::json!({
         "job_id": job_id,
         "destination_phone": PHONE,
-        "waba_interactive_message": {
-            "type": "button",
-            "body": {"text": "Did your order arrive today?"},
-            "action": {"buttons": [
-                {"type": "reply", "reply": {"id": "yes", "title": "Yes, received"}},
-                {"type": "reply", "reply": {"id": "not-yet", "title": "Not yet"}},
-                {"type": "reply", "reply": {"id": "problem", "title": "There's a problem"}}
-            ]}
-        },
+        "waba_interactive_message": octopods_worker::job::delivery_confirmation(),
         "open_intercom_conversation": true,
         "intercom_teammate_id": "4711",
         "metadata": {"order_id": "1234"}
