@@ -235,15 +235,7 @@ async fn worker_run(conn: &Connection, config: Config, n: usize) -> Res<f64> {
     let rate = (n - done_then) as f64 / from.elapsed().as_secs_f64();
     stop.cancel();
     drop(handle.await);
-    let mut queues = vec![names.dead(), names.results(), names.unroutable()];
-    queues.extend(keys.iter().map(|k| names.channel_queue(k)));
-    queues.extend(config.retry.delays.iter().map(|d| names.retry_queue(*d)));
-    for q in queues {
-        drop(
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await,
-        );
-    }
+    topology::delete(&ch, &config).await?;
     Ok(rate)
 }
 
@@ -335,17 +327,7 @@ async fn memory(
         "(d) {N} jobs, all in flight at once (sandbox latency 3 s): took {:.1?}",
         started.elapsed()
     );
-    for q in [
-        names.dead(),
-        names.results(),
-        names.unroutable(),
-        names.channel_queue("mem"),
-    ] {
-        drop(
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await,
-        );
-    }
+    topology::delete(&ch, &config).await?;
     // Clock ticks are 1/100 s on Linux.
     Ok((hwm_kib, ticks as f64 * 10.0 / N as f64))
 }

@@ -1,11 +1,15 @@
-//! The one place that decides what an Octopods answer means: sent, retry, or
-//! dead-letter (CONTRACT §4, octopods-api.md). It reads Octopods' error name
-//! first, then Meta error codes in the text, then the documented
-//! interactive-family `error_code`, then the HTTP status.
+//! The one place that decides what an attempt came to: sent, retry, or
+//! dead-letter (CONTRACT §4, octopods-api.md). HTTP answers ([`classify`]) are
+//! read by Octopods' error name first, then Meta error codes in the text, then
+//! the documented interactive-family `error_code`, then the HTTP status. The
+//! attempts that got no answer ([`transport`]), a key that cannot be sent
+//! ([`unusable_key`]) and a job whose retry budget is spent ([`budget_spent`])
+//! are decided here too, beside the table test that walks them all.
 
 use std::time::Duration;
 
 use crate::{
+    config::RetryConfig,
     outcome::{Failure, OctopodsError, Outcome, Reason, Receipt, RetryCause},
     telemetry::redact_phones,
 };
@@ -53,6 +57,75 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
             failure,
         },
     }
+}
+
+/// Why an attempt got no HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// No answer within the request timeout.
+    Timeout(Duration),
+    /// Could not connect.
+    Connect,
+    /// The connection broke, or the answer could not be read.
+    Broken(String),
+}
+
+/// An attempt that got no answer: always transient.
+pub(crate) fn transport(t: Transport) -> Outcome {
+    let (cause, message) = match t {
+        Transport::Timeout(after) => (
+            RetryCause::Timeout,
+            format!("no answer from Octopods within {after:?}"),
+        ),
+        Transport::Connect => (RetryCause::Connect, "cannot connect to Octopods".to_owned()),
+        Transport::Broken(why) => (
+            RetryCause::Connect,
+            format!("request to Octopods failed: {}", redact_phones(&why)),
+        ),
+    };
+    Outcome::Retry {
+        cause,
+        after: None,
+        failure: Failure::local(message),
+    }
+}
+
+/// The channel's key cannot be put in a header (control characters): no
+/// request can succeed until an operator changes it.
+pub(crate) fn unusable_key() -> Outcome {
+    Outcome::DeadLetter(
+        Reason::Unauthorized,
+        Failure::local("the channel's API key is not a valid header value"),
+    )
+}
+
+/// After a transient failure: `Err` with the dead-letter reason if the job's
+/// retry budget (`max_attempts`, `max_elapsed`, counted across deliveries) is
+/// spent, else the failure back to retry.
+pub(crate) fn budget_spent(
+    attempts: u32,
+    elapsed: Duration,
+    retry: &RetryConfig,
+    failure: Failure,
+) -> Result<Failure, (Reason, Failure)> {
+    if attempts < retry.max_attempts && elapsed < retry.max_elapsed {
+        return Ok(failure);
+    }
+    let why = if attempts >= retry.max_attempts {
+        format!("{attempts} attempts")
+    } else {
+        format!(
+            "{attempts} attempts in {}",
+            humantime::format_duration(elapsed)
+        )
+    };
+    Err((
+        Reason::RetriesExhausted,
+        Failure {
+            message: format!("{why}: {}", failure.message),
+            ..failure
+        },
+    ))
 }
 
 fn verdict(status: u16, error: Option<&OctopodsError>) -> Verdict {
@@ -289,6 +362,48 @@ mod tests {
         for (name, status, body, want) in rows {
             assert_eq!(kind(&classify(status, None, &body)), want, "row {name}");
         }
+    }
+
+    /// The attempts that got no answer, and the budget, in the same terms.
+    #[test]
+    fn outcomes_without_an_answer() {
+        let rows: Vec<(&str, Outcome, &str)> = vec![
+            (
+                "timeout",
+                transport(Transport::Timeout(Duration::from_secs(2))),
+                "retry:timeout",
+            ),
+            (
+                "connect error",
+                transport(Transport::Connect),
+                "retry:connect",
+            ),
+            (
+                "broken answer",
+                transport(Transport::Broken("reset".into())),
+                "retry:connect",
+            ),
+            ("unusable key", unusable_key(), "dead:unauthorized"),
+        ];
+        for (name, outcome, want) in rows {
+            assert_eq!(kind(&outcome), want, "row {name}");
+        }
+        let retry = RetryConfig {
+            max_attempts: 3,
+            max_elapsed: Duration::from_secs(60),
+            ..RetryConfig::default()
+        };
+        let f = || Failure::local("503");
+        assert!(budget_spent(2, Duration::from_secs(59), &retry, f()).is_ok());
+        let by_count = budget_spent(3, Duration::ZERO, &retry, f()).unwrap_err();
+        assert_eq!(by_count.0, Reason::RetriesExhausted);
+        assert!(
+            by_count.1.message.starts_with("3 attempts: "),
+            "{}",
+            by_count.1.message
+        );
+        let by_time = budget_spent(1, Duration::from_secs(60), &retry, f()).unwrap_err();
+        assert_eq!(by_time.0, Reason::RetriesExhausted);
     }
 
     #[test]

@@ -79,6 +79,12 @@ pub struct BrokerConfig {
     /// `x-delivery-limit` of the channel queues: deliveries after which RabbitMQ
     /// dead-letters a job as `poison`. Default 20.
     pub delivery_limit: u32,
+    /// How long a publish (event, dead letter, retry copy) may wait for the
+    /// broker's confirm before the job goes back to its queue. Default `15s`;
+    /// at most half of `worker.grace_period` is used, so a stop is never held
+    /// by a broker that does not answer.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -89,6 +95,7 @@ impl Default for BrokerConfig {
             prefetch: 64,
             consumer_timeout: Duration::from_secs(30 * 60),
             delivery_limit: 20,
+            publish_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -141,9 +148,14 @@ pub struct RetryConfig {
     /// each attempt.
     #[serde(with = "humantime_serde")]
     pub initial_interval: Duration,
-    /// Longest backoff interval. Default `30s`.
+    /// Longest backoff interval. Default `30s`. A `Retry-After` longer than
+    /// this sends the job to a delay queue instead of holding its delivery.
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
+    /// The longest `Retry-After` honoured (seconds or HTTP date); longer ones
+    /// are cut to this, for the job and for the channel's pause. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryConfig {
@@ -160,6 +172,7 @@ impl Default for RetryConfig {
             ],
             initial_interval: Duration::from_millis(500),
             max_interval: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(3600),
         }
     }
 }
@@ -414,6 +427,30 @@ impl Config {
         if self.octopods.timeout.is_zero() {
             return Err(invalid("octopods.timeout", "must be above zero"));
         }
+        if let Some(host) = plain_http_host(&self.octopods.base_url)
+            && !is_loopback(host)
+        {
+            return Err(invalid(
+                "octopods.base_url",
+                format!(
+                    "http:// to {host} would send the API keys in clear text; use https:// (http:// is allowed only for a loopback host)"
+                ),
+            ));
+        }
+        let grace = self.worker.grace_period;
+        if self.octopods.timeout > grace {
+            return Err(invalid(
+                "octopods.timeout",
+                format!(
+                    "{} is longer than worker.grace_period ({}): a request in flight at shutdown could not finish",
+                    humantime::format_duration(self.octopods.timeout),
+                    humantime::format_duration(grace)
+                ),
+            ));
+        }
+        if self.broker.publish_timeout.is_zero() {
+            return Err(invalid("broker.publish_timeout", "must be above zero"));
+        }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));
         }
@@ -430,7 +467,11 @@ impl Config {
         } else {
             self.retry.immediate_attempts.min(self.retry.max_attempts)
         };
-        let worst = (self.octopods.timeout + self.retry.max_interval) * per_delivery;
+        let worst = self
+            .octopods
+            .timeout
+            .saturating_add(self.retry.max_interval)
+            .saturating_mul(per_delivery);
         if worst >= self.broker.consumer_timeout / 2 {
             return Err(invalid(
                 "retry",
@@ -497,9 +538,35 @@ impl Config {
         })
     }
 
+    /// `broker.publish_timeout`, at most half the grace period.
+    pub fn publish_timeout(&self) -> Duration {
+        self.broker
+            .publish_timeout
+            .min(self.worker.grace_period / 2)
+            .max(Duration::from_millis(1))
+    }
+
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
         self.channels.iter().find(|c| c.name == name)
     }
+}
+
+/// The host of an `http://` URL (not `https://`), else `None`.
+fn plain_http_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    Some(match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    })
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `["10s", "1m"]` as durations.
@@ -554,6 +621,52 @@ burst = 5
         assert_eq!(c.retry.max_elapsed, Duration::from_secs(600));
         assert_eq!(c.http.listen.port(), 9464);
         assert_eq!(c.channels[0].provider, Provider::CloudApi);
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_host_is_refused() {
+        for url in [
+            "http://api.octopods.io",
+            "http://10.0.0.1:8080/x",
+            "http://user@evil.example",
+        ] {
+            let err = Config::from_toml(&format!("[octopods]\nbase_url = \"{url}\"\n{MINIMAL}"))
+                .unwrap_err();
+            assert!(
+                err.to_string().starts_with("octopods.base_url: http:// to"),
+                "{url}: {err}"
+            );
+        }
+        for url in [
+            "http://127.0.0.1:9000",
+            "http://localhost",
+            "http://[::1]:80",
+            "https://api.octopods.io",
+        ] {
+            Config::from_toml(&format!("[octopods]\nbase_url = \"{url}\"\n{MINIMAL}")).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_octopods_timeout_past_the_grace_period_is_refused() {
+        let err = Config::from_toml(&format!(
+            "[octopods]\ntimeout = \"40s\"\n[worker]\ngrace_period = \"30s\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("octopods.timeout: 40s is longer than worker.grace_period"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn huge_durations_do_not_overflow_the_checks() {
+        let err = Config::from_toml(&format!(
+            "[octopods]\ntimeout = \"500000000years\"\n[worker]\ngrace_period = \"600000000years\"\n[broker]\npublish_timeout=\"1s\"\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().starts_with("retry:"), "{err}");
     }
 
     #[test]

@@ -1,62 +1,67 @@
-//! Consuming a channel queue and taking each delivery through the pipeline:
-//! parse ([`job`](crate::job)) → already sent? ([`dedup`](crate::dedup)) →
-//! attempts ([`send`](crate::send)) → [`settle`](crate::settle).
+//! Consuming a channel queue: each delivery runs as one task through
+//! [`pipeline`](crate::pipeline) (a [`Settlement`] out) and then
+//! [`settle`](crate::settle) (the only acks).
 //!
 //! Concurrency is bounded by the channel's prefetch: the broker never hands
-//! this consumer more unacked deliveries than that, and each runs as one task.
+//! this consumer more unacked deliveries than that.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
-use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, error, field::Empty, info, info_span, warn};
+use tracing::{Instrument, error, field::Empty, info, info_span};
 
 use crate::{
-    broker::{headers, topology::delay_label},
+    broker::Flow,
     config::{ApiKey, ChannelConfig, Config},
-    dedup::{Begin, Dedup},
-    events::{DeadLetteredEvent, SentEvent},
-    job::{Echo, Job},
+    dedup::Dedup,
     limit::Limiter,
-    metrics::{Completion, Metrics},
+    metrics::Metrics,
     octopods::Client,
-    outcome::{Failure, Reason, RetryCause},
-    send::{self, Final, History, Target},
-    settle::{self, Settler},
+    pipeline::{self, Delivered},
+    settle::{self, Settlement, Settler},
+    telemetry::escape,
 };
 
 /// A configured channel at run time.
-pub struct ChannelState {
-    pub config: ChannelConfig,
-    pub key: ApiKey,
-    pub limiter: Limiter,
-    pub prefetch: u16,
+pub(crate) struct ChannelState {
+    pub(crate) config: ChannelConfig,
+    pub(crate) key: ApiKey,
+    pub(crate) limiter: Limiter,
+    pub(crate) prefetch: u16,
 }
 
 /// What every delivery's task shares.
-pub struct Shared {
-    pub config: Config,
-    pub client: Client,
-    pub metrics: Arc<Metrics>,
-    pub dedup: Dedup,
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) client: Client,
+    /// Requests to Octopods open at once (`max_concurrent_requests`).
+    pub(crate) open: Semaphore,
+    /// Whether the broker blocks publishing.
+    pub(crate) flow: Flow,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) dedup: Dedup,
     /// This replica's name (see [`subscribe_delay`]).
-    pub replica_id: String,
+    pub(crate) replica_id: String,
+    /// A test's fault injection: called with each parsed job's id.
+    pub(crate) fault: Option<fn(&str)>,
 }
 
 /// How long this replica waits before subscribing to `channel`'s queue: a
 /// stable fraction of `window` from (replica, channel). RabbitMQ 3.10 makes the
 /// first subscriber of a single-active-consumer queue the active one, so
 /// replicas that start together each become active on a share of the channels.
-pub fn subscribe_delay(replica: &str, channel: &str, window: Duration) -> Duration {
+pub(crate) fn subscribe_delay(replica: &str, channel: &str, window: Duration) -> Duration {
     if window.is_zero() {
         return Duration::ZERO;
     }
@@ -71,18 +76,18 @@ pub fn subscribe_delay(replica: &str, channel: &str, window: Duration) -> Durati
 
 /// What a consumer shares with its broker session.
 #[derive(Clone)]
-pub struct Session {
+pub(crate) struct Session {
     /// Runs each delivery's task; the session drains it at shutdown.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// Cancelled to stop taking jobs.
-    pub stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
     /// Gets a permit when the consumer has subscribed (readiness).
-    pub subscribed: Arc<tokio::sync::Semaphore>,
+    pub(crate) subscribed: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why a consumer stopped.
 #[derive(Debug)]
-pub enum Stopped {
+pub(crate) enum Stopped {
     /// Asked to stop.
     Cancelled,
     /// The broker channel or connection failed.
@@ -96,7 +101,7 @@ pub enum Stopped {
 /// Adds a permit to `session.subscribed` once subscribed.
 /// The caller keeps a clone of `amqp` open until the tracker drained: an
 /// `Acker` alone does not keep its channel alive.
-pub async fn consume(
+pub(crate) async fn consume(
     amqp: lapin::Channel,
     queue: String,
     channel: Arc<ChannelState>,
@@ -124,15 +129,25 @@ pub async fn consume(
         () = stop.cancelled() => return Stopped::Cancelled,
         () = tokio::time::sleep(delay) => {}
     }
-    let tag = format!(
-        "octopods-worker-{}-{}",
-        shared.replica_id, channel.config.name
+    // A consumer tag is a short string: a long replica id is cut to fit.
+    let tag = crate::broker::headers::truncate(
+        format!(
+            "octopods-worker-{}-{}",
+            shared.replica_id, channel.config.name
+        ),
+        255,
     );
-    info!(channel = %channel.config.name, replica = %shared.replica_id, delay_ms = delay.as_millis() as u64, "subscribing");
+    info!(channel = %channel.config.name, replica = %escape(&shared.replica_id), delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "subscribing");
+    let (Some(queue_name), Some(tag_name)) = (
+        crate::broker::headers::short(&queue),
+        crate::broker::headers::short(&tag),
+    ) else {
+        return Stopped::ConsumerEnded;
+    };
     let mut consumer = match amqp
         .basic_consume(
-            queue.as_str().into(),
-            tag.as_str().into(),
+            queue_name,
+            tag_name.clone(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
@@ -147,7 +162,7 @@ pub async fn consume(
         tokio::select! {
             () = stop.cancelled() => {
                 // Stop taking jobs; those in flight still settle on this channel.
-                drop(amqp.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await);
+                drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
                 return Stopped::Cancelled;
             }
             next = consumer.next() => match next {
@@ -162,9 +177,11 @@ pub async fn consume(
     }
 }
 
-/// One delivery, from receipt to ack. The settle stages are boxed: they are
-/// large and short-lived, and would otherwise size every waiting job's task.
-pub async fn handle(
+/// One delivery, from receipt to ack: the pipeline decides, settle acts.
+/// A panic in either still settles the delivery (never left unacked). Both
+/// stages are boxed: they are large and short-lived, and would otherwise
+/// size every waiting job's task.
+async fn handle(
     delivery: Delivery,
     channel: &ChannelState,
     shared: &Shared,
@@ -182,293 +199,36 @@ pub async fn handle(
     async {
         let received = Instant::now();
         shared.metrics.received(name);
-        let (prior, delayed, first_attempt_at) = headers::history(&delivery.properties);
-        let job = match Job::parse(&delivery.data, name, channel.config.provider) {
-            Ok(job) => job,
-            Err(rejection) => {
-                if let Some(id) = &rejection.echo.job_id {
-                    tracing::Span::current().record("job_id", id.as_str());
-                }
-                let failure = Failure::local(rejection.message);
-                let attempts = prior.max(1);
-                Box::pin(dead_letter(
-                    &delivery,
-                    channel,
-                    shared,
-                    settler,
-                    rejection.reason,
-                    failure,
-                    *rejection.echo,
-                    attempts,
-                    received,
-                ))
-                .await;
-                return;
-            }
+        let input = Delivered {
+            body: &delivery.data,
+            properties: &delivery.properties,
         };
-        let span = tracing::Span::current();
-        span.record("job_id", job.id.as_str());
-        // `Phone` displays masked: +1555***4567.
-        span.record("phone", tracing::field::display(&job.phone));
-        let _claim = loop {
-            match shared.dedup.begin(name, job.id.as_str()) {
-                Begin::Go(claim) => break claim,
-                Begin::Sent(event) => {
-                    info!("already sent by this worker; re-publishing its sent event instead");
-                    shared.metrics.duplicate_suppressed(name);
-                    Box::pin(settle_sent(
-                        &delivery,
-                        channel,
-                        shared,
-                        settler,
-                        job.id.as_str(),
-                        &event,
-                        received,
-                    ))
-                    .await;
-                    return;
-                }
-                // The same job is in flight on another delivery: wait for it.
-                Begin::Wait(mut done) => drop(done.changed().await),
-            }
-        };
-        let target = Target {
-            channel: name,
-            key: &channel.key,
-            limiter: &channel.limiter,
-            stop,
-        };
-        let history = History {
-            attempts: prior,
-            first_attempt_at,
-        };
-        let (result, attempts) = send::attempt(
-            &job,
-            &target,
-            history,
-            &shared.client,
-            &shared.config.retry,
-            &shared.metrics,
-        )
-        .await;
-        match result {
-            Final::Sent(receipt) => {
-                let event = SentEvent::new(
-                    job.id.as_str(),
-                    name,
-                    job.phone.as_str(),
-                    receipt,
-                    attempts,
-                    job.metadata.clone(),
-                    OffsetDateTime::now_utc(),
-                );
-                let body = serde_json::to_vec(&event).unwrap_or_default();
-                // Remember before publishing: if the broker goes away now, the
-                // redelivered job re-publishes this event instead of re-sending.
-                shared.dedup.remember(name, job.id.as_str(), body.clone());
-                Box::pin(settle_sent(
-                    &delivery,
-                    channel,
-                    shared,
-                    settler,
-                    job.id.as_str(),
-                    &body,
-                    received,
-                ))
-                .await;
-            }
-            Final::DeadLetter(reason, failure) => {
-                Box::pin(dead_letter(
-                    &delivery,
-                    channel,
-                    shared,
-                    settler,
-                    reason,
-                    failure,
-                    job.echo(),
-                    attempts,
-                    received,
-                ))
-                .await;
-            }
-            Final::Delay {
-                cause,
-                after,
-                failure,
-            } => {
-                let first = first_attempt_at.unwrap_or_else(|| {
-                    OffsetDateTime::now_utc()
-                        - time::Duration::try_from(received.elapsed()).unwrap_or_default()
-                });
-                Box::pin(delay(
-                    &delivery, shared, settler, name, attempts, delayed, first, after, cause,
-                    &failure,
-                ))
-                .await;
-            }
-            Final::Requeue => {
-                info!("stopping before this job's turn; returned to its queue");
-                shared.metrics.abandoned(name);
-                if let Err(e) = settle::requeue(&delivery).await {
-                    warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
-                }
-            }
+        let decided = Box::pin(pipeline::decide(input, channel, shared, stop));
+        let settlement = AssertUnwindSafe(decided)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Settlement::Panicked {
+                message: panic_message(panic.as_ref()),
+            });
+        let settled = Box::pin(settler.settle(&delivery, channel, received, settlement));
+        if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
+            error!(panic = %escape(&panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
+            shared.metrics.abandoned(name);
+            settle::give_back_after_panic(&delivery).await;
         }
     }
     .instrument(span)
     .await;
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn delay(
-    delivery: &Delivery,
-    shared: &Shared,
-    settler: &Settler,
-    channel: &str,
-    attempts: u32,
-    delayed: u32,
-    first_attempt_at: OffsetDateTime,
-    after: Option<std::time::Duration>,
-    cause: RetryCause,
-    failure: &Failure,
-) {
-    let Some(wait) = send::pick_delay(&shared.config.retry.delays, delayed, after) else {
-        return give_back(delivery, shared, channel, "no retry delays configured").await;
-    };
-    let label = delay_label(wait);
-    match settler
-        .delay(delivery, channel, attempts, delayed, first_attempt_at, wait)
-        .await
-    {
-        Ok(()) => {
-            if let Err(e) = settle::ack(delivery).await {
-                warn!(error = %e, "ack failed after handing the job to a delay queue; it may be retried twice");
-            }
-            shared.metrics.delayed(channel, &label);
-            info!(cause = cause.as_str(), error = %failure.message, delay = %label, attempts, "still failing; retrying later from a delay queue");
-        }
-        Err(e) => give_back(delivery, shared, channel, &e.to_string()).await,
-    }
-}
-
-async fn settle_sent(
-    delivery: &Delivery,
-    channel: &ChannelState,
-    shared: &Shared,
-    settler: &Settler,
-    job_id: &str,
-    event: &[u8],
-    received: Instant,
-) {
-    let name = channel.config.name.as_str();
-    let correlation = settle::correlation_id(delivery, Some(job_id));
-    match settler
-        .publish_event("sent", name, event, &correlation)
-        .await
-    {
-        Ok(routed) => {
-            if !routed {
-                note_unroutable(shared, name, "sent");
-            }
-            finish(delivery, shared, name, Completion::Sent, None, received).await;
-        }
-        Err(e) => give_back(delivery, shared, name, &e.to_string()).await,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn dead_letter(
-    delivery: &Delivery,
-    channel: &ChannelState,
-    shared: &Shared,
-    settler: &Settler,
-    reason: Reason,
-    failure: Failure,
-    echo: Echo,
-    attempts: u32,
-    received: Instant,
-) {
-    let name = channel.config.name.as_str();
-    let event = DeadLetteredEvent::new(
-        echo.job_id,
-        name,
-        reason,
-        &failure,
-        attempts,
-        echo.metadata,
-        OffsetDateTime::now_utc(),
-    );
-    match settler.dead_letter(delivery, name, &event, &failure).await {
-        Ok(routed) => {
-            if !routed {
-                note_unroutable(shared, name, "dead_lettered");
-            }
-            shared.metrics.dead_lettered(name, reason);
-            finish(
-                delivery,
-                shared,
-                name,
-                Completion::DeadLettered,
-                Some((reason, &failure)),
-                received,
-            )
-            .await;
-        }
-        Err(e) => give_back(delivery, shared, name, &e.to_string()).await,
-    }
-}
-
-async fn finish(
-    delivery: &Delivery,
-    shared: &Shared,
-    channel: &str,
-    completion: Completion,
-    failure: Option<(Reason, &Failure)>,
-    received: Instant,
-) {
-    let took = received.elapsed();
-    if let Err(e) = settle::ack(delivery).await {
-        // Everything was published; the job will come back and, if it was
-        // sent, the dedup memory re-publishes its event.
-        warn!(error = %e, "ack failed after settle; the broker will redeliver");
-        shared.metrics.abandoned(channel);
-        return;
-    }
-    shared.metrics.completed(channel, completion, took);
-    match failure {
-        None => info!(
-            outcome = completion.as_str(),
-            duration_ms = took.as_millis() as u64,
-            "job settled"
-        ),
-        Some((reason, f)) => info!(
-            outcome = completion.as_str(),
-            reason = reason.as_str(),
-            error = %f.message,
-            duration_ms = took.as_millis() as u64,
-            "job settled"
-        ),
-    }
-}
-
-/// Nobody is bound to the results exchange: not an error, but worth knowing.
-fn note_unroutable(shared: &Shared, channel: &str, event: &str) {
-    warn!(
-        event,
-        "result event was unroutable: no queue bound to the results exchange"
-    );
-    shared.metrics.event_unroutable(channel, event);
-}
-
-async fn give_back(delivery: &Delivery, shared: &Shared, channel: &str, error: &str) {
-    error!(
-        error,
-        "could not publish the job's result; returning it to the queue"
-    );
-    shared.metrics.abandoned(channel);
-    if let Err(e) = settle::requeue(delivery).await {
-        warn!(error = %e, "nack failed; the broker will redeliver when the channel closes");
-    }
+/// A panic's message, bounded, for the log and the dead-letter header.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".into());
+    crate::broker::headers::truncate(text, 500)
 }
 
 #[cfg(test)]

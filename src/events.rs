@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
 
-use crate::outcome::{Failure, OctopodsError, Reason, Receipt};
+use crate::outcome::{EventKind, Failure, OctopodsError, Reason, Receipt};
 
 const MILLIS: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
@@ -18,7 +18,7 @@ pub fn timestamp(t: OffsetDateTime) -> String {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SentEvent {
-    pub event: String,
+    pub event: EventKind,
     pub job_id: String,
     pub channel: String,
     pub message_id: String,
@@ -42,7 +42,7 @@ impl SentEvent {
         now: OffsetDateTime,
     ) -> Self {
         Self {
-            event: "sent".into(),
+            event: EventKind::Sent,
             job_id: job_id.into(),
             channel: channel.into(),
             message_id: receipt.message_id,
@@ -59,7 +59,7 @@ impl SentEvent {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeadLetteredEvent {
-    pub event: String,
+    pub event: EventKind,
     pub job_id: Option<String>,
     pub channel: String,
     pub reason: Reason,
@@ -82,7 +82,7 @@ impl DeadLetteredEvent {
         now: OffsetDateTime,
     ) -> Self {
         Self {
-            event: "dead_lettered".into(),
+            event: EventKind::DeadLettered,
             job_id,
             channel: channel.into(),
             reason,

@@ -1,10 +1,8 @@
 //! The worker's own HTTP surface: `/metrics` (Prometheus text), `/healthz`
-//! (process alive) and `/readyz` (200 only while connected and consuming).
+//! (process alive) and `/readyz` (200 only while connected, consuming, not
+//! blocked by the broker, and its publishes confirmed).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::Arc;
 
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
@@ -12,20 +10,20 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::{health::Health, metrics::Metrics};
 
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
 
-pub fn router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+pub(crate) fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, ready })
+        .with_state(AppState { metrics, health })
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -39,18 +37,15 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not connected to the broker\n",
-        )
+    match s.health.not_ready() {
+        None => (StatusCode::OK, "ready\n"),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
-/// Serves until `stop` is cancelled.
-pub async fn serve(
+/// Serves until `stop` is cancelled (the caller bounds how long open
+/// connections may hold it after that).
+pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     stop: CancellationToken,

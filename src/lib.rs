@@ -5,46 +5,45 @@
 //!
 //! # Layout
 //!
-//! The pipeline, in order:
-//! - [`consume`]: consumes a channel queue; runs each delivery through the stages.
+//! One delivery, top to bottom:
+//! - [`consume`]: subscribes to a channel queue; one task per delivery.
+//! - [`pipeline`]: what a delivery comes to, as a [`settle::Settlement`] value.
 //! - [`job`]: parses and validates a job (valid by construction afterwards).
+//! - [`dedup`]: the recent-`job_id` memory that prevents re-sends.
+//! - [`retry`]: one delivery's attempts, backoff, and hand-off to a delay queue.
 //! - [`limit`]: the channel's rate limit (`governor`), paused by 429s.
-//! - [`send`]: one job's attempts, with backoff and deadlines.
 //! - [`octopods`]: the HTTP client for the interactive endpoint.
-//! - [`classify`]: the one decision of sent / retry / dead-letter.
-//! - [`settle`]: publishes events and dead letters with confirms, then acks.
+//! - [`classify`]: every decision of sent / retry / dead-letter.
+//! - [`settle`]: the only acks — confirmed publishes (events, dead letters, delayed retries), then ack.
 //!
 //! Around it:
-//! - [`worker`]: lifecycle — connect, consume, reconnect, graceful shutdown.
-//! - [`broker`]: connection, topology, confirmed publishing, headers.
+//! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop.
+//! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
 //! - [`config`]: the TOML file and the API keys.
-//! - [`outcome`]: the closed vocabularies (`Reason`, `RetryCause`, `Outcome`).
+//! - [`outcome`]: the closed vocabularies (`Reason`, `RetryCause`, `EventKind`, `Outcome`).
 //! - [`events`]: result-event JSON.
-//! - [`dedup`]: the recent-`job_id` memory that prevents re-sends.
-//! - [`metrics`], [`http`], [`telemetry`]: what SREs see.
-//! - [`dlq`]: dead-letter operations (stats, list, export, replay, purge).
-//! - [`sandbox`]: the stand-in Octopods server.
-//! - [`enqueue`], [`results`], [`loadtest`], [`cli`]: the command line.
+//! - [`health`], [`metrics`], [`http`], [`telemetry`]: what SREs see.
+//! - [`cli`]: the command line — `run`, `topology`, `dlq` (dead-letter tools),
+//!   `enqueue`, `events`, `loadtest`, `sandbox` (the stand-in Octopods).
 
 pub mod broker;
 pub mod classify;
 pub mod cli;
 pub mod config;
-pub mod consume;
-pub mod dedup;
-pub mod dlq;
-pub mod enqueue;
+mod consume;
+mod dedup;
 pub mod events;
-pub mod http;
+mod health;
+mod http;
 pub mod job;
-pub mod limit;
-pub mod loadtest;
+mod limit;
 pub mod metrics;
-pub mod octopods;
+mod octopods;
 pub mod outcome;
-pub mod results;
-pub mod sandbox;
-pub mod send;
-pub mod settle;
+mod pipeline;
+mod retry;
+mod settle;
 pub mod telemetry;
 pub mod worker;
+
+pub use cli::sandbox;

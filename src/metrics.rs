@@ -9,23 +9,14 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::outcome::{Reason, RetryCause};
+use crate::outcome::{EventKind, Reason, RetryCause};
 
-/// Where a job ended, for `octopods_jobs_completed_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
-    Sent,
-    DeadLettered,
-}
-
-impl Completion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Completion::Sent => "sent",
-            Completion::DeadLettered => "dead_lettered",
-        }
-    }
-}
+/// The `status` labels exported at zero from the start (others appear when seen).
+const KNOWN_STATUSES: [&str; 10] = [
+    "200", "400", "401", "403", "429", "500", "502", "503", "504", "error",
+];
+/// The `kind` labels of `octopods_settle_failures_total`.
+const SETTLE_FAILURES: [&str; 4] = ["broker", "nacked", "unroutable", "timeout"];
 
 pub struct Metrics {
     registry: Registry,
@@ -44,6 +35,11 @@ pub struct Metrics {
     delayed: IntCounterVec,
     budget: prometheus::GaugeVec,
     duplicates_suppressed: IntCounterVec,
+    panics: IntCounterVec,
+    settle_failures: IntCounterVec,
+    forged: IntCounterVec,
+    settle_failing: IntGauge,
+    broker_blocked: IntGauge,
 }
 
 const API_BUCKETS: &[f64] = &[
@@ -123,8 +119,20 @@ impl Metrics {
             &["channel"],
         )
         .unwrap_or_else(|e| panic!("budget: {e}"));
+        let settle_failing = IntGauge::new(
+            "octopods_settle_failing",
+            "1 while the broker refuses the worker's publishes (dead letters, retries, events), else 0.",
+        )
+        .unwrap_or_else(|e| panic!("settle_failing: {e}"));
+        let broker_blocked = IntGauge::new(
+            "octopods_broker_blocked",
+            "1 while RabbitMQ blocks the worker's publishing connection (memory or disk alarm), else 0.",
+        )
+        .unwrap_or_else(|e| panic!("broker_blocked: {e}"));
         for c in [
-            Box::new(in_flight.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(settle_failing.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(broker_blocked.clone()),
+            Box::new(in_flight.clone()),
             Box::new(broker_connected.clone()),
             Box::new(broker_reconnects.clone()),
             Box::new(build_info),
@@ -208,6 +216,26 @@ impl Metrics {
                 "Jobs already sent by this process whose sent event was re-published instead.",
                 &["channel"],
             ),
+            panics: counter(
+                r,
+                "octopods_panics_total",
+                "Deliveries on which the worker panicked (each still settled).",
+                &["channel"],
+            ),
+            settle_failures: counter(
+                r,
+                "octopods_settle_failures_total",
+                "Settlements whose publish the broker refused, by kind; the job went back to its queue.",
+                &["channel", "kind"],
+            ),
+            forged: counter(
+                r,
+                "octopods_forged_headers_total",
+                "Deliveries whose retry headers were not signed by this deployment (ignored).",
+                &["channel"],
+            ),
+            settle_failing,
+            broker_blocked,
             in_flight,
             budget,
             broker_connected,
@@ -216,17 +244,67 @@ impl Metrics {
         }
     }
 
-    /// Makes every per-channel series exist at zero, so dashboards and
-    /// `rate()` see the channel before its first job.
-    pub fn register_channel(&self, channel: &str, rate_per_second: f64) {
+    /// Makes every per-channel series whose labels are known (the channel ×
+    /// the closed enums, the delay queues) exist at zero, so alerts,
+    /// dashboards and `rate()` work before the first event.
+    pub fn register_channel(&self, channel: &str, rate_per_second: f64, delays: &[String]) {
         self.budget
             .with_label_values(&[channel])
             .set(rate_per_second);
-        self.received.with_label_values(&[channel]);
-        self.in_flight.with_label_values(&[channel]);
-        for c in [Completion::Sent, Completion::DeadLettered] {
-            self.completed.with_label_values(&[channel, c.as_str()]);
+        for c in [
+            &self.received,
+            &self.duplicates_suppressed,
+            &self.panics,
+            &self.forged,
+        ] {
+            c.with_label_values(&[channel]);
         }
+        self.in_flight.with_label_values(&[channel]);
+        self.api_duration.with_label_values(&[channel]);
+        self.limit_wait.with_label_values(&[channel]);
+        for k in EventKind::ALL {
+            self.completed.with_label_values(&[channel, k.as_str()]);
+            self.job_duration.with_label_values(&[channel, k.as_str()]);
+            self.events_unroutable
+                .with_label_values(&[channel, k.as_str()]);
+        }
+        for r in Reason::ALL {
+            self.dead_lettered.with_label_values(&[channel, r.as_str()]);
+        }
+        for c in RetryCause::ALL {
+            self.retries.with_label_values(&[channel, c.as_str()]);
+        }
+        for s in KNOWN_STATUSES {
+            self.api_requests.with_label_values(&[channel, s]);
+        }
+        for k in SETTLE_FAILURES {
+            self.settle_failures.with_label_values(&[channel, k]);
+        }
+        for d in delays {
+            self.delayed.with_label_values(&[channel, d]);
+        }
+    }
+
+    pub fn panicked(&self, channel: &str) {
+        self.panics.with_label_values(&[channel]).inc();
+    }
+
+    pub fn settle_failed(&self, channel: &str, kind: &str) {
+        self.settle_failures
+            .with_label_values(&[channel, kind])
+            .inc();
+    }
+
+    pub fn settle_failing(&self, failing: bool) {
+        self.settle_failing.set(i64::from(failing));
+    }
+
+    pub fn broker_blocked(&self, blocked: bool) {
+        self.broker_blocked.set(i64::from(blocked));
+    }
+
+    pub fn forged_history(&self, channel: &str) {
+        self.forged.with_label_values(&[channel]).inc();
     }
 
     pub fn received(&self, channel: &str) {
@@ -239,7 +317,7 @@ impl Metrics {
         self.in_flight.with_label_values(&[channel]).dec();
     }
 
-    pub fn completed(&self, channel: &str, completion: Completion, took: Duration) {
+    pub fn completed(&self, channel: &str, completion: EventKind, took: Duration) {
         self.completed
             .with_label_values(&[channel, completion.as_str()])
             .inc();
@@ -285,9 +363,9 @@ impl Metrics {
         self.broker_reconnects.inc();
     }
 
-    pub fn event_unroutable(&self, channel: &str, event: &str) {
+    pub fn event_unroutable(&self, channel: &str, event: EventKind) {
         self.events_unroutable
-            .with_label_values(&[channel, event])
+            .with_label_values(&[channel, event.as_str()])
             .inc();
     }
 
@@ -327,14 +405,14 @@ mod tests {
     #[test]
     fn contract_metric_names_are_exposed() {
         let m = Metrics::new();
-        m.register_channel("c", 2.5);
+        m.register_channel("c", 2.5, &["10s".into()]);
         m.received("c");
         m.dead_lettered("c", Reason::Window);
         m.retried("c", RetryCause::ServerError);
         m.api_request("c", Some(200), Duration::from_millis(5));
         m.api_request("c", None, Duration::from_millis(5));
         m.waited_for_limit("c", Duration::ZERO);
-        m.completed("c", Completion::Sent, Duration::from_millis(9));
+        m.completed("c", EventKind::Sent, Duration::from_millis(9));
         let text = m.render();
         for name in [
             "octopods_jobs_received_total{channel=\"c\"} 1",
@@ -352,6 +430,15 @@ mod tests {
             "octopods_broker_reconnects_total 0",
             "octopods_worker_build_info{version=",
             "octopods_channel_rate_budget{channel=\"c\"} 2.5",
+            // Known label values exist at zero before anything happened.
+            "octopods_dead_lettered_total{channel=\"c\",reason=\"internal\"} 0",
+            "octopods_retries_total{cause=\"timeout\",channel=\"c\"} 0",
+            "octopods_api_requests_total{channel=\"c\",status=\"429\"} 0",
+            "octopods_delayed_retries_total{channel=\"c\",delay=\"10s\"} 0",
+            "octopods_settle_failures_total{channel=\"c\",kind=\"unroutable\"} 0",
+            "octopods_job_duration_seconds_count{channel=\"c\",outcome=\"dead_lettered\"} 0",
+            "octopods_settle_failing 0",
+            "octopods_broker_blocked 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

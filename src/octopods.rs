@@ -1,15 +1,17 @@
 //! The Octopods HTTP client: one pooled `reqwest` client, one request per
-//! attempt, answers handed to [`classify`] and transport errors mapped to
-//! retries. The API key goes only into the `X-Octopods-Auth` header.
+//! attempt; what came back (or did not) is decided by
+//! [`classify`](crate::classify). The API key goes only into the
+//! `X-Octopods-Auth` header, marked sensitive.
 
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use crate::{
-    classify::classify,
+    classify::{self, Transport, classify},
     config::{ApiKey, OctopodsConfig},
-    outcome::{Failure, Outcome, RetryCause},
+    outcome::Outcome,
+    retry::Sender,
 };
 
 pub const PATH: &str = "/api/v1/whatsapp/interactive";
@@ -19,24 +21,34 @@ const MAX_ANSWER_BYTES: usize = 256 * 1024;
 
 /// One attempt's result: the status label for metrics and what it means.
 #[derive(Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// HTTP status, or `None` when no answer came.
-    pub status: Option<u16>,
-    pub outcome: Outcome,
-    pub duration: Duration,
+    pub(crate) status: Option<u16>,
+    pub(crate) outcome: Outcome,
+    pub(crate) duration: Duration,
 }
 
 #[derive(Debug, Clone)]
-pub struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     url: String,
     timeout: Duration,
-    /// Bounds the requests open at once (`max_concurrent_requests`).
-    open: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// The client with one channel's key: what the retry loop sends through.
+pub(crate) struct ChannelSender<'a> {
+    pub(crate) client: &'a Client,
+    pub(crate) key: &'a ApiKey,
+}
+
+impl Sender for ChannelSender<'_> {
+    async fn send(&self, body: bytes::Bytes) -> Attempt {
+        self.client.send(self.key, body).await
+    }
 }
 
 impl Client {
-    pub fn new(config: &OctopodsConfig) -> Result<Self, reqwest::Error> {
+    pub(crate) fn new(config: &OctopodsConfig) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
@@ -49,16 +61,11 @@ impl Client {
             http,
             url: format!("{}{PATH}", config.base_url.trim_end_matches('/')),
             timeout: config.timeout,
-            open: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_requests)),
         })
     }
 
-    /// Sends one interactive message. The duration counts from when the
-    /// request could start (a free slot under `max_concurrent_requests`).
-    pub async fn send(&self, key: &ApiKey, body: bytes::Bytes) -> Attempt {
-        // The semaphore is never closed; if it were, sending unbounded is
-        // still correct, only less frugal.
-        let _slot = self.open.acquire().await.ok();
+    /// Sends one interactive message (the caller holds a request permit).
+    pub(crate) async fn send(&self, key: &ApiKey, body: bytes::Bytes) -> Attempt {
         let started = Instant::now();
         // Boxed: the request's state lives on the heap only while it runs,
         // not in every waiting job's task.
@@ -80,14 +87,7 @@ impl Client {
         key: &ApiKey,
         body: bytes::Bytes,
     ) -> Result<(u16, Option<Duration>, Vec<u8>), Outcome> {
-        let mut auth = HeaderValue::from_str(key.expose()).map_err(|_| {
-            // Cannot be sent at all: a key with control characters. Octopods
-            // would not accept it either.
-            Outcome::DeadLetter(
-                crate::outcome::Reason::Unauthorized,
-                Failure::local("the channel's API key is not a valid header value"),
-            )
-        })?;
+        let mut auth = HeaderValue::from_str(key.expose()).map_err(|_| classify::unusable_key())?;
         auth.set_sensitive(true);
         let mut response = self
             .http
@@ -109,7 +109,11 @@ impl Client {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     let room = MAX_ANSWER_BYTES.saturating_sub(answer.len());
-                    answer.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    answer.extend(chunk.iter().take(room));
+                    if room <= chunk.len() {
+                        // Octopods' answers are tiny: a flood is not read to its end.
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => return Err(self.transport_error(&e)),
@@ -119,24 +123,13 @@ impl Client {
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> Outcome {
-        let (cause, message) = if e.is_timeout() {
-            (
-                RetryCause::Timeout,
-                format!("no answer from Octopods within {:?}", self.timeout),
-            )
+        classify::transport(if e.is_timeout() {
+            Transport::Timeout(self.timeout)
         } else if e.is_connect() {
-            (RetryCause::Connect, "cannot connect to Octopods".to_owned())
+            Transport::Connect
         } else {
-            (
-                RetryCause::Connect,
-                format!("request to Octopods failed: {}", error_chain(e)),
-            )
-        };
-        Outcome::Retry {
-            cause,
-            after: None,
-            failure: Failure::local(message),
-        }
+            Transport::Broken(error_chain(e))
+        })
     }
 }
 
@@ -152,7 +145,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// `Retry-After`: delay in seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -21,10 +21,12 @@ pub enum Reason {
     RetriesExhausted,
     /// Dead-lettered by RabbitMQ itself (delivery limit); read from `x-death`.
     Poison,
+    /// The worker itself failed on this job (a panic) several deliveries in a row.
+    Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Validation,
         Reason::Malformed,
         Reason::Window,
@@ -34,6 +36,7 @@ impl Reason {
         Reason::Rejected,
         Reason::RetriesExhausted,
         Reason::Poison,
+        Reason::Internal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Reason {
             Reason::Rejected => "rejected",
             Reason::RetriesExhausted => "retries_exhausted",
             Reason::Poison => "poison",
+            Reason::Internal => "internal",
         }
     }
 
@@ -79,6 +83,15 @@ pub enum RetryCause {
 }
 
 impl RetryCause {
+    pub const ALL: [RetryCause; 6] = [
+        RetryCause::RateLimited,
+        RetryCause::Throttled,
+        RetryCause::Timeout,
+        RetryCause::ServerError,
+        RetryCause::Connect,
+        RetryCause::Unreadable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RetryCause::RateLimited => "rate_limited",
@@ -87,6 +100,26 @@ impl RetryCause {
             RetryCause::ServerError => "server_error",
             RetryCause::Connect => "connect",
             RetryCause::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// The kind of a result event: its `event` field and the first word of its
+/// routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Sent,
+    DeadLettered,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 2] = [EventKind::Sent, EventKind::DeadLettered];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Sent => "sent",
+            EventKind::DeadLettered => "dead_lettered",
         }
     }
 }

@@ -1,7 +1,18 @@
-//! The only stage that acks: it publishes what a job caused (the result
-//! event, and for a failure the dead-letter copy) with publisher confirms, and
-//! acks the delivery only after the broker confirmed all of it. If publishing
-//! fails the delivery is nacked back to its queue, to be done again.
+//! The only stage that acks. The pipeline hands it a [`Settlement`] — what
+//! the delivery came to — and it publishes what that causes (the result
+//! event, the dead-letter copy, the delayed-retry copy) with publisher
+//! confirms, then acks the delivery exactly once. If the broker refuses a
+//! publish (nack, returned, timeout, a queue deleted or full) the delivery goes
+//! back to its queue after a backoff, the topology is declared again, and
+//! readiness shows it: nothing is acked that was not confirmed.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use lapin::{
     BasicProperties,
@@ -10,84 +21,278 @@ use lapin::{
     types::AMQPValue,
 };
 use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use crate::{
-    broker::{Names, PublishError, Publisher, headers},
+    broker::{
+        Names, PublishError, Publisher, Routed,
+        headers::{self, History},
+    },
+    consume::ChannelState,
     events::{DeadLetteredEvent, timestamp},
-    outcome::{Failure, Reason},
+    health::Health,
+    job::Echo,
+    metrics::Metrics,
+    outcome::{EventKind, Failure, Reason, RetryCause},
+    telemetry::escape,
 };
 
-/// Where the settle stage publishes.
-pub struct Settler {
-    pub publisher: Publisher,
-    pub names: Names,
+/// What a delivery came to: everything settle needs, decided before any
+/// effect.
+#[derive(Debug)]
+pub(crate) enum Settlement {
+    /// Sent (now, or earlier by this process): publish the `sent` event, ack.
+    Sent { job_id: String, event: Vec<u8> },
+    /// Copy the job to the dead-letter queue and publish `dead_lettered`, ack.
+    DeadLetter {
+        reason: Reason,
+        failure: Failure,
+        echo: Echo,
+        attempts: u32,
+    },
+    /// Hand the job to the delay queue for `wait` with its history, ack.
+    Delay {
+        history: History,
+        wait: Duration,
+        cause: RetryCause,
+        failure: Failure,
+    },
+    /// Return the delivery to its queue untouched (stopping before its turn).
+    GiveBack { why: &'static str },
+    /// The pipeline panicked on this delivery.
+    Panicked { message: String },
 }
 
-/// The longest `x-octopods-error` header kept.
-const MAX_ERROR_HEADER: usize = 1000;
+/// Panics on this many deliveries of a job in a row dead-letter it `internal`.
+const PANICS_BEFORE_DEAD_LETTER: u32 = 3;
+/// The longest wait before a failed settlement goes back to its queue.
+const MAX_GIVE_BACK_WAIT: Duration = Duration::from_secs(30);
 
-fn event_properties(correlation_id: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_correlation_id(correlation_id.into())
-}
-
-/// The event's correlation id: the job's own, else its `job_id`.
-pub fn correlation_id(delivery: &Delivery, job_id: Option<&str>) -> String {
-    delivery
-        .properties
-        .correlation_id()
-        .as_ref()
-        .map(|c| c.as_str().to_owned())
-        .or_else(|| job_id.map(str::to_owned))
-        .unwrap_or_default()
+/// Where the settle stage publishes, and what it reports to.
+pub(crate) struct Settler {
+    pub(crate) publisher: Publisher,
+    pub(crate) names: Names,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
+    /// Woken when a publish was refused: the session declares the topology again.
+    pub(crate) repair: Arc<Notify>,
+    /// Cancelled when the replica stops: waits before a give-back end at once.
+    pub(crate) stop: CancellationToken,
+    /// Settlements that failed in a row (for the give-back backoff).
+    failures: AtomicU32,
 }
 
 impl Settler {
-    /// Publishes a result event (`<event>.<channel>`). An unroutable event is
-    /// reported, not an error: nobody may be listening.
-    pub async fn publish_event(
-        &self,
-        event: &str,
-        channel: &str,
-        body: &[u8],
-        correlation_id: &str,
-    ) -> Result<bool, PublishError> {
-        let routed = self
-            .publisher
-            .publish(
-                &self.names.results(),
-                &format!("{event}.{channel}"),
-                body,
-                event_properties(correlation_id),
-                true,
-            )
-            .await?;
-        Ok(routed == crate::broker::publish::Routed::Yes)
+    pub(crate) fn new(
+        publisher: Publisher,
+        names: Names,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        repair: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> Self {
+        Self {
+            publisher,
+            names,
+            metrics,
+            health,
+            repair,
+            stop,
+            failures: AtomicU32::new(0),
+        }
     }
 
-    /// Copies the job, bytes and properties untouched plus the `x-octopods-*`
-    /// headers, to the dead-letter exchange as `<reason>.<channel>`.
-    pub async fn publish_dead_letter(
+    /// Carries out `settlement` for `delivery`: confirmed publishes, then one
+    /// ack, or one nack back to the queue.
+    pub(crate) async fn settle(
+        &self,
+        delivery: &Delivery,
+        channel: &ChannelState,
+        received: Instant,
+        settlement: Settlement,
+    ) {
+        let name = channel.config.name.as_str();
+        let published = match settlement {
+            Settlement::Sent { job_id, event } => self
+                .publish_event(EventKind::Sent, name, &event, delivery, Some(&job_id))
+                .await
+                .map(|()| Done::Completed(EventKind::Sent, None)),
+            Settlement::DeadLetter {
+                reason,
+                failure,
+                echo,
+                attempts,
+            } => self
+                .dead_letter(delivery, name, reason, &failure, echo, attempts)
+                .await
+                .map(|()| Done::Completed(EventKind::DeadLettered, Some((reason, failure)))),
+            Settlement::Delay {
+                history,
+                wait,
+                cause,
+                failure,
+            } => self
+                .delay(delivery, channel, history, wait)
+                .await
+                .map(|label| Done::Delayed(label, cause, failure)),
+            Settlement::GiveBack { why } => {
+                info!(why, "returned to its queue");
+                self.metrics.abandoned(name);
+                return nack(delivery).await;
+            }
+            Settlement::Panicked { message } => {
+                return self.panicked(delivery, channel, received, message).await;
+            }
+        };
+        match published {
+            Ok(done) => {
+                self.failures.store(0, Ordering::Relaxed);
+                self.health.set_settle_failing(false);
+                self.ack(delivery, name, received, done).await;
+            }
+            Err(e) => self.give_back_later(delivery, name, &e).await,
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery, channel: &str, received: Instant, done: Done) {
+        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            // Everything was published; the job comes back and, if it was
+            // sent, the dedup memory re-publishes its event.
+            warn!(error = %e, "ack failed after settle; the broker will redeliver");
+            self.metrics.abandoned(channel);
+            return;
+        }
+        let took = received.elapsed();
+        let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        match done {
+            Done::Completed(kind, None) => {
+                self.metrics.completed(channel, kind, took);
+                info!(outcome = kind.as_str(), duration_ms = ms, "job settled");
+            }
+            Done::Completed(kind, Some((reason, failure))) => {
+                self.metrics.completed(channel, kind, took);
+                self.metrics.dead_lettered(channel, reason);
+                info!(outcome = kind.as_str(), reason = reason.as_str(), error = %escape(&failure.message), duration_ms = ms, "job settled");
+            }
+            Done::Delayed(label, cause, failure) => {
+                self.metrics.delayed(channel, &label);
+                info!(cause = cause.as_str(), error = %escape(&failure.message), delay = %label, "still failing; retrying later from a delay queue");
+            }
+        }
+    }
+
+    /// A panic: back to the queue after a pause, and past a few deliveries in
+    /// a row dead-lettered `internal` with the panic message.
+    async fn panicked(
+        &self,
+        delivery: &Delivery,
+        channel: &ChannelState,
+        received: Instant,
+        message: String,
+    ) {
+        let name = channel.config.name.as_str();
+        self.metrics.panicked(name);
+        // Quorum queues count redeliveries in `x-delivery-count`.
+        let before =
+            headers::count(delivery.properties.headers().as_ref(), "x-delivery-count").unwrap_or(0);
+        error!(panic = %escape(&message), deliveries = before.saturating_add(1), "the worker panicked on this job");
+        if before.saturating_add(1) < PANICS_BEFORE_DEAD_LETTER {
+            self.wait(backoff(before)).await;
+            self.metrics.abandoned(name);
+            return nack(delivery).await;
+        }
+        let failure = Failure::local(format!("the worker failed on this job: {message}"));
+        let settlement = Settlement::DeadLetter {
+            reason: Reason::Internal,
+            failure,
+            echo: Echo::read(&delivery.data),
+            attempts: 0,
+        };
+        Box::pin(self.settle(delivery, channel, received, settlement)).await;
+    }
+
+    /// A publish was refused: declare the topology again, wait (longer each
+    /// time in a row, shorter when stopping), then return the delivery.
+    async fn give_back_later(&self, delivery: &Delivery, channel: &str, e: &PublishError) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed);
+        self.health.set_settle_failing(true);
+        self.metrics.settle_failed(channel, e.kind());
+        self.metrics.abandoned(channel);
+        self.repair.notify_one();
+        let wait = backoff(n);
+        error!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "could not publish the job's result; returning it to its queue after a pause");
+        self.wait(wait).await;
+        nack(delivery).await;
+    }
+
+    async fn wait(&self, wait: Duration) {
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+
+    /// Publishes a result event (`<event>.<channel>`). An unroutable event is
+    /// counted, not an error: nobody may be listening.
+    async fn publish_event(
+        &self,
+        kind: EventKind,
+        channel: &str,
+        body: &[u8],
+        delivery: &Delivery,
+        job_id: Option<&str>,
+    ) -> Result<(), PublishError> {
+        let mut props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        if let Some(c) = correlation_id(&delivery.properties, job_id) {
+            props = props.with_correlation_id(c);
+        }
+        let key = format!("{}.{channel}", kind.as_str());
+        let routed = self
+            .publisher
+            .publish(&self.names.results(), &key, body, props, true)
+            .await?;
+        if routed == Routed::No {
+            warn!(
+                event = kind.as_str(),
+                "result event was unroutable: no queue bound to the results exchange"
+            );
+            self.metrics.event_unroutable(channel, kind);
+        }
+        Ok(())
+    }
+
+    /// Copies the job (bytes untouched, properties made durable) to the
+    /// dead-letter exchange as `<reason>.<channel>`, with the `x-octopods-*`
+    /// headers, and publishes its `dead_lettered` event; both confirmed.
+    async fn dead_letter(
         &self,
         delivery: &Delivery,
         channel: &str,
         reason: Reason,
         failure: &Failure,
+        echo: Echo,
         attempts: u32,
-        now: OffsetDateTime,
     ) -> Result<(), PublishError> {
-        let mut error = failure.message.clone();
-        if error.len() > MAX_ERROR_HEADER {
-            let mut cut = MAX_ERROR_HEADER;
-            while !error.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            error.truncate(cut);
-        }
-        let replays =
-            headers::int(delivery.properties.headers().as_ref(), headers::REPLAYS).unwrap_or(0);
+        let now = OffsetDateTime::now_utc();
+        let event = DeadLetteredEvent::new(
+            echo.job_id,
+            channel,
+            reason,
+            failure,
+            attempts,
+            echo.metadata,
+            now,
+        );
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let h = delivery.properties.headers().as_ref();
+        let replays = headers::count(h, headers::REPLAYS).unwrap_or(0);
+        let error = headers::truncate(failure.message.clone(), headers::MAX_TEXT_HEADER);
         let mut set = vec![
             (headers::REASON, headers::text_value(reason.as_str())),
             (headers::ERROR, headers::text_value(&error)),
@@ -97,119 +302,126 @@ impl Settler {
             ),
             (headers::CHANNEL, headers::text_value(channel)),
             (headers::FAILED_AT, headers::text_value(&timestamp(now))),
-            (headers::REPLAYS, AMQPValue::LongLongInt(replays)),
+            (headers::REPLAYS, AMQPValue::LongLongInt(i64::from(replays))),
         ];
-        let mut remove = vec![headers::DELAY];
-        match failure.http_status {
-            Some(s) => set.push((headers::HTTP_STATUS, AMQPValue::LongLongInt(i64::from(s)))),
-            None => remove.push(headers::HTTP_STATUS),
+        if let Some(s) = failure.http_status {
+            set.push((headers::HTTP_STATUS, AMQPValue::LongLongInt(i64::from(s))));
         }
-        match failure.octopods_error.as_ref().and_then(|e| e.error_code) {
-            Some(c) => set.push((headers::ERROR_CODE, AMQPValue::LongLongInt(c))),
-            None => remove.push(headers::ERROR_CODE),
+        if let Some(c) = failure.octopods_error.as_ref().and_then(|e| e.error_code) {
+            set.push((headers::ERROR_CODE, AMQPValue::LongLongInt(c)));
         }
-        let props = headers::with_headers(&delivery.properties, set, &remove);
-        self.publisher
-            .publish(
-                &self.names.dead(),
-                &format!("{}.{channel}", reason.as_str()),
-                &delivery.data,
-                props,
-                false,
-            )
-            .await
-            .map(|_| ())
-    }
-
-    /// Dead-letters the delivery and publishes its `dead_lettered` event.
-    pub async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        channel: &str,
-        event: &DeadLetteredEvent,
-        failure: &Failure,
-    ) -> Result<bool, PublishError> {
-        let now = OffsetDateTime::now_utc();
-        let body = serde_json::to_vec(event).unwrap_or_default();
-        let correlation = correlation_id(delivery, event.job_id.as_deref());
-        let (dead, routed) = tokio::join!(
-            self.publish_dead_letter(
-                delivery,
+        let props = headers::durable_copy(&delivery.properties, set);
+        let key = format!("{}.{channel}", reason.as_str());
+        let exchange = self.names.dead();
+        let (dead, event) = tokio::join!(
+            self.publisher
+                .publish(&exchange, &key, &delivery.data, props, false),
+            self.publish_event(
+                EventKind::DeadLettered,
                 channel,
-                event.reason,
-                failure,
-                event.attempts,
-                now
+                &body,
+                delivery,
+                event.job_id.as_deref()
             ),
-            self.publish_event("dead_lettered", channel, &body, &correlation),
         );
         dead?;
-        routed
+        event
     }
-}
 
-impl Settler {
-    /// Sends the job to the delay queue for `delay`, from where it expires
-    /// back to its channel queue, with its attempt history in the headers.
-    pub async fn delay(
+    /// Sends the job to the delay queue for `wait`, from where it expires back
+    /// to its channel queue, with its signed history in the headers.
+    async fn delay(
         &self,
         delivery: &Delivery,
-        channel: &str,
-        attempts: u32,
-        delayed: u32,
-        first_attempt_at: OffsetDateTime,
-        delay: std::time::Duration,
-    ) -> Result<(), PublishError> {
-        let label = crate::broker::topology::delay_label(delay);
-        let props = headers::with_headers(
-            &delivery.properties,
-            vec![
-                (
-                    headers::ATTEMPTS,
-                    AMQPValue::LongLongInt(i64::from(attempts)),
-                ),
-                (
-                    headers::DELAYED,
-                    AMQPValue::LongLongInt(i64::from(delayed) + 1),
-                ),
-                (
-                    headers::FIRST_ATTEMPT_AT,
-                    headers::text_value(&timestamp(first_attempt_at)),
-                ),
-                (headers::DELAY, headers::text_value(&label)),
-            ],
-            &[],
-        );
+        channel: &ChannelState,
+        history: History,
+        wait: Duration,
+    ) -> Result<String, PublishError> {
+        let label = crate::broker::topology::delay_label(wait);
+        let name = channel.config.name.as_str();
+        let mut set = history.headers(&delivery.data, name, &channel.key);
+        set.push((headers::DELAY, headers::text_value(&label)));
+        let props = headers::durable_copy(&delivery.properties, set);
         self.publisher
             .publish(
                 &self.names.retry_exchange(),
-                &self.names.channel_queue(channel),
+                &self.names.channel_queue(name),
                 &delivery.data,
                 props,
                 false,
             )
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(label)
     }
 }
 
-/// Acks after everything was confirmed.
-pub async fn ack(delivery: &Delivery) -> Result<(), lapin::Error> {
-    delivery
-        .acker
-        .ack(BasicAckOptions::default())
-        .await
-        .map(|_| ())
+/// What was published, for the closing metrics and log line.
+enum Done {
+    Completed(EventKind, Option<(Reason, Failure)>),
+    Delayed(String, RetryCause, Failure),
+}
+
+/// 250 ms doubling per failure in a row, at most [`MAX_GIVE_BACK_WAIT`].
+fn backoff(failures_in_a_row: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(failures_in_a_row.min(16))
+        .unwrap_or(u32::MAX);
+    Duration::from_millis(250)
+        .saturating_mul(factor)
+        .min(MAX_GIVE_BACK_WAIT)
+}
+
+/// The event's correlation id: the job's own, else its `job_id` — if it fits
+/// AMQP's 255-byte short string; a longer `job_id` is in the body only.
+fn correlation_id(
+    props: &BasicProperties,
+    job_id: Option<&str>,
+) -> Option<lapin::types::ShortString> {
+    props
+        .correlation_id()
+        .clone()
+        .or_else(|| job_id.and_then(headers::short))
 }
 
 /// Returns the delivery to its queue to be done again.
-pub async fn requeue(delivery: &Delivery) -> Result<(), lapin::Error> {
-    delivery
-        .acker
-        .nack(BasicNackOptions {
-            multiple: false,
-            requeue: true,
-        })
-        .await
-        .map(|_| ())
+async fn nack(delivery: &Delivery) {
+    let requeue = BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    };
+    if let Err(e) = delivery.acker.nack(requeue).await {
+        warn!(error = %e, "nack failed; the broker redelivers when the channel closes");
+    }
+}
+
+/// The last resort when settling itself panicked: give the delivery back.
+pub(crate) async fn give_back_after_panic(delivery: &Delivery) {
+    nack(delivery).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn give_back_backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(250));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(u32::MAX), MAX_GIVE_BACK_WAIT);
+    }
+
+    #[test]
+    fn a_job_id_too_long_for_a_short_string_is_not_a_correlation_id() {
+        let p = BasicProperties::default();
+        assert_eq!(correlation_id(&p, Some(&"€".repeat(200))), None);
+        assert_eq!(
+            correlation_id(&p, Some("order-1")).map(|c| c.to_string()),
+            Some("order-1".into())
+        );
+        let own = p.with_correlation_id("theirs".into());
+        assert_eq!(
+            correlation_id(&own, Some("order-1")).map(|c| c.to_string()),
+            Some("theirs".into())
+        );
+    }
 }

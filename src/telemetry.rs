@@ -55,24 +55,62 @@ pub fn mask_phone(phone: &str) -> String {
     format!("+{head}***{tail}")
 }
 
-/// Masks every `+` followed by 7 or more digits in free text (Octopods' error
-/// messages may quote the number).
+/// Masks every phone number in free text (Octopods' error messages may quote
+/// it, with or without the `+`): a run of 8 to 15 digits standing alone, or
+/// a `+` and 7 or more digits.
 pub fn redact_phones(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
-    while let Some(i) = rest.find('+') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-        if digits >= 7 {
-            out.push_str(&mask_phone(&rest[i..i + 1 + digits]));
+    while let Some(i) = rest.find(|c: char| c == '+' || c.is_ascii_digit()) {
+        let (before, from) = rest.split_at(i);
+        out.push_str(before);
+        let plus = from.starts_with('+');
+        let digits_at = usize::from(plus);
+        let digits = from
+            .bytes()
+            .skip(digits_at)
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let run = digits_at + digits;
+        let glued = before
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_');
+        let phone = if plus {
+            digits >= 7
         } else {
-            out.push_str(&rest[i..i + 1 + digits]);
+            !glued && (8..=15).contains(&digits)
+        };
+        let (number, after) = from.split_at(run.max(1));
+        if phone {
+            out.push_str(&mask_phone(number));
+        } else {
+            out.push_str(number);
         }
-        rest = &after[digits..];
+        rest = after;
     }
     out.push_str(rest);
     out
+}
+
+/// Text made safe for a log line or a terminal: control characters
+/// (newlines, escape sequences) and bidirectional overrides are shown
+/// escaped, so input can neither forge a line nor drive the terminal.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -88,6 +126,23 @@ mod tests {
     fn short_numbers_keep_three_digits_hidden() {
         assert_eq!(mask_phone("+12345678"), "+1***5678");
         assert_eq!(mask_phone("+123"), "+***");
+    }
+
+    #[test]
+    fn redacts_numbers_without_a_plus_and_keeps_codes() {
+        assert_eq!(
+            redact_phones("recipient 15551234567 failed (#131047) id abc12345678"),
+            "recipient +1555***4567 failed (#131047) id abc12345678"
+        );
+    }
+
+    #[test]
+    fn escape_neutralises_newlines_and_terminal_codes() {
+        assert_eq!(
+            escape("a\nb\x1b[31mc\u{202e}"),
+            "a\\nb\\u{1b}[31mc\\u{202e}"
+        );
+        assert!(matches!(escape("plain"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -5,26 +5,29 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use anyhow::Context;
 use backoff::{ExponentialBackoff, backoff::Backoff};
 use futures_util::StreamExt;
-use lapin::Event;
-use tokio::{net::TcpListener, task::JoinSet};
+use lapin::{Connection, Event};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, warn};
 
 use crate::{
-    broker::{self, Names, Publisher, topology},
+    broker::{self, Flow, Names, Publisher, topology},
     config::Config,
     consume::{self, ChannelState, Session, Shared, Stopped},
     dedup::Dedup,
+    health::Health,
     http,
     limit::Limiter,
     metrics::Metrics,
@@ -37,8 +40,12 @@ pub struct Worker {
     shared: Arc<Shared>,
     channels: Vec<Arc<ChannelState>>,
     listener: Option<TcpListener>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
 }
+
+/// The end of the grace period, fixed the first time a stop needs it: the
+/// whole stop shares one budget.
+type Deadline = OnceLock<Instant>;
 
 impl Worker {
     /// Checks everything that can be checked before connecting.
@@ -63,22 +70,32 @@ impl Worker {
             .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
         let client = Client::new(&config.octopods).context("cannot build the HTTP client")?;
         let metrics = Arc::new(Metrics::new());
+        let delays: Vec<String> = config
+            .retry
+            .delays
+            .iter()
+            .map(|d| topology::delay_label(*d))
+            .collect();
         for c in &config.channels {
-            metrics.register_channel(&c.name, c.rate_per_second);
+            metrics.register_channel(&c.name, c.rate_per_second, &delays);
         }
         let dedup = Dedup::new(config.worker.dedup_capacity, config.worker.dedup_ttl);
         let replica_id = config.replica_id();
+        let open = Semaphore::new(config.octopods.max_concurrent_requests);
         Ok(Self {
+            health: Arc::new(Health::new(metrics.clone())),
             shared: Arc::new(Shared {
                 config,
                 client,
+                open,
+                flow: Flow::default(),
                 metrics,
                 dedup,
                 replica_id,
+                fault: None,
             }),
             channels,
             listener: Some(listener),
-            ready: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -93,10 +110,19 @@ impl Worker {
         self.shared.metrics.clone()
     }
 
+    /// For tests of the worker's own failures: `hook` runs with each parsed
+    /// job's id inside the pipeline (and may panic). Before [`Worker::run`].
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, hook: fn(&str)) {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.fault = Some(hook);
+        }
+    }
+
     /// Runs until `shutdown` is cancelled, then drains and returns.
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let http_stop = CancellationToken::new();
-        let router = http::router(self.shared.metrics.clone(), self.ready.clone());
+        let router = http::router(self.shared.metrics.clone(), self.health.clone());
         let listener = self.listener.take().context("the worker can run once")?;
         let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
         let tracker = TaskTracker::new();
@@ -108,7 +134,7 @@ impl Worker {
             octopods = %config.octopods.base_url,
             "worker starting"
         );
-
+        let deadline = Deadline::new();
         let mut reconnect = ExponentialBackoff {
             initial_interval: Duration::from_millis(200),
             max_interval: Duration::from_secs(10),
@@ -118,14 +144,20 @@ impl Worker {
         let mut connected_before = false;
         while !shutdown.is_cancelled() {
             let result = self
-                .session(&tracker, &shutdown, &mut connected_before, &mut reconnect)
+                .session(
+                    &tracker,
+                    &shutdown,
+                    &deadline,
+                    &mut connected_before,
+                    &mut reconnect,
+                )
                 .await;
-            self.set_ready(false);
+            self.health.set_consuming(false);
             match result {
                 Ok(()) => break,
                 Err(e) => {
                     let delay = reconnect.next_backoff().unwrap_or(Duration::from_secs(10));
-                    warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
+                    warn!(error = %format!("{e:#}"), retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "broker session ended; reconnecting");
                     tokio::select! {
                         () = shutdown.cancelled() => {}
                         () = tokio::time::sleep(delay) => {}
@@ -134,53 +166,64 @@ impl Worker {
             }
         }
         // Jobs in flight from a lost connection are redelivered by the broker;
-        // wait for any stragglers anyway so their outcome is logged.
+        // wait for stragglers within what is left of the grace period.
         tracker.close();
-        if tokio::time::timeout(config.worker.grace_period, tracker.wait())
-            .await
-            .is_err()
-        {
+        let end = *deadline.get_or_init(|| Instant::now() + config.worker.grace_period);
+        if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             warn!(
                 unfinished = tracker.len(),
                 "grace period over; unfinished jobs are left for redelivery"
             );
         }
+        // The metrics port never holds the process: open connections get a
+        // moment to finish, then go.
         http_stop.cancel();
-        drop(http_task.await);
+        let mut http_task = http_task;
+        if tokio::time::timeout(Duration::from_secs(1), &mut http_task)
+            .await
+            .is_err()
+        {
+            http_task.abort();
+        }
         info!("worker stopped");
         Ok(())
     }
 
-    fn set_ready(&self, up: bool) {
-        self.ready.store(up, Ordering::SeqCst);
-        self.shared.metrics.broker_connected(up);
-    }
-
-    /// One broker connection: returns `Ok` after a clean shutdown, `Err` when
-    /// the connection or a consumer failed.
+    /// One broker session, on two connections: one consumes and acks, the
+    /// other publishes, so a broker that blocks publishers (memory or disk
+    /// alarm) never stops the acks. Returns `Ok` after a clean shutdown,
+    /// `Err` when a connection or a consumer failed.
     async fn session(
         &self,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
+        deadline: &Deadline,
         connected_before: &mut bool,
         reconnect: &mut ExponentialBackoff,
     ) -> anyhow::Result<()> {
         let config = &self.shared.config;
         let conn = broker::connect(&config.broker, "worker").await?;
-        let mut events = Box::pin(conn.events_listener());
-        let setup = conn.create_channel().await?;
-        topology::declare(&setup, config)
-            .await
-            .context("cannot declare the topology")?;
-        drop(setup.close(200, "OK".into()).await);
+        let publishing = broker::connect(&config.broker, "worker-publish").await?;
+        let mut events = Box::pin(futures_util::stream::select(
+            conn.events_listener(),
+            publishing.events_listener(),
+        ));
+        declare(&publishing, config).await?;
         let names = Names::new(&config.broker.prefix);
-        let settler = Arc::new(Settler {
-            publisher: Publisher::open(&conn).await?,
-            names: names.clone(),
-        });
-
         let stop = CancellationToken::new();
-        let subscribed = Arc::new(tokio::sync::Semaphore::new(0));
+        let repair = Arc::new(Notify::new());
+        let settler = Arc::new(Settler::new(
+            Publisher::open(&publishing, config.publish_timeout()).await?,
+            names.clone(),
+            self.shared.metrics.clone(),
+            self.health.clone(),
+            repair.clone(),
+            stop.clone(),
+        ));
+        self.shared.flow.set_blocked(false);
+        self.health.set_blocked(false);
+
+        let subscribed = Arc::new(Semaphore::new(0));
         let mut consumers = JoinSet::new();
         let mut amqp_channels = Vec::with_capacity(self.channels.len());
         for channel in &self.channels {
@@ -211,7 +254,7 @@ impl Worker {
         let all_subscribed = async {
             if let Ok(permits) = subscribed.acquire_many(channels).await {
                 permits.forget();
-                self.set_ready(true);
+                self.health.set_consuming(true);
                 info!("consuming");
             }
             std::future::pending::<()>().await;
@@ -220,18 +263,20 @@ impl Worker {
         let failure = tokio::select! {
             () = shutdown.cancelled() => None,
             () = all_subscribed => None,
+            e = repair_topology(&publishing, &settler, config, &repair) => Some(e),
             Some(joined) = consumers.join_next() => Some(match joined {
                 Ok(Stopped::Broker(e)) => anyhow::Error::new(e).context("consumer failed"),
                 Ok(other) => anyhow::anyhow!("consumer stopped: {other:?}"),
                 Err(e) => anyhow::Error::new(e).context("consumer task failed"),
             }),
-            Some(event) = next_error(&mut events) => Some(anyhow::Error::new(event).context("connection lost")),
+            e = watch_connections(&mut events, &self.shared.flow, &self.health) => Some(e),
         };
         stop.cancel();
-        self.set_ready(false);
+        self.health.set_consuming(false);
         while consumers.join_next().await.is_some() {}
         if let Some(e) = failure {
-            drop(conn.close(320, "reconnecting".into()).await);
+            close(conn, 320, "reconnecting").await;
+            close(publishing, 320, "reconnecting").await;
             return Err(e);
         }
 
@@ -240,39 +285,98 @@ impl Worker {
             "shutting down: no new jobs; finishing those in flight"
         );
         tracker.close();
-        let grace = config.worker.grace_period;
-        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        let end = *deadline.get_or_init(|| Instant::now() + config.worker.grace_period);
+        // Keep following the broker while draining (a block ends, a block starts).
+        let drained = async {
+            tokio::select! {
+                r = tokio::time::timeout_at(end, tracker.wait()) => r.is_ok(),
+                _ = watch_connections(&mut events, &self.shared.flow, &self.health) => {
+                    tokio::time::timeout_at(end, tracker.wait()).await.is_ok()
+                }
+            }
+        };
+        if !drained.await {
             warn!(
                 unfinished = tracker.len(),
-                grace_ms = grace.as_millis() as u64,
                 "grace period over; unfinished jobs go back to the queue"
             );
         }
         drop(events);
         for amqp in &amqp_channels {
-            drop(amqp.close(200, "shutdown".into()).await);
+            drop(tokio::time::timeout(CLOSE_TIMEOUT, amqp.close(200, "shutdown".into())).await);
         }
-        drop(
-            settler
-                .publisher
-                .channel()
-                .close(200, "shutdown".into())
-                .await,
-        );
-        if let Err(e) = conn.close(200, "shutdown".into()).await {
-            error!(error = %e, "closing the broker connection failed");
-        }
+        close(publishing, 200, "shutdown").await;
+        close(conn, 200, "shutdown").await;
         Ok(())
     }
 }
 
-async fn next_error(
+/// How long closing a channel or connection may take (a blocked or lost
+/// broker may never answer).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn close(conn: Connection, code: u16, why: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(code, why.into())).await {
+        Ok(Err(e)) => error!(error = %e, "closing the broker connection failed"),
+        Err(_) => warn!("the broker did not answer the connection close in time"),
+        Ok(Ok(())) => {}
+    }
+}
+
+async fn declare(conn: &Connection, config: &Config) -> anyhow::Result<()> {
+    let setup = conn.create_channel().await?;
+    topology::declare(&setup, config)
+        .await
+        .context("cannot declare the topology")?;
+    drop(tokio::time::timeout(CLOSE_TIMEOUT, setup.close(200, "OK".into())).await);
+    Ok(())
+}
+
+/// Declares the topology again whenever the settle stage saw a publish
+/// refused (an operator deleted a queue, say), at most once a second. Returns
+/// an error when the publishing channel itself was closed by the broker (a
+/// deleted exchange does that): the session must start over.
+async fn repair_topology(
+    conn: &Connection,
+    settler: &Settler,
+    config: &Config,
+    repair: &Notify,
+) -> anyhow::Error {
+    loop {
+        repair.notified().await;
+        if !settler.publisher.channel().status().connected() {
+            return anyhow::anyhow!("the broker closed the publishing channel");
+        }
+        match declare(conn, config).await {
+            Ok(()) => info!("topology declared again after a refused publish"),
+            Err(e) => warn!(error = %format!("{e:#}"), "cannot declare the topology again"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Follows both connections: a block or unblock of publishing, and the first
+/// error, which ends the session.
+async fn watch_connections(
     events: &mut (impl futures_util::Stream<Item = Event> + Unpin),
-) -> Option<lapin::Error> {
+    flow: &Flow,
+    health: &Health,
+) -> anyhow::Error {
     while let Some(event) = events.next().await {
-        if let Event::Error(e) = event {
-            return Some(e);
+        match event {
+            Event::ConnectionBlocked(reason) => {
+                warn!(reason = %crate::telemetry::escape(&reason), "the broker blocks publishing; no requests to Octopods until it unblocks");
+                flow.set_blocked(true);
+                health.set_blocked(true);
+            }
+            Event::ConnectionUnblocked => {
+                info!("the broker unblocked publishing");
+                flow.set_blocked(false);
+                health.set_blocked(false);
+            }
+            Event::Error(e) => return anyhow::Error::new(e).context("connection lost"),
+            _ => {}
         }
     }
-    None
+    anyhow::anyhow!("connection events ended")
 }

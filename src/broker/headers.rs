@@ -1,31 +1,65 @@
-//! The `x-octopods-*` message headers (CONTRACT §6) and reading AMQP header
-//! values of whatever integer or string type a producer used.
+//! The `x-octopods-*` message headers (CONTRACT §6), read defensively: a
+//! header may be missing, of any AMQP type, any size, or forged by a
+//! producer. Bad values read as absent; numbers are clamped.
+//!
+//! The retry history a job carries between deliveries ([`History`]) decides
+//! how many attempts it has left, so a producer must not be able to set it:
+//! the worker signs it with an HMAC keyed by the channel's API key (which
+//! producers never hold), and an unsigned or mis-signed history reads as a
+//! fresh job. The signature also binds the history to the channel and the
+//! job's bytes, so it cannot be carried over to another job or channel.
 
+use hmac::{Hmac, Mac};
 use lapin::{
     BasicProperties,
-    types::{AMQPValue, FieldTable, LongString},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
 };
+use sha2::{Digest, Sha256};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-pub const REASON: &str = "x-octopods-reason";
-pub const ERROR: &str = "x-octopods-error";
-pub const HTTP_STATUS: &str = "x-octopods-http-status";
-pub const ERROR_CODE: &str = "x-octopods-error-code";
-pub const ATTEMPTS: &str = "x-octopods-attempts";
-pub const CHANNEL: &str = "x-octopods-channel";
-pub const FAILED_AT: &str = "x-octopods-failed-at";
-pub const REPLAYS: &str = "x-octopods-replays";
+use crate::{config::ApiKey, events::timestamp};
+
+pub(crate) const REASON: &str = "x-octopods-reason";
+pub(crate) const ERROR: &str = "x-octopods-error";
+pub(crate) const HTTP_STATUS: &str = "x-octopods-http-status";
+pub(crate) const ERROR_CODE: &str = "x-octopods-error-code";
+pub(crate) const ATTEMPTS: &str = "x-octopods-attempts";
+pub(crate) const CHANNEL: &str = "x-octopods-channel";
+pub(crate) const FAILED_AT: &str = "x-octopods-failed-at";
+pub(crate) const REPLAYS: &str = "x-octopods-replays";
 /// The delay queue a durable retry goes to (`10s`, `1m`, …); the retry
 /// (headers) exchange routes on it. Not `x-` prefixed: a headers exchange
 /// ignores binding arguments whose names start with `x-`, so such a binding
 /// would match every message and copy it into every delay queue.
-pub const DELAY: &str = "octopods-retry-delay";
+pub(crate) const DELAY: &str = "octopods-retry-delay";
 /// Durable retries so far.
-pub const DELAYED: &str = "x-octopods-delayed";
+pub(crate) const DELAYED: &str = "x-octopods-delayed";
 /// When the job's first attempt was made (RFC 3339), for `retry.max_elapsed`.
-pub const FIRST_ATTEMPT_AT: &str = "x-octopods-first-attempt-at";
+pub(crate) const FIRST_ATTEMPT_AT: &str = "x-octopods-first-attempt-at";
+/// The HMAC over the history headers (hex).
+pub(crate) const HISTORY_SIG: &str = "x-octopods-history-sig";
+/// The prefix of every header the worker owns; a producer's are dropped
+/// from every copy the worker makes.
+pub(crate) const OURS: &str = "x-octopods-";
+
+/// RabbitMQ's own dead-lettering headers, dropped from the worker's copies
+/// (a producer can forge them too).
+pub(crate) const BROKER_DEATH: &[&str] = &[
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-delivery-count",
+];
+
+/// The longest text header value the worker writes, in bytes.
+pub(crate) const MAX_TEXT_HEADER: usize = 1000;
 
 /// Reads a header as an integer, whatever width it was sent with.
-pub fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+pub(crate) fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
     match headers?.inner().get(key)? {
         AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
         AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
@@ -34,88 +68,323 @@ pub fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
         AMQPValue::LongInt(v) => Some(i64::from(*v)),
         AMQPValue::LongUInt(v) => Some(i64::from(*v)),
         AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
-        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+        AMQPValue::LongString(s) if s.as_bytes().len() <= 32 => {
+            std::str::from_utf8(s.as_bytes()).ok()?.trim().parse().ok()
+        }
+        AMQPValue::ShortString(s) => s.as_str().trim().parse().ok(),
         _ => None,
     }
 }
 
-/// Reads a header as text.
-pub fn text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
-    match headers?.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
+/// Reads a header as a count: negative or unreadable is absent, huge is clamped.
+pub(crate) fn count(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
+    let n = int(headers, key)?;
+    (n >= 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
-pub fn text_value(s: &str) -> AMQPValue {
+/// Reads a header as text (lossy UTF-8; at most [`MAX_TEXT_HEADER`] bytes kept).
+pub(crate) fn text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+    let s = match headers?.inner().get(key)? {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        _ => return None,
+    };
+    Some(truncate(s, MAX_TEXT_HEADER))
+}
+
+/// Reads a header as an RFC 3339 time.
+pub(crate) fn time(headers: Option<&FieldTable>, key: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(&text(headers, key)?, &Rfc3339).ok()
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+pub(crate) fn text_value(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
-/// Attempts already made on this job by earlier deliveries.
-pub fn attempts(props: &BasicProperties) -> u32 {
-    int(props.headers().as_ref(), ATTEMPTS)
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0)
+/// A short string if `s` fits AMQP's 255 bytes, else `None` (never a panic).
+pub(crate) fn short(s: &str) -> Option<ShortString> {
+    ShortString::try_new(s.to_owned()).ok()
 }
 
-/// What earlier deliveries did: attempts, durable retries, first attempt time.
-pub fn history(props: &BasicProperties) -> (u32, u32, Option<time::OffsetDateTime>) {
-    let h = props.headers().as_ref();
-    let delayed = int(h, DELAYED)
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(0);
-    let first = text(h, FIRST_ATTEMPT_AT).and_then(|t| {
-        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
-    });
-    (attempts(props), delayed, first)
+/// What earlier deliveries of a job did, as far as the worker can trust it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct History {
+    /// Attempts (HTTP requests) already made.
+    pub(crate) attempts: u32,
+    /// Durable retries so far (which delay queue comes next).
+    pub(crate) delayed: u32,
+    /// When the first attempt was made.
+    pub(crate) first_attempt_at: Option<OffsetDateTime>,
 }
 
-/// The properties with headers changed: `set` entries written, `remove` keys dropped.
-pub fn with_headers(
+/// Whether a delivery's history headers could be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// No history: a fresh job.
+    Fresh,
+    /// Signed by a worker of this channel.
+    Signed,
+    /// History headers present but not signed by us: ignored.
+    Forged,
+}
+
+impl History {
+    /// Reads the history of a delivery on `channel`, checking its signature.
+    /// `now` bounds a first-attempt time from the future.
+    pub(crate) fn read(
+        props: &BasicProperties,
+        body: &[u8],
+        channel: &str,
+        key: &ApiKey,
+        now: OffsetDateTime,
+    ) -> (History, Trust) {
+        let h = props.headers().as_ref();
+        let present = [ATTEMPTS, DELAYED, FIRST_ATTEMPT_AT, HISTORY_SIG]
+            .iter()
+            .any(|k| h.is_some_and(|t| t.inner().contains_key(*k)));
+        if !present {
+            return (History::default(), Trust::Fresh);
+        }
+        let history = History {
+            attempts: count(h, ATTEMPTS).unwrap_or(0),
+            delayed: count(h, DELAYED).unwrap_or(0),
+            first_attempt_at: time(h, FIRST_ATTEMPT_AT).map(|t| t.min(now)),
+        };
+        let signed =
+            text(h, HISTORY_SIG).is_some_and(|sig| history.signature(body, channel, key) == sig);
+        if signed {
+            (history, Trust::Signed)
+        } else {
+            (History::default(), Trust::Forged)
+        }
+    }
+
+    /// The headers that carry this history to the next delivery.
+    pub(crate) fn headers(
+        &self,
+        body: &[u8],
+        channel: &str,
+        key: &ApiKey,
+    ) -> Vec<(&'static str, AMQPValue)> {
+        let mut set = vec![
+            (ATTEMPTS, AMQPValue::LongLongInt(i64::from(self.attempts))),
+            (DELAYED, AMQPValue::LongLongInt(i64::from(self.delayed))),
+            (HISTORY_SIG, text_value(&self.signature(body, channel, key))),
+        ];
+        if let Some(t) = self.first_attempt_at {
+            set.push((FIRST_ATTEMPT_AT, text_value(&timestamp(t))));
+        }
+        set
+    }
+
+    fn signature(&self, body: &[u8], channel: &str, key: &ApiKey) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()) else {
+            return String::new();
+        };
+        mac.update(b"octopods-history-v1\0");
+        mac.update(channel.as_bytes());
+        mac.update(b"\0");
+        mac.update(&Sha256::digest(body));
+        mac.update(&self.attempts.to_be_bytes());
+        mac.update(&self.delayed.to_be_bytes());
+        // Millisecond precision, as written by `timestamp`.
+        let at = self.first_attempt_at.map(timestamp).unwrap_or_default();
+        mac.update(at.as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The properties of a copy the worker publishes (dead letter, delayed
+/// retry): the original's, except what would let the broker drop or refuse
+/// the copy — it is persistent, with no `expiration` and no `priority`, and
+/// no `user_id` (RabbitMQ refuses a publish whose `user_id` is not the
+/// publishing connection's user). The producer's `x-octopods-*` and
+/// RabbitMQ's death headers are dropped; `set` is written.
+pub(crate) fn durable_copy(
     props: &BasicProperties,
     set: Vec<(&str, AMQPValue)>,
-    remove: &[&str],
 ) -> BasicProperties {
-    let mut table = props.headers().clone().unwrap_or_default();
-    let mut map = table.inner().clone();
-    for key in remove {
-        map.remove(*key);
-    }
+    let mut map = props
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().clone())
+        .unwrap_or_default();
+    map.retain(|k, _| {
+        let k = k.as_str();
+        !k.starts_with(OURS) && k != DELAY && !BROKER_DEATH.contains(&k)
+    });
     for (k, v) in set {
-        map.insert(k.into(), v);
+        if let Some(k) = short(k) {
+            map.insert(k, v);
+        }
     }
-    table = FieldTable::from(map);
-    props.clone().with_headers(table)
+    let mut copy = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(FieldTable::from(map));
+    if let Some(v) = props.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = props.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = props.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = props.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = props.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = props.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = props.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = props.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    copy
 }
 
 #[cfg(test)]
 mod tests {
+    use time::macros::datetime;
+
     use super::*;
 
-    #[test]
-    fn integers_of_any_width_are_read() {
+    fn props(pairs: Vec<(&str, AMQPValue)>) -> BasicProperties {
         let mut t = FieldTable::default();
-        t.insert("a".into(), AMQPValue::ShortShortUInt(3));
-        t.insert("b".into(), AMQPValue::LongLongInt(7));
-        t.insert("c".into(), text_value("9"));
-        assert_eq!(int(Some(&t), "a"), Some(3));
-        assert_eq!(int(Some(&t), "b"), Some(7));
-        assert_eq!(int(Some(&t), "c"), Some(9));
-        assert_eq!(int(Some(&t), "d"), None);
+        for (k, v) in pairs {
+            t.insert(k.into(), v);
+        }
+        BasicProperties::default().with_headers(t)
     }
 
     #[test]
-    fn with_headers_keeps_others_and_removes_named() {
-        let mut t = FieldTable::default();
-        t.insert("keep".into(), text_value("1"));
-        t.insert("drop".into(), text_value("2"));
-        let p = BasicProperties::default().with_headers(t);
-        let p = with_headers(&p, vec![("new", AMQPValue::LongLongInt(5))], &["drop"]);
+    fn integers_of_any_width_are_read() {
+        let p = props(vec![
+            ("a", AMQPValue::ShortShortUInt(3)),
+            ("b", AMQPValue::LongLongInt(7)),
+            ("c", text_value("9")),
+            ("neg", AMQPValue::LongLongInt(-1)),
+            ("huge", AMQPValue::LongLongInt(i64::MAX)),
+            ("float", AMQPValue::Double(1.5)),
+        ]);
         let h = p.headers().as_ref();
+        assert_eq!(int(h, "a"), Some(3));
+        assert_eq!(int(h, "b"), Some(7));
+        assert_eq!(int(h, "c"), Some(9));
+        assert_eq!(int(h, "d"), None);
+        assert_eq!(count(h, "neg"), None);
+        assert_eq!(count(h, "huge"), Some(u32::MAX));
+        assert_eq!(int(h, "float"), None);
+    }
+
+    #[test]
+    fn a_signed_history_round_trips() {
+        let key = ApiKey::new("k");
+        let now = datetime!(2026-11-25 10:00 UTC);
+        let h = History {
+            attempts: 3,
+            delayed: 1,
+            first_attempt_at: Some(datetime!(2026-11-25 09:59:00.123 UTC)),
+        };
+        let p = props(h.headers(b"body", "store-eu", &key));
+        assert_eq!(
+            History::read(&p, b"body", "store-eu", &key, now),
+            (h, Trust::Signed)
+        );
+    }
+
+    #[test]
+    fn a_forged_or_moved_history_reads_as_fresh() {
+        let key = ApiKey::new("k");
+        let now = datetime!(2026-11-25 10:00 UTC);
+        let h = History {
+            attempts: 3,
+            delayed: 1,
+            first_attempt_at: None,
+        };
+        let signed = h.headers(b"body", "store-eu", &key);
+        // Another job's bytes, another channel, another key, or no signature.
+        for (body, channel, k) in [
+            (&b"other"[..], "store-eu", "k"),
+            (b"body", "store-us", "k"),
+            (b"body", "store-eu", "other-key"),
+        ] {
+            let p = props(signed.clone());
+            let read = History::read(&p, body, channel, &ApiKey::new(k), now);
+            assert_eq!(read, (History::default(), Trust::Forged));
+        }
+        let p = props(vec![(ATTEMPTS, AMQPValue::LongLongInt(99))]);
+        assert_eq!(
+            History::read(&p, b"body", "store-eu", &key, now),
+            (History::default(), Trust::Forged)
+        );
+        assert_eq!(
+            History::read(&BasicProperties::default(), b"body", "store-eu", &key, now),
+            (History::default(), Trust::Fresh)
+        );
+    }
+
+    #[test]
+    fn copies_are_durable_and_drop_forged_headers() {
+        let p = props(vec![
+            ("keep", text_value("1")),
+            (REASON, text_value("forged")),
+            ("x-death", AMQPValue::Void),
+        ])
+        .with_expiration("1".into())
+        .with_priority(9)
+        .with_delivery_mode(1)
+        .with_user_id("someone".into())
+        .with_correlation_id("c".into());
+        let c = durable_copy(&p, vec![(CHANNEL, text_value("store-eu"))]);
+        assert_eq!(*c.delivery_mode(), Some(2));
+        assert_eq!(*c.expiration(), None);
+        assert_eq!(*c.priority(), None);
+        assert_eq!(*c.user_id(), None);
+        assert_eq!(c.correlation_id().as_ref().map(|s| s.as_str()), Some("c"));
+        let h = c.headers().as_ref();
         assert_eq!(text(h, "keep").as_deref(), Some("1"));
-        assert_eq!(text(h, "drop"), None);
-        assert_eq!(int(h, "new"), Some(5));
+        assert_eq!(text(h, REASON), None);
+        assert_eq!(text(h, CHANNEL).as_deref(), Some("store-eu"));
+        assert!(!h.is_some_and(|t| t.inner().contains_key("x-death")));
+    }
+
+    #[test]
+    fn short_strings_over_255_bytes_are_refused_not_panicked() {
+        assert!(short(&"é".repeat(127)).is_some());
+        assert!(short(&"€".repeat(200)).is_none());
+    }
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary() {
+        let s = truncate("é".repeat(600), MAX_TEXT_HEADER);
+        assert!(s.len() <= MAX_TEXT_HEADER && s.chars().all(|c| c == 'é'));
     }
 }

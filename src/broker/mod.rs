@@ -1,5 +1,7 @@
-//! RabbitMQ: connecting, the topology's names and declarations
-//! ([`topology`]), and publishing with confirms ([`publish`]).
+//! RabbitMQ: connecting (to the first of several nodes that answers), the
+//! topology's names and declarations ([`topology`]), publishing with confirms
+//! ([`publish`]), the `x-octopods-*` headers ([`headers`]) and the broker's
+//! flow control as the worker sees it ([`Flow`]).
 
 pub mod headers;
 pub mod publish;
@@ -9,7 +11,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::config::BrokerConfig;
 
-pub use publish::{PublishError, Publisher};
+pub use publish::{PublishError, Publisher, Routed};
 pub use topology::Names;
 
 /// The broker could not be reached; the URL is shown without its password.
@@ -37,6 +39,31 @@ pub async fn connect(config: &BrokerConfig, role: &str) -> Result<Connection, Co
             url: redact_url(&config.url),
             source,
         })
+}
+
+/// Whether RabbitMQ blocks publishing (`connection.blocked`: a memory or
+/// disk alarm). While blocked the worker makes no request to Octopods, since
+/// it could not publish the result.
+#[derive(Debug)]
+pub(crate) struct Flow(tokio::sync::watch::Sender<bool>);
+
+impl Default for Flow {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(false))
+    }
+}
+
+impl Flow {
+    pub(crate) fn set_blocked(&self, blocked: bool) {
+        self.0.send_replace(blocked);
+    }
+
+    /// Returns once publishing is not blocked.
+    pub(crate) async fn until_open(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        drop(rx.wait_for(|blocked| !blocked).await);
+    }
 }
 
 /// The broker URL with any password replaced, for logs and errors.

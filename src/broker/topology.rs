@@ -1,11 +1,22 @@
-//! The broker topology of CONTRACT §2: names derived from one prefix, and an
-//! idempotent declaration of every exchange, queue and binding.
+//! The broker topology of CONTRACT §2 and §14: names derived from one
+//! prefix, an idempotent declaration of every exchange, queue and binding,
+//! and its deletion (for tests, benchmarks and tearing a prefix down).
+//!
+//! Every queue is a quorum queue (replicated, on a single node too). Where
+//! RabbitMQ moves jobs itself — a channel queue dead-lettering a poison job,
+//! a retry queue expiring a job back to its channel queue — it does so
+//! at-least-once (`x-dead-letter-strategy`, which needs `x-overflow =
+//! reject-publish`): a job whose target is missing or full stays where it
+//! is instead of being dropped.
 
 use std::time::Duration;
 
 use lapin::{
     Channel, ExchangeKind,
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable, LongString},
 };
 
@@ -100,6 +111,57 @@ const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
     nowait: false,
 };
 
+/// A quorum queue's arguments: `extra` after the type.
+fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut pairs = vec![("x-queue-type", text("quorum"))];
+    pairs.extend(extra.iter().cloned());
+    args(&pairs)
+}
+
+/// At-least-once dead-lettering to `exchange` (RabbitMQ ≥ 3.10).
+fn at_least_once(exchange: &str) -> [(&'static str, AMQPValue); 3] {
+    [
+        ("x-dead-letter-exchange", text(exchange)),
+        ("x-dead-letter-strategy", text("at-least-once")),
+        ("x-overflow", text("reject-publish")),
+    ]
+}
+
+/// Every queue of the topology, in declaration order.
+pub fn queues(config: &Config) -> Vec<String> {
+    let n = Names::new(&config.broker.prefix);
+    let mut q = vec![n.unroutable(), n.dead(), n.results()];
+    q.extend(config.retry.delays.iter().map(|d| n.retry_queue(*d)));
+    q.extend(config.channels.iter().map(|c| n.channel_queue(&c.name)));
+    q
+}
+
+/// Every exchange of the topology.
+pub fn exchanges(config: &Config) -> Vec<String> {
+    let n = Names::new(&config.broker.prefix);
+    vec![
+        n.unroutable(),
+        n.jobs_exchange(),
+        n.dead(),
+        n.results(),
+        n.retry_exchange(),
+    ]
+}
+
+/// Deletes every queue and exchange of the topology (what `declare` made),
+/// with whatever they hold. A name that does not exist is not an error.
+pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
+    for q in queues(config) {
+        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for e in exchanges(config) {
+        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Declares the whole topology. Safe to run any number of times; a queue
 /// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
@@ -115,7 +177,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         none(),
     )
     .await?;
-    ch.queue_declare(n.unroutable().into(), DURABLE_QUEUE, none())
+    ch.queue_declare(n.unroutable().into(), DURABLE_QUEUE, quorum(&[]))
         .await?;
     ch.queue_bind(
         n.unroutable().into(),
@@ -144,7 +206,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         none(),
     )
     .await?;
-    ch.queue_declare(n.dead().into(), DURABLE_QUEUE, none())
+    ch.queue_declare(n.dead().into(), DURABLE_QUEUE, quorum(&[]))
         .await?;
     ch.queue_bind(
         n.dead().into(),
@@ -164,7 +226,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
     )
     .await?;
     if config.results.declare_queue {
-        ch.queue_declare(n.results().into(), DURABLE_QUEUE, none())
+        ch.queue_declare(n.results().into(), DURABLE_QUEUE, quorum(&[]))
             .await?;
         ch.queue_bind(
             n.results().into(),
@@ -190,10 +252,9 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
     for delay in retry_delays {
         let q = n.retry_queue(*delay);
         let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        let qargs = args(&[
-            ("x-message-ttl", AMQPValue::LongLongInt(ttl)),
-            ("x-dead-letter-exchange", text("")),
-        ]);
+        let mut qargs = vec![("x-message-ttl", AMQPValue::LongLongInt(ttl))];
+        qargs.extend(at_least_once(""));
+        let qargs = quorum(&qargs);
         ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
             .await?;
         let bind = args(&[
@@ -213,19 +274,19 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
     // One quorum queue per channel.
     for c in &config.channels {
         let q = n.channel_queue(&c.name);
-        let qargs = args(&[
-            ("x-queue-type", text("quorum")),
+        let mut qargs = vec![
             ("x-single-active-consumer", AMQPValue::Boolean(true)),
             (
                 "x-delivery-limit",
                 AMQPValue::LongLongInt(i64::from(config.broker.delivery_limit)),
             ),
-            ("x-dead-letter-exchange", text(&n.dead())),
             (
                 "x-dead-letter-routing-key",
                 text(&format!("poison.{}", c.name)),
             ),
-        ]);
+        ];
+        qargs.extend(at_least_once(&n.dead()));
+        let qargs = quorum(&qargs);
         ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
             .await?;
         ch.queue_bind(

@@ -87,6 +87,23 @@ pub struct Echo {
     pub metadata: Option<Value>,
 }
 
+impl Echo {
+    /// Best effort from raw bytes (a job that could not be parsed, or one the
+    /// worker failed on): its `job_id` and `metadata` if readable.
+    pub fn read(bytes: &[u8]) -> Echo {
+        if bytes.len() > MAX_BODY_BYTES {
+            return Echo::default();
+        }
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) else {
+            return Echo::default();
+        };
+        Echo {
+            job_id: map.get("job_id").and_then(Value::as_str).map(str::to_owned),
+            metadata: map.get("metadata").filter(|m| m.is_object()).cloned(),
+        }
+    }
+}
+
 /// Why a job cannot be sent: the dead-letter reason and a message naming the
 /// field and the limit.
 #[derive(Debug, Clone, PartialEq)]

@@ -160,16 +160,8 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
         "a full phone number reached the log:\n{log}"
     );
 
-    for q in ["unroutable", "dead", "results", "jobs.store-eu"] {
-        drop(
-            ch.queue_delete(format!("{prefix}.{q}").as_str().into(), Default::default())
-                .await,
-        );
-    }
-    for x in ["jobs", "unroutable", "dead", "results", "retry"] {
-        drop(
-            ch.exchange_delete(format!("{prefix}.{x}").as_str().into(), Default::default())
-                .await,
-        );
-    }
+    let config = octopods_worker::config::Config::load(&path).unwrap();
+    octopods_worker::broker::topology::delete(&ch, &config)
+        .await
+        .unwrap();
 }

@@ -10,13 +10,11 @@ use std::{
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeleteOptions,
-    },
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
 use octopods_worker::{
+    broker::topology,
     config::Config,
     sandbox::{Recorded, Sandbox, SandboxConfig, Script},
     worker::Worker,
@@ -524,32 +522,13 @@ impl TestApp {
         }
     }
 
-    /// Stops the worker and deletes the test's topology.
+    /// Stops the worker and deletes the test's topology (every queue and
+    /// exchange `topology::declare` made for its config).
     pub async fn shutdown(mut self) {
         self.stop_worker().await;
-        let mut queues = vec!["unroutable", "dead", "results"]
-            .into_iter()
-            .map(|s| self.queue(s))
-            .collect::<Vec<_>>();
-        queues.extend(
-            self.channels
-                .iter()
-                .map(|c| self.queue(&format!("jobs.{}", c.name))),
-        );
-        for q in queues {
-            drop(
-                self.ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await,
-            );
-        }
-        for x in ["jobs", "unroutable", "dead", "results", "retry"] {
-            drop(
-                self.ch
-                    .exchange_delete(self.queue(x).as_str().into(), Default::default())
-                    .await,
-            );
-        }
+        topology::delete(&self.ch, &self.config)
+            .await
+            .expect("delete the test topology");
         drop(self.conn.close(200, "OK".into()).await);
     }
 }

@@ -55,6 +55,16 @@ pub struct DeadMessage {
     pub replays: u32,
 }
 
+fn death_time(death: Option<&FieldTable>) -> Option<OffsetDateTime> {
+    match death?.inner().get("time")? {
+        AMQPValue::Timestamp(t) => {
+            OffsetDateTime::from_unix_timestamp(i64::try_from(*t).ok()?).ok()
+        }
+        _ => None,
+    }
+}
+
+/// The newest `x-death` entry (RabbitMQ puts the latest death first).
 fn x_death(table: Option<&FieldTable>) -> Option<&FieldTable> {
     match table?.inner().get("x-death")? {
         AMQPValue::FieldArray(a) => match a.as_slice().first()? {
@@ -66,12 +76,35 @@ fn x_death(table: Option<&FieldTable>) -> Option<&FieldTable> {
 }
 
 impl DeadMessage {
+    /// Reads what the tools need. A job RabbitMQ dead-lettered from a
+    /// channel queue (the newest `x-death` entry names it) is `poison`, and
+    /// only RabbitMQ's record is trusted for it: `x-octopods-*` headers on such
+    /// a message are the producer's, and could name another channel.
     pub fn read(delivery: &Delivery, source: Source, names: &Names) -> Self {
         let h = delivery.properties.headers().as_ref();
         let job_id = serde_json::from_slice::<Value>(&delivery.data)
             .ok()
             .and_then(|v| v.get("job_id")?.as_str().map(str::to_owned));
+        let replays = headers::count(h, headers::REPLAYS).unwrap_or(0);
         let death = x_death(h);
+        let died_in = headers::text(death, "queue")
+            .and_then(|q| names.channel_of_queue(&q).map(str::to_owned));
+        if let (Source::Dead, Some(channel)) = (source, died_in) {
+            let reason = headers::text(death, "reason").unwrap_or_else(|| "unknown".into());
+            return Self {
+                job_id,
+                channel: Some(channel),
+                why: Why::Dead(Reason::Poison),
+                error: format!(
+                    "dead-lettered by RabbitMQ ({reason}): the job kept being redelivered"
+                ),
+                attempts: headers::count(h, "x-delivery-count")
+                    .or_else(|| headers::count(death, "count"))
+                    .unwrap_or(0),
+                failed_at: death_time(death),
+                replays,
+            };
+        }
         let why = match source {
             Source::Unroutable => Why::Unroutable,
             Source::Dead => Why::Dead(
@@ -80,51 +113,29 @@ impl DeadMessage {
                     .unwrap_or(Reason::Poison),
             ),
         };
-        let channel = headers::text(h, headers::CHANNEL)
-            .or_else(|| {
-                let queue = headers::text(death, "queue")?;
-                names.channel_of_queue(&queue).map(str::to_owned)
-            })
-            .or_else(|| {
-                // Unroutable jobs keep the routing key they were published with.
-                (source == Source::Unroutable && !delivery.routing_key.as_str().is_empty())
-                    .then(|| delivery.routing_key.as_str().to_owned())
-            });
+        let channel = match source {
+            Source::Dead => headers::text(h, headers::CHANNEL),
+            // Unroutable jobs keep the routing key they were published with.
+            Source::Unroutable => {
+                Some(delivery.routing_key.as_str().to_owned()).filter(|k| !k.is_empty())
+            }
+        };
         let error = headers::text(h, headers::ERROR).unwrap_or_else(|| match why {
             Why::Unroutable => "no queue for this channel".into(),
-            _ => {
-                let reason = headers::text(death, "reason").unwrap_or_else(|| "unknown".into());
-                format!("dead-lettered by RabbitMQ ({reason}): the job kept being redelivered")
-            }
+            _ => "no failure recorded".into(),
         });
-        let attempts = headers::int(h, headers::ATTEMPTS)
-            .or_else(|| headers::int(h, "x-delivery-count"))
-            .or_else(|| headers::int(death, "count"))
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0);
-        let failed_at = headers::text(h, headers::FAILED_AT)
-            .and_then(|t| {
-                OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .or_else(|| match death?.inner().get("time")? {
-                AMQPValue::Timestamp(t) => {
-                    OffsetDateTime::from_unix_timestamp(i64::try_from(*t).ok()?).ok()
-                }
-                _ => None,
-            })
+        let failed_at = headers::time(h, headers::FAILED_AT)
+            .or_else(|| death_time(death))
             .or_else(|| {
                 let t = (*delivery.properties.timestamp())?;
                 OffsetDateTime::from_unix_timestamp(i64::try_from(t).ok()?).ok()
             });
-        let replays = headers::int(h, headers::REPLAYS)
-            .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(0);
         Self {
             job_id,
             channel,
             why,
             error,
-            attempts,
+            attempts: headers::count(h, headers::ATTEMPTS).unwrap_or(0),
             failed_at,
             replays,
         }

@@ -1,14 +1,18 @@
 //! Dead-letter operations (CONTRACT §6): stats, list, export, replay, purge.
 //!
-//! Every command works on a snapshot: it reads as many messages as the queue
-//! held when it started, holding each unacked, so messages arriving meanwhile
-//! are not touched. A replayed message is republished with confirms and only
-//! then acked; a purged one is acked. Everything else is returned to the queue
-//! unchanged when the command ends — or by RabbitMQ if the command dies, so a
-//! crash may duplicate a replayed job but never loses one.
+//! Every command works on an exact [`snapshot`]: the whole queue as it stood
+//! when the command started, each message seen once, whatever ran before and
+//! whoever else is at work (one command at a time per queue). A replayed
+//! message is republished with confirms and only then acked; a purged one is
+//! acked. Everything else goes back to the queue unchanged when the command
+//! ends — or by RabbitMQ if the command dies, so a crash may duplicate a
+//! replayed job but never loses one. `purge --only-exported FILE` deletes
+//! exactly the dead letters a `dlq export` file holds ([`backup`]).
 
+pub mod backup;
 pub mod filter;
 pub mod message;
+pub mod snapshot;
 
 use std::{
     collections::BTreeMap,
@@ -17,11 +21,7 @@ use std::{
 };
 
 use anyhow::Context;
-use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable},
-};
+use lapin::{message::Delivery, options::BasicAckOptions, types::AMQPValue};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -29,10 +29,13 @@ pub use filter::Filter;
 pub use message::{DeadMessage, Source, Why};
 
 use crate::{
-    broker::{self, Names, Publisher, headers},
+    broker::{Names, Publisher, headers},
     config::Config,
     events::timestamp,
+    telemetry::escape,
 };
+use backup::Exported;
+use snapshot::Snapshot;
 
 /// What to do with matching messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,35 +47,33 @@ pub enum Op {
     Purge { limit: Option<usize>, dry_run: bool },
 }
 
-/// Headers that describe a past failure; a replayed job starts clean.
-const FAILURE_HEADERS: &[&str] = &[
-    headers::REASON,
-    headers::ERROR,
-    headers::HTTP_STATUS,
-    headers::ERROR_CODE,
-    headers::ATTEMPTS,
-    headers::CHANNEL,
-    headers::FAILED_AT,
-    headers::DELAY,
-    headers::DELAYED,
-    headers::FIRST_ATTEMPT_AT,
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-delivery-count",
-];
+/// One dlq command.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub source: Source,
+    pub filter: &'a Filter,
+    pub op: Op,
+    /// How long to wait for another dlq command on the same queue.
+    pub wait: Duration,
+    /// Purge only the dead letters this export file holds.
+    pub only_exported: Option<&'a std::path::Path>,
+}
 
 /// Counts for the closing summary.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
     pub queue: String,
-    pub snapshot: u32,
+    /// Messages in the queue when the command started (up to its marker).
     pub scanned: u32,
     pub matched: usize,
+    /// Lines written (list, export).
+    pub written: usize,
+    /// Markers of earlier dlq commands that died, removed.
+    pub stale_markers: u32,
+    /// Matching messages kept because the export file does not hold them.
+    pub not_exported: usize,
+    /// Export-file lines that matched no message in the queue.
+    pub unmatched_lines: u64,
     /// Replayed or purged (or, with `--dry-run`, would be).
     pub acted: usize,
     pub skipped_over_cap: usize,
@@ -88,47 +89,77 @@ struct Group {
     newest: Option<OffsetDateTime>,
 }
 
-/// Runs `op` over the messages of `source` that match `filter`. Results go to
-/// `out`; progress to stderr when `progress`.
+/// Runs the request over the whole queue. Results go to `out`; progress to
+/// stderr when `progress`. An error after some work says what was done.
 pub async fn run(
     config: &Config,
-    source: Source,
-    filter: &Filter,
-    op: Op,
+    req: &Request<'_>,
     out: &mut impl Write,
     progress: bool,
 ) -> anyhow::Result<Summary> {
     let names = Names::new(&config.broker.prefix);
-    let queue = match source {
+    let queue = match req.source {
         Source::Dead => names.dead(),
         Source::Unroutable => names.unroutable(),
     };
-    let conn = broker::connect(&config.broker, "dlq").await?;
-    let ch = conn.create_channel().await?;
-    let declared = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| {
-            format!("queue {queue} does not exist (run `octopods-worker topology`)")
-        })?;
-    let publisher = match op {
-        Op::Replay { dry_run: false, .. } => Some(Publisher::open(&conn).await?),
-        _ => None,
+    let mut exported = match req.only_exported {
+        Some(path) => Some(Exported::load(path)?),
+        None => None,
     };
+    let mut snap = Snapshot::open(config, &queue, req.wait).await?;
     let mut summary = Summary {
         queue: queue.clone(),
-        snapshot: declared.message_count(),
         ..Summary::default()
     };
     let mut groups: BTreeMap<(Why, String), Group> = BTreeMap::new();
-    if matches!(op, Op::List { json: false }) {
+    let scanned = scan(
+        config,
+        req,
+        &names,
+        &mut snap,
+        exported.as_mut(),
+        &mut summary,
+        out,
+        &mut groups,
+        progress,
+    )
+    .await;
+    summary.stale_markers = snap.stale_markers;
+    // Whatever happened, hand back everything still held.
+    let closed = snap.close().await;
+    if let Err(e) = scanned {
+        return Err(e.context(format!(
+            "stopped early; {}",
+            summary.describe(req.op, config.dlq.max_replays)
+        )));
+    }
+    closed.context(
+        "could not hand the held messages back (RabbitMQ returns them when the connection closes)",
+    )?;
+    if let Op::Stats { json } = req.op {
+        write_stats(out, &queue, &groups, json)?;
+    }
+    out.flush()?;
+    if let Some(e) = &exported {
+        summary.unmatched_lines = e.unmatched();
+    }
+    summary.check(req.op)?;
+    Ok(summary)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn scan(
+    config: &Config,
+    req: &Request<'_>,
+    names: &Names,
+    snap: &mut Snapshot,
+    mut exported: Option<&mut Exported>,
+    summary: &mut Summary,
+    out: &mut impl Write,
+    groups: &mut BTreeMap<(Why, String), Group>,
+    progress: bool,
+) -> anyhow::Result<()> {
+    if matches!(req.op, Op::List { json: false }) {
         writeln!(
             out,
             "{:<24}  {:<17}  {:<16}  {:<32}  {:>8}  {:>7}  ERROR",
@@ -138,59 +169,46 @@ pub async fn run(
     let now = OffsetDateTime::now_utc();
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    while summary.scanned < summary.snapshot {
-        let Some(got) = ch
-            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await?
-        else {
-            break;
-        };
-        summary.scanned += 1;
-        let delivery = got.delivery;
-        let m = DeadMessage::read(&delivery, source, &names);
-        if filter.matches(&m, now) {
-            summary.matched += 1;
-            *summary.by_reason.entry(m.why.as_str()).or_default() += 1;
-            act(
-                op,
-                config,
-                &names,
-                &m,
-                &delivery,
-                publisher.as_ref(),
-                &mut summary,
-                out,
-                &mut groups,
-            )
-            .await?;
+    while let Some(delivery) = snap.next().await? {
+        summary.scanned = summary.scanned.saturating_add(1);
+        let m = DeadMessage::read(&delivery, req.source, names);
+        if req.filter.matches(&m, now) {
+            let keep = match exported.as_deref_mut() {
+                Some(e) => !e.take(&m.export_json(&delivery)),
+                None => false,
+            };
+            if keep {
+                summary.not_exported += 1;
+            } else {
+                summary.matched += 1;
+                *summary.by_reason.entry(m.why.as_str()).or_default() += 1;
+                act(
+                    req.op,
+                    config,
+                    names,
+                    &m,
+                    &delivery,
+                    snap.publisher(),
+                    summary,
+                    out,
+                    groups,
+                )
+                .await?;
+            }
         }
         if progress && last_progress.elapsed() >= Duration::from_secs(2) {
             last_progress = Instant::now();
             eprintln!(
-                "… scanned {}/{}, matched {}, acted on {} ({:.0}/s)",
+                "… {}: seen {}, matched {}, done {} ({:.0}/s)",
+                summary.queue,
                 summary.scanned,
-                summary.snapshot,
                 summary.matched,
                 summary.acted,
-                f64::from(summary.scanned) / started.elapsed().as_secs_f64()
+                f64::from(summary.scanned) / started.elapsed().as_secs_f64().max(1e-3)
             );
         }
     }
-    // Everything not acked goes back, unchanged.
-    ch.basic_nack(
-        0,
-        BasicNackOptions {
-            multiple: true,
-            requeue: true,
-        },
-    )
-    .await?;
-    if let Op::Stats { json } = op {
-        write_stats(out, &queue, &groups, json)?;
-    }
-    drop(ch.close(200, "OK".into()).await);
-    drop(conn.close(200, "OK".into()).await);
-    Ok(summary)
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -200,7 +218,7 @@ async fn act(
     names: &Names,
     m: &DeadMessage,
     delivery: &Delivery,
-    publisher: Option<&Publisher>,
+    publisher: &Publisher,
     summary: &mut Summary,
     out: &mut impl Write,
     groups: &mut BTreeMap<(Why, String), Group>,
@@ -215,17 +233,21 @@ async fn act(
                 g.oldest = Some(g.oldest.map_or(at, |o| o.min(at)));
                 g.newest = Some(g.newest.map_or(at, |n| n.max(at)));
             }
+            summary.acted += 1;
         }
         Op::List { json: true } => {
             writeln!(out, "{}", m.summary_json())?;
+            summary.written += 1;
             summary.acted += 1;
         }
         Op::List { json: false } => {
             writeln!(out, "{}", table_row(m))?;
+            summary.written += 1;
             summary.acted += 1;
         }
         Op::Export => {
             writeln!(out, "{}", m.export_json(delivery))?;
+            summary.written += 1;
             summary.acted += 1;
         }
         Op::Replay { limit, dry_run } => {
@@ -236,7 +258,7 @@ async fn act(
             } else if let Some(channel) =
                 m.channel.as_deref().filter(|c| config.channel(c).is_some())
             {
-                if let Some(publisher) = publisher.filter(|_| !dry_run) {
+                if !dry_run {
                     replay(publisher, names, channel, m.replays, delivery).await?;
                 }
                 summary.acted += 1;
@@ -267,13 +289,14 @@ async fn replay(
     replays: u32,
     delivery: &Delivery,
 ) -> anyhow::Result<()> {
-    let props = headers::with_headers(
+    // A clean failure record: every `x-octopods-*` and death header goes,
+    // the replay count comes back one higher.
+    let props = headers::durable_copy(
         &delivery.properties,
         vec![(
             headers::REPLAYS,
-            AMQPValue::LongLongInt(i64::from(replays) + 1),
+            AMQPValue::LongLongInt(i64::from(replays.saturating_add(1))),
         )],
-        FAILURE_HEADERS,
     );
     publisher
         .publish(
@@ -289,8 +312,10 @@ async fn replay(
     Ok(())
 }
 
+/// One `dlq list` row. Every field from the message is escaped: a job id or
+/// an error text cannot forge a row or drive the terminal.
 fn table_row(m: &DeadMessage) -> String {
-    let mut error: String = m.error.chars().take(80).collect();
+    let mut error: String = escape(&m.error).chars().take(80).collect();
     if m.error.chars().count() > 80 {
         error.push('…');
     }
@@ -298,8 +323,8 @@ fn table_row(m: &DeadMessage) -> String {
         "{:<24}  {:<17}  {:<16}  {:<32}  {:>8}  {:>7}  {}",
         m.failed_at.map(timestamp).unwrap_or_else(|| "-".into()),
         m.why.as_str(),
-        m.channel.as_deref().unwrap_or("-"),
-        m.job_id.as_deref().unwrap_or("-"),
+        escape(m.channel.as_deref().unwrap_or("-")),
+        escape(m.job_id.as_deref().unwrap_or("-")),
         m.attempts,
         m.replays,
         error
@@ -356,24 +381,38 @@ fn write_stats(
 }
 
 impl Summary {
-    /// The closing lines on stderr.
+    /// The closing lines on stderr: the queue's total, what matched, what was done.
     pub fn describe(&self, op: Op, max_replays: u32) -> String {
         let verb = match op {
             Op::Replay { dry_run: true, .. } => "would replay",
             Op::Replay { .. } => "replayed",
             Op::Purge { dry_run: true, .. } => "would purge",
             Op::Purge { .. } => "purged",
-            _ => "listed",
+            Op::Export => "exported",
+            Op::List { .. } => "listed",
+            Op::Stats { .. } => "counted",
         };
         let mut s = format!(
-            "{}: scanned {} of {} (snapshot at start); matched {}; {verb} {}",
-            self.queue, self.scanned, self.snapshot, self.matched, self.acted
+            "{}: the whole queue as it stood at the start: {} message(s); matched {}; {verb} {}",
+            self.queue, self.scanned, self.matched, self.acted
         );
         let skipped = self.skipped_over_cap + self.skipped_no_channel + self.skipped_over_limit;
         if skipped > 0 {
             s.push_str(&format!(
                 "; skipped {skipped} (replay cap {max_replays} reached: {}, channel not configured: {}, past --limit: {})",
                 self.skipped_over_cap, self.skipped_no_channel, self.skipped_over_limit
+            ));
+        }
+        if self.not_exported > 0 {
+            s.push_str(&format!(
+                "; kept {} not in the export file",
+                self.not_exported
+            ));
+        }
+        if self.stale_markers > 0 {
+            s.push_str(&format!(
+                "; removed {} marker(s) of earlier dlq commands that died",
+                self.stale_markers
             ));
         }
         if !self.by_reason.is_empty() {
@@ -385,5 +424,37 @@ impl Summary {
             s.push_str(&format!("\nmatched by reason: {}", parts.join(", ")));
         }
         s
+    }
+
+    /// The counts must add up; a mismatch is an error, never a silent partial.
+    fn check(&self, op: Op) -> anyhow::Result<()> {
+        let skipped = self.skipped_over_cap + self.skipped_no_channel + self.skipped_over_limit;
+        if self.acted + skipped != self.matched {
+            anyhow::bail!(
+                "{}: matched {} but did {} and skipped {}",
+                self.queue,
+                self.matched,
+                self.acted,
+                skipped
+            );
+        }
+        if matches!(op, Op::List { .. } | Op::Export) && self.written != self.matched {
+            anyhow::bail!(
+                "{}: matched {} but wrote {}",
+                self.queue,
+                self.matched,
+                self.written
+            );
+        }
+        if self.unmatched_lines > 0 {
+            anyhow::bail!(
+                "{}: {} line(s) of the export file matched no dead letter in the queue (already purged or replayed?); \
+                 only the {} that matched were purged",
+                self.queue,
+                self.unmatched_lines,
+                self.acted
+            );
+        }
+        Ok(())
     }
 }

@@ -7,15 +7,20 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+pub mod dlq;
+pub mod enqueue;
+pub mod events;
+pub mod loadtest;
+pub mod sandbox;
+
 use crate::{
     broker::{self, topology},
     config::Config,
-    dlq::{self, Filter, Op, Source},
-    enqueue, loadtest, results,
-    sandbox::{self, SandboxConfig},
     telemetry::LogFormat,
     worker::Worker,
 };
+use dlq::{Filter, Op, Source};
+use sandbox::SandboxConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -90,6 +95,10 @@ pub struct DlqArgs {
     pub from: Source,
     #[command(flatten)]
     pub filter: Filter,
+    /// If another dlq command is working on the queue, wait this long for
+    /// it before giving up (e.g. `2m`). Default: do not wait.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +148,10 @@ pub enum DlqCommand {
         /// Confirm the deletion.
         #[arg(long)]
         yes: bool,
+        /// Delete only the dead letters this `dlq export` file holds (and
+        /// match the filters): a purge bound to its backup.
+        #[arg(long, value_name = "FILE")]
+        only_exported: Option<PathBuf>,
     },
 }
 
@@ -247,7 +260,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Events(a) => {
             let config = Config::load(&a.config.config)?;
             let mut out = std::io::stdout().lock();
-            let n = results::tail(&config, a.count, a.timeout, &mut out).await?;
+            let n = events::tail(&config, a.count, a.timeout, &mut out).await?;
             eprintln!("{n} event(s)");
             if a.count.is_some_and(|c| n < c) {
                 return Ok(ExitCode::from(1));
@@ -286,6 +299,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
 }
 
 async fn run_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let mut only_exported = None;
     let (args, op) = match command {
         DlqCommand::Stats { args, json } => (args, Op::Stats { json }),
         DlqCommand::List { args, json } => (args, Op::List { json }),
@@ -300,6 +314,7 @@ async fn run_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             limit,
             dry_run,
             yes,
+            only_exported: file,
         } => {
             if !yes && !dry_run {
                 eprintln!(
@@ -307,17 +322,20 @@ async fn run_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(2));
             }
+            only_exported = file;
             (args, Op::Purge { limit, dry_run })
         }
     };
     let config = Config::load(&args.config.config)?;
-    let mut out = std::io::stdout().lock();
-    let summary = dlq::run(&config, args.from, &args.filter, op, &mut out, true).await?;
-    if matches!(
+    let request = dlq::Request {
+        source: args.from,
+        filter: &args.filter,
         op,
-        Op::Replay { .. } | Op::Purge { .. } | Op::List { json: false }
-    ) {
-        eprintln!("{}", summary.describe(op, config.dlq.max_replays));
-    }
+        wait: args.wait,
+        only_exported: only_exported.as_deref(),
+    };
+    let mut out = std::io::stdout().lock();
+    let summary = dlq::run(&config, &request, &mut out, true).await?;
+    eprintln!("{}", summary.describe(op, config.dlq.max_replays));
     Ok(ExitCode::SUCCESS)
 }

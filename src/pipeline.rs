@@ -1,0 +1,183 @@
+//! What a delivery comes to, as a value: parse the job ([`job`]), check it
+//! was not sent already ([`dedup`]), make its attempts ([`retry`]), and return
+//! the [`Settlement`] for [`settle`](crate::settle) to carry out. Nothing here
+//! publishes, acks or rejects.
+//!
+//! [`job`]: crate::job
+//! [`dedup`]: crate::dedup
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+use tracing::{Span, info, warn};
+
+use crate::{
+    broker::headers::{History, Trust},
+    consume::{ChannelState, Shared},
+    dedup::Begin,
+    events::SentEvent,
+    job::Job,
+    octopods::ChannelSender,
+    outcome::{Failure, RetryCause},
+    retry::{self, Final, Target},
+    settle::Settlement,
+    telemetry::escape,
+};
+
+/// One delivery as the pipeline sees it.
+pub(crate) struct Delivered<'a> {
+    pub(crate) body: &'a [u8],
+    pub(crate) properties: &'a BasicProperties,
+}
+
+/// Decides what `delivery` comes to on `channel`.
+pub(crate) async fn decide(
+    delivery: Delivered<'_>,
+    channel: &ChannelState,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Settlement {
+    let name = channel.config.name.as_str();
+    let now = OffsetDateTime::now_utc();
+    let (history, trust) =
+        History::read(delivery.properties, delivery.body, name, &channel.key, now);
+    if trust == Trust::Forged {
+        warn!("retry headers not written by this deployment were ignored");
+        shared.metrics.forged_history(name);
+    }
+    let job = match Job::parse(delivery.body, name, channel.config.provider) {
+        Ok(job) => job,
+        Err(rejection) => {
+            if let Some(id) = &rejection.echo.job_id {
+                Span::current().record("job_id", tracing::field::display(escape(id)));
+            }
+            return Settlement::DeadLetter {
+                reason: rejection.reason,
+                failure: Failure::local(rejection.message),
+                echo: *rejection.echo,
+                attempts: history.attempts.max(1),
+            };
+        }
+    };
+    let span = Span::current();
+    span.record("job_id", tracing::field::display(escape(job.id.as_str())));
+    // `Phone` displays masked: +1555***4567.
+    span.record("phone", tracing::field::display(&job.phone));
+    if let Some(hook) = shared.fault {
+        hook(job.id.as_str());
+    }
+    let _claim = loop {
+        match shared.dedup.begin(name, job.id.as_str()) {
+            Begin::Go(claim) => break claim,
+            Begin::Sent(event) => {
+                info!("already sent by this worker; re-publishing its sent event instead");
+                shared.metrics.duplicate_suppressed(name);
+                return Settlement::Sent {
+                    job_id: job.id.as_str().to_owned(),
+                    event,
+                };
+            }
+            // The same job is in flight on another delivery: wait for it.
+            Begin::Wait(mut done) => tokio::select! {
+                biased;
+                () = stop.cancelled() => return Settlement::GiveBack { why: "stopping while a copy of the job was in flight" },
+                _ = done.changed() => {}
+            },
+        }
+    };
+    let target = Target {
+        channel: name,
+        limiter: &channel.limiter,
+        open: &shared.open,
+        flow: &shared.flow,
+        stop,
+    };
+    let sender = ChannelSender {
+        client: &shared.client,
+        key: &channel.key,
+    };
+    let retry_config = &shared.config.retry;
+    let (result, attempts) = retry::attempt(
+        &job,
+        &target,
+        history,
+        &sender,
+        retry_config,
+        &shared.metrics,
+    )
+    .await;
+    match result {
+        Final::Sent(receipt) => {
+            let event = SentEvent::new(
+                job.id.as_str(),
+                name,
+                job.phone.as_str(),
+                receipt,
+                attempts,
+                job.metadata.clone(),
+                OffsetDateTime::now_utc(),
+            );
+            let event = serde_json::to_vec(&event).unwrap_or_default();
+            // Remember before publishing: if the broker goes away now, the
+            // redelivered job re-publishes this event instead of re-sending.
+            shared.dedup.remember(name, job.id.as_str(), event.clone());
+            Settlement::Sent {
+                job_id: job.id.as_str().to_owned(),
+                event,
+            }
+        }
+        Final::DeadLetter(reason, failure) => Settlement::DeadLetter {
+            reason,
+            failure,
+            echo: job.echo(),
+            attempts,
+        },
+        Final::Delay {
+            cause,
+            after,
+            failure,
+        } => delay(
+            history,
+            attempts,
+            now,
+            &retry_config.delays,
+            cause,
+            after,
+            failure,
+        ),
+        Final::Requeue => Settlement::GiveBack {
+            why: "stopping before this job's turn",
+        },
+    }
+}
+
+/// The durable retry after this delivery's attempts: the next delay queue,
+/// and the history the job carries there.
+fn delay(
+    before: History,
+    attempts: u32,
+    now: OffsetDateTime,
+    delays: &[Duration],
+    cause: RetryCause,
+    after: Option<Duration>,
+    failure: Failure,
+) -> Settlement {
+    let Some(wait) = retry::pick_delay(delays, before.delayed, after) else {
+        return Settlement::GiveBack {
+            why: "no retry delays configured",
+        };
+    };
+    let history = History {
+        attempts,
+        delayed: before.delayed.saturating_add(1),
+        first_attempt_at: Some(before.first_attempt_at.unwrap_or(now)),
+    };
+    Settlement::Delay {
+        history,
+        wait,
+        cause,
+        failure,
+    }
+}
