@@ -3,6 +3,7 @@
 
 mod cli;
 mod dlq;
+mod dlq_exact;
 mod faults;
 mod helpers;
 mod lifecycle;

@@ -10,7 +10,9 @@
 //!    on a part.
 //! 2. **A marker ends the snapshot.** Holding the lock, the command publishes
 //!    a marker message (header `x-octopods-dlq-marker`, a fresh id) to the
-//!    queue with a publisher confirm, then consumes. Every message that was in
+//!    queue with a publisher confirm, then reads with `basic.get` (a quorum
+//!    queue caps a consumer at 2,000 unacknowledged messages; gets are not
+//!    capped) until the marker comes back. Every message that was in
 //!    the queue is ahead of the marker: the previous command's returned
 //!    messages were returned before its connection (and lock) went, and a
 //!    quorum queue delivers returned messages before any other. Messages
@@ -25,14 +27,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Connection, Consumer,
+    BasicProperties, Channel, Connection,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, QueueDeclareOptions,
-    },
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
 
@@ -43,15 +41,13 @@ use crate::{
 
 /// The header that marks the end of a snapshot.
 pub(crate) const MARKER: &str = "x-octopods-dlq-marker";
-/// How long without a delivery before the marker is declared lost.
+/// How long one read may take.
 const IDLE: Duration = Duration::from_secs(30);
 
 /// A queue held for one command.
 pub(crate) struct Snapshot {
     conn: Connection,
     channel: Channel,
-    consumer: Consumer,
-    tag: String,
     marker: String,
     pub(crate) queue: String,
     /// Markers of earlier commands that died, removed.
@@ -92,22 +88,9 @@ impl Snapshot {
             )
             .await
             .context("cannot put the snapshot marker in the queue")?;
-        // Unlimited prefetch: every message is held until the end anyway.
-        channel.basic_qos(0, BasicQosOptions::default()).await?;
-        let tag = format!("octopods-dlq-{marker}");
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
         Ok(Self {
             conn,
             channel,
-            consumer,
-            tag,
             marker,
             queue: queue.to_owned(),
             stale_markers: 0,
@@ -118,15 +101,25 @@ impl Snapshot {
     /// The next message of the snapshot; `None` once the marker came back.
     pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
         loop {
-            let delivery = match tokio::time::timeout(IDLE, self.consumer.next()).await {
-                Ok(Some(d)) => d?,
-                Ok(None) => bail!(
-                    "the broker ended the snapshot of {} before its marker came back",
+            // `basic.get`, not a consumer: a quorum queue gives a consumer at
+            // most 2000 unacknowledged messages, and the snapshot holds all.
+            let got = tokio::time::timeout(
+                IDLE,
+                self.channel.basic_get(
+                    self.queue.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                ),
+            )
+            .await;
+            let delivery = match got {
+                Ok(Ok(Some(m))) => m.delivery,
+                Ok(Ok(None)) => bail!(
+                    "{} ran empty before the snapshot marker came back: someone consumed or purged the queue meanwhile",
                     self.queue
                 ),
+                Ok(Err(e)) => return Err(e.into()),
                 Err(_) => bail!(
-                    "no message from {} for {IDLE:?} and the snapshot marker did not come back: \
-                     someone consumed or purged the queue meanwhile",
+                    "no answer from the broker for {IDLE:?} while reading {}",
                     self.queue
                 ),
             };
@@ -154,9 +147,6 @@ impl Snapshot {
     /// Stops consuming, hands back everything still held, unchanged, and
     /// closes (which releases the lock).
     pub(crate) async fn close(self) -> anyhow::Result<()> {
-        self.channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await?;
         self.channel
             .basic_nack(
                 0,

@@ -1,0 +1,217 @@
+//! The dead-letter tools see the whole queue every time (issue: exact
+//! snapshots): commands back to back, two operators at once, and a purge
+//! bound to its backup. Dead letters are written straight to the dead-letter
+//! exchange, as the worker writes them, so thousands take a second.
+
+use std::process::Output;
+
+use lapin::{
+    BasicProperties,
+    options::BasicPublishOptions,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::helpers::*;
+
+const N: usize = 5_000;
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Publishes `n` dead letters (`reason`, channel store-eu) with ids
+/// `<tag>-<i>`, waiting for every confirm.
+async fn dead_letters(app: &TestApp, tag: &str, reason: &str, n: usize) {
+    let ch = broker().await.create_channel().await.expect("channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirms");
+    for i in 0..n {
+        let mut h = FieldTable::default();
+        for (k, v) in [
+            ("x-octopods-reason", reason),
+            ("x-octopods-channel", "store-eu"),
+            ("x-octopods-error", "test"),
+            ("x-octopods-failed-at", "2026-11-24T10:00:00.000Z"),
+        ] {
+            h.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+        }
+        let body = serde_json::to_vec(&button_job(&format!("{tag}-{i}"))).unwrap();
+        drop(
+            ch.basic_publish(
+                app.queue("dead").as_str().into(),
+                format!("{reason}.store-eu").as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(h),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    assert!(ch.wait_for_confirms().await.expect("confirms").is_empty());
+}
+
+async fn app(test: &str) -> TestApp {
+    // No worker: only the topology and the tools.
+    let app = spawn_worker(test).await;
+    app.wait_ready().await;
+    app
+}
+
+#[tokio::test]
+async fn commands_back_to_back_each_see_the_whole_queue() {
+    let app = app("dlq-back-to-back").await;
+    dead_letters(&app, "v", "validation", N).await;
+
+    // stats → export
+    let stats = app.cli(&["dlq", "stats", "--json"]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["total"], N);
+    let export = app.cli(&["dlq", "export"]);
+    assert!(export.status.success(), "{}", stderr(&export));
+    assert_eq!(export.stdout.iter().filter(|b| **b == b'\n').count(), N);
+    assert!(
+        stderr(&export).contains(&format!("{N} message(s); matched {N}; exported {N}")),
+        "{}",
+        stderr(&export)
+    );
+
+    // export → replay --dry-run
+    let dry = app.cli(&["dlq", "replay", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stderr(&dry).contains(&format!("would replay {N}")),
+        "{}",
+        stderr(&dry)
+    );
+
+    // list → purge
+    let list = app.cli(&["dlq", "list", "--json"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert_eq!(list.stdout.iter().filter(|b| **b == b'\n').count(), N);
+    let purge = app.cli(&["dlq", "purge", "--yes"]);
+    assert!(purge.status.success(), "{}", stderr(&purge));
+    assert!(
+        stderr(&purge).contains(&format!("purged {N}")),
+        "{}",
+        stderr(&purge)
+    );
+    assert_eq!(app.depth("dead").await, 0);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_operator_waits_or_refuses_never_works_on_a_part() {
+    let app = app("dlq-two-operators").await;
+    dead_letters(&app, "v", "validation", N).await;
+    let bin = env!("CARGO_BIN_EXE_octopods-worker");
+    let path = app.config_path.clone();
+    let run = |args: &'static [&'static str]| {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new(bin)
+                .args(args)
+                .arg("--config")
+                .arg(&path)
+                .output()
+                .expect("run")
+        })
+    };
+    // Both export at once, the second told to wait: both see all N.
+    let a = run(&["dlq", "export"]);
+    let b = run(&["dlq", "export", "--wait", "60s"]);
+    for out in [a.join().unwrap(), b.join().unwrap()] {
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            out.stdout.iter().filter(|b| **b == b'\n').count(),
+            N,
+            "{}",
+            stderr(&out)
+        );
+    }
+    // Without --wait, the one that finds the lock taken refuses and does nothing.
+    let a = run(&["dlq", "export"]);
+    let b = run(&["dlq", "purge", "--yes"]);
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    let refused = [&a, &b].iter().filter(|o| !o.status.success()).count();
+    if refused == 1 {
+        let loser = if a.status.success() { &b } else { &a };
+        assert!(
+            stderr(loser).contains("another dlq command is working on"),
+            "{}",
+            stderr(loser)
+        );
+    }
+    // Whoever won did the whole queue: either everything was purged, or the
+    // export saw all of it and the purge was refused.
+    if b.status.success() {
+        assert!(
+            stderr(&b).contains(&format!("purged {N}")),
+            "{}",
+            stderr(&b)
+        );
+        assert_eq!(app.depth("dead").await, 0);
+    } else {
+        assert_eq!(a.stdout.iter().filter(|b| **b == b'\n').count(), N);
+        assert_eq!(app.depth("dead").await, N as u32);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn purge_bound_to_an_export_deletes_exactly_the_exported_dead_letters() {
+    let app = app("dlq-purge-exported").await;
+    dead_letters(&app, "old", "validation", N).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup.jsonl");
+    let export = app.cli(&["dlq", "export"]);
+    assert!(export.status.success(), "{}", stderr(&export));
+    std::fs::write(&backup, &export.stdout).unwrap();
+    // New dead letters arrive between the backup and the purge, some of them
+    // byte-identical in body to exported ones.
+    dead_letters(&app, "new", "window", 300).await;
+    dead_letters(&app, "old", "expired", 5).await;
+    let purge = app.cli(&[
+        "dlq",
+        "purge",
+        "--yes",
+        "--only-exported",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(purge.status.success(), "{}", stderr(&purge));
+    assert!(
+        stderr(&purge).contains(&format!("purged {N}")),
+        "{}",
+        stderr(&purge)
+    );
+    assert!(
+        stderr(&purge).contains("kept 305 not in the export file"),
+        "{}",
+        stderr(&purge)
+    );
+    let left = app.peek_all("dead").await;
+    assert_eq!(left.len(), 305);
+    assert!(left.iter().all(|d| d.routing_key != "validation.store-eu"));
+    // Purging against the same backup again finds nothing of it: an error.
+    let again = app.cli(&[
+        "dlq",
+        "purge",
+        "--yes",
+        "--only-exported",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains(&format!(
+            "{N} line(s) of the export file matched no dead letter"
+        )),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(app.depth("dead").await, 305);
+    app.shutdown().await;
+}
