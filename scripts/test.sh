@@ -9,11 +9,28 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Property tests over job parsing run a bounded number of cases here.
 export PROPTEST_CASES="${PROPTEST_CASES:-20000}"
+# Test topologies (prefix t-…) already on the broker before the suite: the
+# suite must leave no more than it found.
+leftovers() {
+  { rabbitmqctl -q list_queues name 2>/dev/null; rabbitmqctl -q list_exchanges name 2>/dev/null; } \
+    | grep -E '^t-' | sort || true
+}
+before=$(leftovers)
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
+  # Tests that raise broker-wide alarms run alone, after the rest.
+  cargo nextest run --locked --no-fail-fast --run-ignored only
 else
   cargo test --locked --no-fail-fast
+  cargo test --locked --no-fail-fast -- --ignored
 fi
+left=$(comm -13 <(echo "$before") <(leftovers))
+if [ -n "$left" ]; then
+  echo "the test suite left queues or exchanges of test prefixes on the broker:" >&2
+  echo "$left" | head -20 >&2
+  exit 1
+fi
+echo "no test topology left on the broker"
 scripts/check-deploy.sh
 scripts/check-producers.sh
 # The README's main command, as a newcomer runs it: three sent events and the

@@ -112,6 +112,10 @@ pub struct OctopodsConfig {
     /// Requests to Octopods open at once, over all channels (each holds a
     /// connection). Jobs past it wait, still in flight. Default 256.
     pub max_concurrent_requests: usize,
+    /// Allow an `http://` `base_url` on a host other than loopback. The API
+    /// keys then cross the network in clear text: only for a stand-in
+    /// (`sandbox`) on a private network, as in the compose stack. Default false.
+    pub allow_insecure_http: bool,
 }
 
 impl Default for OctopodsConfig {
@@ -120,6 +124,7 @@ impl Default for OctopodsConfig {
             base_url: "https://api.octopods.io".into(),
             timeout: Duration::from_secs(10),
             max_concurrent_requests: 256,
+            allow_insecure_http: false,
         }
     }
 }
@@ -429,11 +434,12 @@ impl Config {
         }
         if let Some(host) = plain_http_host(&self.octopods.base_url)
             && !is_loopback(host)
+            && !self.octopods.allow_insecure_http
         {
             return Err(invalid(
                 "octopods.base_url",
                 format!(
-                    "http:// to {host} would send the API keys in clear text; use https:// (http:// is allowed only for a loopback host)"
+                    "http:// to {host} would send the API keys in clear text; use https:// (http:// is allowed for a loopback host, or with octopods.allow_insecure_http = true for a stand-in on a private network)"
                 ),
             ));
         }

@@ -47,8 +47,8 @@ pub(crate) struct Shared {
     pub(crate) client: Client,
     /// Requests to Octopods open at once (`max_concurrent_requests`).
     pub(crate) open: Semaphore,
-    /// Whether the broker blocks publishing.
-    pub(crate) flow: Flow,
+    /// Whether results can be published (shared with the settle stage).
+    pub(crate) flow: Arc<Flow>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) dedup: Dedup,
     /// This replica's name (see [`subscribe_delay`]).

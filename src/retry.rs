@@ -188,7 +188,8 @@ pub(crate) async fn attempt<S: Sender>(
 }
 
 /// Waits for the job's turn: the broker accepting publishes, a request
-/// permit, then the rate slot. `None` when the replica stops first.
+/// permit, the rate slot, and the broker still accepting publishes. `None`
+/// when the replica stops first.
 async fn turn<'a>(
     job: &Job,
     target: &'a Target<'_>,
@@ -209,6 +210,13 @@ async fn turn<'a>(
         () = stop.cancelled() => return None,
         w = target.limiter.ready(job.phone.as_str()) => w,
     };
+    // The broker may have blocked while the job waited for its slot: the
+    // last gate before the request is the flow again.
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => return None,
+        () = target.flow.until_open() => {}
+    }
     // A slot and a stop at once: the stop wins.
     if stop.is_cancelled() {
         return None;

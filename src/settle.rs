@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     broker::{
-        Names, PublishError, Publisher, Routed,
+        Flow, Names, PublishError, Publisher, Routed,
         headers::{self, History},
     },
     consume::ChannelState,
@@ -76,6 +76,8 @@ pub(crate) struct Settler {
     pub(crate) names: Names,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
+    /// Blocked while a `sent` result cannot be published: no new requests.
+    flow: Arc<Flow>,
     /// Woken when a publish was refused: the session declares the topology again.
     pub(crate) repair: Arc<Notify>,
     /// Cancelled when the replica stops: waits before a give-back end at once.
@@ -90,6 +92,7 @@ impl Settler {
         names: Names,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        flow: Arc<Flow>,
         repair: Arc<Notify>,
         stop: CancellationToken,
     ) -> Self {
@@ -98,6 +101,7 @@ impl Settler {
             names,
             metrics,
             health,
+            flow,
             repair,
             stop,
             failures: AtomicU32::new(0),
@@ -114,6 +118,7 @@ impl Settler {
         settlement: Settlement,
     ) {
         let name = channel.config.name.as_str();
+        let reports_a_send = matches!(settlement, Settlement::Sent { .. });
         let published = match settlement {
             Settlement::Sent { job_id, event } => self
                 .publish_event(EventKind::Sent, name, &event, delivery, Some(&job_id))
@@ -150,9 +155,18 @@ impl Settler {
             Ok(done) => {
                 self.failures.store(0, Ordering::Relaxed);
                 self.health.set_settle_failing(false);
+                self.flow.set_settle_failing(false);
                 self.ack(delivery, name, received, done).await;
             }
-            Err(e) => self.give_back_later(delivery, name, &e).await,
+            Err(e) => {
+                if reports_a_send {
+                    // What was sent cannot be reported: send nothing more
+                    // until a publish goes through again (this job's own
+                    // re-publish, from the dedup memory, will).
+                    self.flow.set_settle_failing(true);
+                }
+                self.give_back_later(delivery, name, &e).await;
+            }
         }
     }
 

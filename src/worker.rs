@@ -88,7 +88,7 @@ impl Worker {
                 config,
                 client,
                 open,
-                flow: Flow::default(),
+                flow: Arc::new(Flow::default()),
                 metrics,
                 dedup,
                 replica_id,
@@ -217,10 +217,12 @@ impl Worker {
             names.clone(),
             self.shared.metrics.clone(),
             self.health.clone(),
+            self.shared.flow.clone(),
             repair.clone(),
             stop.clone(),
         ));
         self.shared.flow.set_blocked(false);
+        self.shared.flow.set_settle_failing(false);
         self.health.set_blocked(false);
 
         let subscribed = Arc::new(Semaphore::new(0));

@@ -41,26 +41,53 @@ pub async fn connect(config: &BrokerConfig, role: &str) -> Result<Connection, Co
         })
 }
 
-/// Whether RabbitMQ blocks publishing (`connection.blocked`: a memory or
-/// disk alarm). While blocked the worker makes no request to Octopods, since
-/// it could not publish the result.
+/// Whether the worker can publish results: not while RabbitMQ blocks the
+/// publishing connection (`connection.blocked`: a memory or disk alarm), nor
+/// while the last `sent` result could not be published. While blocked the
+/// worker makes no request to Octopods: it could not report what it sent.
 #[derive(Debug)]
-pub(crate) struct Flow(tokio::sync::watch::Sender<bool>);
+pub(crate) struct Flow {
+    state: tokio::sync::watch::Sender<bool>,
+    broker: std::sync::atomic::AtomicBool,
+    settle: std::sync::atomic::AtomicBool,
+}
 
 impl Default for Flow {
     fn default() -> Self {
-        Self(tokio::sync::watch::Sender::new(false))
+        Self {
+            state: tokio::sync::watch::Sender::new(false),
+            broker: false.into(),
+            settle: false.into(),
+        }
     }
 }
 
 impl Flow {
+    /// The broker blocked or unblocked the publishing connection.
     pub(crate) fn set_blocked(&self, blocked: bool) {
-        self.0.send_replace(blocked);
+        self.broker
+            .store(blocked, std::sync::atomic::Ordering::SeqCst);
+        self.update();
+    }
+
+    /// A `sent` result could not be published (or, `false`, a settlement
+    /// was published again).
+    pub(crate) fn set_settle_failing(&self, failing: bool) {
+        self.settle
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+        self.update();
+    }
+
+    fn update(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let blocked = self.broker.load(SeqCst) || self.settle.load(SeqCst);
+        self.state
+            .send_if_modified(|b| std::mem::replace(b, blocked) != blocked);
     }
 
     /// Returns once publishing is not blocked.
     pub(crate) async fn until_open(&self) {
-        let mut rx = self.0.subscribe();
+        let mut rx = self.state.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
         drop(rx.wait_for(|blocked| !blocked).await);
     }

@@ -121,8 +121,8 @@ async fn a_second_operator_waits_or_refuses_never_works_on_a_part() {
                 .expect("run")
         })
     };
-    // Both export at once, the second told to wait: both see all N.
-    let a = run(&["dlq", "export"]);
+    // Both export at once, told to wait for each other: both see all N.
+    let a = run(&["dlq", "export", "--wait", "60s"]);
     let b = run(&["dlq", "export", "--wait", "60s"]);
     for out in [a.join().unwrap(), b.join().unwrap()] {
         assert!(out.status.success(), "{}", stderr(&out));

@@ -109,6 +109,8 @@ pub struct Options {
     pub delivery_limit: Option<u32>,
     /// `worker.spread_window`: 0 in most tests, so consumers subscribe at once.
     pub spread_window: Duration,
+    /// Runs with each parsed job's id inside the worker's pipeline (may panic).
+    pub fault: Option<fn(&str)>,
 }
 
 impl Default for Options {
@@ -121,6 +123,7 @@ impl Default for Options {
             sandbox_rate_limit: None,
             delivery_limit: None,
             spread_window: Duration::ZERO,
+            fault: None,
         }
     }
 }
@@ -132,6 +135,7 @@ pub struct TestApp {
     pub sandbox: Sandbox,
     pub http: SocketAddr,
     pub channels: Vec<TestChannel>,
+    fault: Option<fn(&str)>,
     conn: Connection,
     ch: Channel,
     shutdown: CancellationToken,
@@ -240,6 +244,7 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
         sandbox,
         http: "127.0.0.1:0".parse().expect("address"),
         channels: opts.channels,
+        fault: opts.fault,
         conn,
         ch,
         shutdown: CancellationToken::new(),
@@ -254,9 +259,12 @@ impl TestApp {
     /// Starts (or restarts) the in-process worker and waits until it is ready.
     pub async fn start_worker(&mut self) {
         assert!(self.handle.is_none(), "the worker is already running");
-        let worker = Worker::build(self.config.clone())
+        let mut worker = Worker::build(self.config.clone())
             .await
             .expect("worker builds");
+        if let Some(hook) = self.fault {
+            worker.inject_fault(hook);
+        }
         self.http = worker.http_addr();
         self.shutdown = CancellationToken::new();
         self.handle = Some(tokio::spawn(worker.run(self.shutdown.clone())));
@@ -503,11 +511,13 @@ impl TestApp {
 
     /// Reads one sample's value from `/metrics`, e.g.
     /// `octopods_jobs_completed_total{channel="a",outcome="sent"}`.
+    /// The value of one series; a series that is not exported fails the
+    /// test (every known label is exported at zero from the start).
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
+            .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
     }
 
     pub fn clear_scripts(&self) {

@@ -1,11 +1,13 @@
 //! Black-box tests against the real RabbitMQ and the sandbox. Each test runs
 //! its own worker on its own topology prefix, so tests run in parallel.
 
+mod alarm;
 mod cli;
 mod dlq;
 mod dlq_exact;
 mod faults;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod observability;
 mod outcomes;
