@@ -209,7 +209,7 @@ fn describe(status: u16, error: Option<&OctopodsError>, body: &[u8]) -> String {
         Some(text) => redact_phones(text),
         None if body.is_empty() => "empty body".to_owned(),
         None => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            let text = String::from_utf8_lossy(body.get(..body.len().min(200)).unwrap_or_default());
             redact_phones(text.trim())
         }
     };

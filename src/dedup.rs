@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 type Key = (String, String);
 
-pub struct Dedup {
+pub(crate) struct Dedup {
     capacity: usize,
     ttl: Duration,
     inner: Mutex<Inner>,
@@ -31,7 +31,7 @@ struct Inner {
 }
 
 /// What to do with a delivery.
-pub enum Begin<'a> {
+pub(crate) enum Begin<'a> {
     /// Sent recently: re-publish this event instead.
     Sent(Vec<u8>),
     /// Nobody else has it: go ahead; the claim ends when dropped.
@@ -41,7 +41,7 @@ pub enum Begin<'a> {
 }
 
 /// A claim on a job in flight. Dropping it wakes any waiting duplicate.
-pub struct Claim<'a> {
+pub(crate) struct Claim<'a> {
     dedup: &'a Dedup,
     key: Key,
 }
@@ -55,7 +55,7 @@ impl Drop for Claim<'_> {
 }
 
 impl Dedup {
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             capacity,
             ttl,
@@ -64,7 +64,7 @@ impl Dedup {
     }
 
     /// Claims `job_id` on `channel`, or says why not.
-    pub fn begin(&self, channel: &str, job_id: &str) -> Begin<'_> {
+    pub(crate) fn begin(&self, channel: &str, job_id: &str) -> Begin<'_> {
         let key = (channel.to_owned(), job_id.to_owned());
         let Ok(mut inner) = self.inner.lock() else {
             // A poisoned lock only loses the memory, never a job.
@@ -82,7 +82,7 @@ impl Dedup {
     }
 
     /// Remembers that `job_id` on `channel` was sent, with its event body.
-    pub fn remember(&self, channel: &str, job_id: &str, event: Vec<u8>) {
+    pub(crate) fn remember(&self, channel: &str, job_id: &str, event: Vec<u8>) {
         self.remember_at(channel, job_id, event, Instant::now());
     }
 

@@ -26,6 +26,16 @@
 //! - [`cli`]: the command line — `run`, `topology`, `dlq` (dead-letter tools),
 //!   `enqueue`, `events`, `loadtest`, `sandbox` (the stand-in Octopods).
 
+// Input must never panic the worker: no unwrap/expect/panic/indexing outside
+// tests (the few deliberate exceptions carry an `allow` with their reason).
+#![warn(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 pub mod broker;
 pub mod classify;
 pub mod cli;

@@ -11,7 +11,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::time::Instant;
 
 /// Builds the quota for `rate_per_second` (fractions allowed) and `burst`.
-pub fn quota(rate_per_second: f64, burst: u32) -> Quota {
+pub(crate) fn quota(rate_per_second: f64, burst: u32) -> Quota {
     let period = Duration::from_secs_f64(1.0 / rate_per_second.max(1e-6));
     let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(period)
@@ -20,7 +20,7 @@ pub fn quota(rate_per_second: f64, burst: u32) -> Quota {
 }
 
 /// A channel's limiter.
-pub struct Limiter {
+pub(crate) struct Limiter {
     governor: DefaultDirectRateLimiter,
     /// Optional per-recipient pacing, keyed by phone number.
     recipients: Option<DefaultKeyedRateLimiter<String>>,
@@ -28,7 +28,7 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(rate_per_second: f64, burst: u32) -> Self {
+    pub(crate) fn new(rate_per_second: f64, burst: u32) -> Self {
         Self {
             governor: RateLimiter::direct(quota(rate_per_second, burst)),
             recipients: None,
@@ -37,7 +37,7 @@ impl Limiter {
     }
 
     /// Also allow at most one message per `interval` to the same recipient.
-    pub fn with_recipient_interval(mut self, interval: Option<Duration>) -> Self {
+    pub(crate) fn with_recipient_interval(mut self, interval: Option<Duration>) -> Self {
         self.recipients = interval
             .filter(|i| !i.is_zero())
             .and_then(Quota::with_period)
@@ -47,7 +47,7 @@ impl Limiter {
 
     /// Waits for the recipient's turn (if paced) and the channel's next slot;
     /// returns how long it waited.
-    pub async fn ready(&self, recipient: &str) -> Duration {
+    pub(crate) async fn ready(&self, recipient: &str) -> Duration {
         let started = Instant::now();
         if let Some(recipients) = &self.recipients {
             recipients.until_key_ready(&recipient.to_owned()).await;
@@ -69,7 +69,7 @@ impl Limiter {
     }
 
     /// Holds every job of the channel back for `pause` (from a 429's `Retry-After`).
-    pub fn pause(&self, pause: Duration) {
+    pub(crate) fn pause(&self, pause: Duration) {
         let until = Instant::now() + pause;
         if let Ok(mut p) = self.paused_until.lock() {
             *p = Some(p.map_or(until, |cur| cur.max(until)));

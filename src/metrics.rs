@@ -52,6 +52,7 @@ const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
+#[allow(clippy::panic)] // constant definitions: see `Metrics::new`
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c =
         IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -61,6 +62,7 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
     c
 }
 
+#[allow(clippy::panic)] // constant definitions: see `Metrics::new`
 fn histogram(
     registry: &Registry,
     name: &str,
@@ -79,6 +81,9 @@ fn histogram(
     h
 }
 
+// Metric definitions are constants: a failure to build one is a programming
+// error that every test run would show, never something input can cause.
+#[allow(clippy::panic)]
 impl Metrics {
     /// Builds the registry. Metric definitions are constants, so a failure
     /// here is a programming error caught by every test.

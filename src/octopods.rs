@@ -14,8 +14,8 @@ use crate::{
     retry::Sender,
 };
 
-pub const PATH: &str = "/api/v1/whatsapp/interactive";
-pub const AUTH_HEADER: &str = "X-Octopods-Auth";
+pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";
+pub(crate) const AUTH_HEADER: &str = "X-Octopods-Auth";
 /// Answers larger than this are not read in full (Octopods' are tiny).
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
 

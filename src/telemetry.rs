@@ -50,8 +50,8 @@ pub fn mask_phone(phone: &str) -> String {
     }
     let tail = 4;
     let head = n.saturating_sub(tail + 3).min(4);
-    let head: String = digits[..head].iter().collect();
-    let tail: String = digits[n - tail..].iter().collect();
+    let head: String = digits.iter().take(head).collect();
+    let tail: String = digits.iter().skip(n - tail).collect();
     format!("+{head}***{tail}")
 }
 

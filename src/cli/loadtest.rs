@@ -69,7 +69,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
         return Duration::ZERO;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    sorted
+        .get(rank.clamp(1, sorted.len()) - 1)
+        .copied()
+        .unwrap_or_default()
 }
 
 fn job(run: &str, i: usize, channel: &str) -> Value {
@@ -130,7 +133,9 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
         .with_delivery_mode(2);
     let mut pending = Vec::with_capacity(500);
     for i in 0..opts.jobs {
-        let channel = &channels[i % channels.len()];
+        let Some(channel) = channels.get(i % channels.len().max(1)) else {
+            break;
+        };
         let body = serde_json::to_vec(&job(&run_id, i, channel))?;
         pending.push(
             publisher
@@ -163,20 +168,28 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
         let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) else {
             continue;
         };
-        if event["metadata"]["loadtest"].as_str() != Some(run_id.as_str()) {
+        if event.pointer("/metadata/loadtest").and_then(Value::as_str) != Some(run_id.as_str()) {
             continue;
         }
         let now_us = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
-        if let Some(t) = event["metadata"]["published_at_us"].as_i64() {
+        if let Some(t) = event
+            .pointer("/metadata/published_at_us")
+            .and_then(Value::as_i64)
+        {
             let us = u64::try_from(now_us - i128::from(t)).unwrap_or(0);
             latencies.push(Duration::from_micros(us));
         }
-        match event["event"].as_str() {
+        match event.get("event").and_then(Value::as_str) {
             Some("sent") => {
                 sent += 1;
-                let channel = event["channel"].as_str().unwrap_or_default().to_owned();
-                if let Some(t) = event["sent_at"]
-                    .as_str()
+                let channel = event
+                    .get("channel")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(t) = event
+                    .get("sent_at")
+                    .and_then(Value::as_str)
                     .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
                 {
                     sent_at.entry(channel).or_default().push(t);

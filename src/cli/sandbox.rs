@@ -133,11 +133,17 @@ impl Running {
             if now >= until {
                 return (None, true);
             }
-            let f = self.script.faults[self.next % self.script.faults.len()].clone();
+            let f = self
+                .script
+                .faults
+                .get(self.next % self.script.faults.len())
+                .cloned();
             self.next += 1;
-            return (Some(f), false);
+            return (f, false);
         }
-        let f = self.script.faults[self.next].clone();
+        let Some(f) = self.script.faults.get(self.next).cloned() else {
+            return (None, true);
+        };
         self.next += 1;
         if self.next == self.script.faults.len() {
             self.next = 0;

@@ -180,13 +180,18 @@ impl DeadMessage {
         if let Some(h) = p.headers() {
             props.insert("headers".into(), table_to_json(h));
         }
-        v["routing_key"] = json!(delivery.routing_key.as_str());
-        v["properties"] = Value::Object(props);
+        let Some(o) = v.as_object_mut() else {
+            return v;
+        };
+        o.insert("routing_key".into(), json!(delivery.routing_key.as_str()));
+        o.insert("properties".into(), Value::Object(props));
         match std::str::from_utf8(&delivery.data) {
-            Ok(text) => v["body"] = json!(text),
+            Ok(text) => drop(o.insert("body".into(), json!(text))),
             Err(_) => {
-                v["body_base64"] =
-                    json!(base64::engine::general_purpose::STANDARD.encode(&delivery.data));
+                o.insert(
+                    "body_base64".into(),
+                    json!(base64::engine::general_purpose::STANDARD.encode(&delivery.data)),
+                );
             }
         }
         v
