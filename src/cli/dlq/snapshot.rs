@@ -10,27 +10,34 @@
 //!    on a part.
 //! 2. **A marker ends the snapshot.** Holding the lock, the command publishes
 //!    a marker message (header `x-octopods-dlq-marker`, a fresh id) to the
-//!    queue with a publisher confirm, then reads with `basic.get` (a quorum
-//!    queue caps a consumer at 2,000 unacknowledged messages; gets are not
-//!    capped) until the marker comes back. Every message that was in
+//!    queue with a publisher confirm, then consumes until the marker comes
+//!    back, taking deliveries in delivery-tag order (on one channel the tags
+//!    count up in the order the queue delivered). Consumers get an explicit
+//!    prefetch of 50,000 each, and another is added when all are full: with
+//!    prefetch 0 a quorum queue caps a consumer at 2,000 unacknowledged
+//!    messages, and `basic.get` costs a Raft round per message. Every message that was in
 //!    the queue is ahead of the marker: the previous command's returned
 //!    messages were returned before its connection (and lock) went, and a
 //!    quorum queue delivers returned messages before any other. Messages
 //!    published later are behind it and are handed back untouched.
 //! 3. **Held until the end.** Every message seen stays unacknowledged (or is
 //!    acked when purged or replayed), so it cannot come round again within
-//!    the snapshot; at the end all still held go back in one `nack`.
+//!    the snapshot; at the end closing the channel hands back all still held.
 //!
 //! A marker left by a command that died is recognised by its header and
 //! removed by the next one.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
+use futures_util::{StreamExt, stream::SelectAll};
 use lapin::{
-    BasicProperties, Channel, Connection,
+    BasicProperties, Channel, Connection, Consumer,
     message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable},
 };
 
@@ -41,14 +48,30 @@ use crate::{
 
 /// The header that marks the end of a snapshot.
 pub(crate) const MARKER: &str = "x-octopods-dlq-marker";
-/// How long one read may take.
+/// How long the whole read may go without a delivery before it fails.
 const IDLE: Duration = Duration::from_secs(30);
+/// Unacknowledged messages one consumer may hold. Explicit: with prefetch 0
+/// a quorum queue caps a consumer at 2,000.
+const PER_CONSUMER: u16 = 50_000;
+/// With no delivery for this long and every consumer full, another
+/// consumer is added (more room to hold messages).
+const STALL: Duration = Duration::from_millis(300);
 
 /// A queue held for one command.
 pub(crate) struct Snapshot {
     conn: Connection,
     channel: Channel,
+    consumers: SelectAll<Consumer>,
+    consumer_count: u32,
+    /// Deliveries received out of tag order, waiting for the ones before.
+    early: BTreeMap<u64, Delivery>,
+    /// The next delivery tag to hand out (tags on one channel count from 1
+    /// in the order the queue delivered).
+    next_tag: u64,
+    /// Messages received so far (held, or acked by the command).
+    received: u64,
     marker: String,
+    done: bool,
     pub(crate) queue: String,
     /// Markers of earlier commands that died, removed.
     pub(crate) stale_markers: u32,
@@ -61,7 +84,7 @@ impl Snapshot {
         let conn = broker::connect(&config.broker, "dlq").await?;
         lock(&conn, queue, wait).await?;
         let channel = conn.create_channel().await?;
-        channel
+        let declared = channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -88,46 +111,93 @@ impl Snapshot {
             )
             .await
             .context("cannot put the snapshot marker in the queue")?;
-        Ok(Self {
+        channel
+            .basic_qos(PER_CONSUMER, BasicQosOptions { global: false })
+            .await?;
+        let mut snapshot = Self {
             conn,
             channel,
+            consumers: SelectAll::new(),
+            consumer_count: 0,
+            early: BTreeMap::new(),
+            next_tag: 1,
+            received: 0,
             marker,
+            done: false,
             queue: queue.to_owned(),
             stale_markers: 0,
             publisher,
-        })
+        };
+        // Room for what the queue holds now, and one consumer more.
+        let needed = declared.message_count() / u32::from(PER_CONSUMER) + 2;
+        for _ in 0..needed {
+            snapshot.add_consumer().await?;
+        }
+        Ok(snapshot)
+    }
+
+    async fn add_consumer(&mut self) -> anyhow::Result<()> {
+        self.consumer_count += 1;
+        let tag = format!("octopods-dlq-{}-{}", self.marker, self.consumer_count);
+        let consumer = self
+            .channel
+            .basic_consume(
+                self.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.consumers.push(consumer);
+        Ok(())
+    }
+
+    /// The next delivery in queue order (by delivery tag).
+    async fn next_in_order(&mut self) -> anyhow::Result<Delivery> {
+        let started = Instant::now();
+        loop {
+            if let Some(d) = self.early.remove(&self.next_tag) {
+                self.next_tag += 1;
+                return Ok(d);
+            }
+            match tokio::time::timeout(STALL, self.consumers.next()).await {
+                Ok(Some(d)) => {
+                    let d = d?;
+                    self.received += 1;
+                    self.early.insert(d.delivery_tag, d);
+                }
+                Ok(None) => bail!(
+                    "the broker ended the snapshot of {} before its marker came back",
+                    self.queue
+                ),
+                Err(_) if started.elapsed() >= IDLE => bail!(
+                    "no message from {} for {IDLE:?} and the snapshot marker did not come back: \
+                     someone consumed or purged the queue meanwhile",
+                    self.queue
+                ),
+                Err(_) => {
+                    let room = u64::from(self.consumer_count) * u64::from(PER_CONSUMER);
+                    if self.received >= room.saturating_sub(1) {
+                        self.add_consumer().await?;
+                    }
+                }
+            }
+        }
     }
 
     /// The next message of the snapshot; `None` once the marker came back.
     pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
+        if self.done {
+            return Ok(None);
+        }
         loop {
-            // `basic.get`, not a consumer: a quorum queue gives a consumer at
-            // most 2000 unacknowledged messages, and the snapshot holds all.
-            let got = tokio::time::timeout(
-                IDLE,
-                self.channel.basic_get(
-                    self.queue.as_str().into(),
-                    BasicGetOptions { no_ack: false },
-                ),
-            )
-            .await;
-            let delivery = match got {
-                Ok(Ok(Some(m))) => m.delivery,
-                Ok(Ok(None)) => bail!(
-                    "{} ran empty before the snapshot marker came back: someone consumed or purged the queue meanwhile",
-                    self.queue
-                ),
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => bail!(
-                    "no answer from the broker for {IDLE:?} while reading {}",
-                    self.queue
-                ),
-            };
+            let delivery = self.next_in_order().await?;
             let h = delivery.properties.headers().as_ref();
             match h.and_then(|t| t.inner().get(MARKER)) {
                 None => return Ok(Some(delivery)),
                 Some(AMQPValue::LongString(id)) if id.as_bytes() == self.marker.as_bytes() => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
+                    self.done = true;
                     return Ok(None);
                 }
                 Some(_) => {
@@ -144,20 +214,17 @@ impl Snapshot {
         &self.publisher
     }
 
-    /// Stops consuming, hands back everything still held, unchanged, and
-    /// closes (which releases the lock).
+    /// Hands back everything still held (including what arrived after the
+    /// marker), unchanged, and closes — which cancels the consumers and
+    /// releases the lock.
     pub(crate) async fn close(self) -> anyhow::Result<()> {
-        self.channel
-            .basic_nack(
-                0,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await?;
-        drop(self.channel.close(200, "OK".into()).await);
+        drop(self.early);
+        drop(self.consumers);
+        // Closing the channel returns every unacknowledged message to the
+        // queue (before the connection, and with it the lock, goes).
+        let closed = self.channel.close(200, "OK".into()).await;
         drop(self.conn.close(200, "OK".into()).await);
+        closed?;
         Ok(())
     }
 }
