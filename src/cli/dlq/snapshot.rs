@@ -51,8 +51,10 @@ pub(crate) const MARKER: &str = "x-octopods-dlq-marker";
 /// How long the whole read may go without a delivery before it fails.
 const IDLE: Duration = Duration::from_secs(30);
 /// Unacknowledged messages one consumer may hold. Explicit: with prefetch 0
-/// a quorum queue caps a consumer at 2,000.
-const PER_CONSUMER: u16 = 50_000;
+/// a quorum queue caps a consumer at 2,000. Room is granted a consumer at a
+/// time as the command gets through the messages, so at most about 1.5 ×
+/// this many deliveries wait in memory whatever the queue's length.
+const PER_CONSUMER: u16 = 5_000;
 /// With no delivery for this long and every consumer full, another
 /// consumer is added (more room to hold messages).
 const STALL: Duration = Duration::from_millis(300);
@@ -128,11 +130,8 @@ impl Snapshot {
             stale_markers: 0,
             publisher,
         };
-        // Room for what the queue holds now, and one consumer more.
-        let needed = declared.message_count() / u32::from(PER_CONSUMER) + 2;
-        for _ in 0..needed {
-            snapshot.add_consumer().await?;
-        }
+        drop(declared);
+        snapshot.add_consumer().await?;
         Ok(snapshot)
     }
 
@@ -154,6 +153,11 @@ impl Snapshot {
 
     /// The next delivery in queue order (by delivery tag).
     async fn next_in_order(&mut self) -> anyhow::Result<Delivery> {
+        // More room once half of the last consumer's is handed out.
+        let room = u64::from(self.consumer_count) * u64::from(PER_CONSUMER);
+        if self.next_tag + u64::from(PER_CONSUMER / 2) > room {
+            self.add_consumer().await?;
+        }
         let started = Instant::now();
         loop {
             if let Some(d) = self.early.remove(&self.next_tag) {
