@@ -32,12 +32,27 @@ pub(crate) struct Delivered<'a> {
     pub(crate) properties: &'a BasicProperties,
 }
 
-/// Decides what `delivery` comes to on `channel`.
+/// Decides what `delivery` comes to on `channel`, sending through Octopods.
 pub(crate) async fn decide(
     delivery: Delivered<'_>,
     channel: &ChannelState,
     shared: &Shared,
     stop: &CancellationToken,
+) -> Settlement {
+    let sender = ChannelSender {
+        client: &shared.client,
+        key: &channel.key,
+    };
+    decide_with(delivery, channel, shared, stop, &sender).await
+}
+
+/// [`decide`] with any [`Sender`](crate::retry::Sender) (a fake in tests).
+pub(crate) async fn decide_with<S: crate::retry::Sender>(
+    delivery: Delivered<'_>,
+    channel: &ChannelState,
+    shared: &Shared,
+    stop: &CancellationToken,
+    sender: &S,
 ) -> Settlement {
     let name = channel.config.name.as_str();
     let now = OffsetDateTime::now_utc();
@@ -94,16 +109,12 @@ pub(crate) async fn decide(
         flow: &shared.flow,
         stop,
     };
-    let sender = ChannelSender {
-        client: &shared.client,
-        key: &channel.key,
-    };
     let retry_config = &shared.config.retry;
     let (result, attempts) = retry::attempt(
         &job,
         &target,
         history,
-        &sender,
+        sender,
         retry_config,
         &shared.metrics,
     )
@@ -181,3 +192,6 @@ fn delay(
         failure,
     }
 }
+
+#[cfg(test)]
+mod tests;

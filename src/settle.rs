@@ -260,12 +260,7 @@ impl Settler {
         delivery: &Delivery,
         job_id: Option<&str>,
     ) -> Result<(), PublishError> {
-        let mut props = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        if let Some(c) = correlation_id(&delivery.properties, job_id) {
-            props = props.with_correlation_id(c);
-        }
+        let props = event_properties(&delivery.properties, job_id);
         let key = format!("{}.{channel}", kind.as_str());
         let routed = self
             .publisher
@@ -304,27 +299,14 @@ impl Settler {
             now,
         );
         let body = serde_json::to_vec(&event).unwrap_or_default();
-        let h = delivery.properties.headers().as_ref();
-        let replays = headers::count(h, headers::REPLAYS).unwrap_or(0);
-        let error = headers::truncate(failure.message.clone(), headers::MAX_TEXT_HEADER);
-        let mut set = vec![
-            (headers::REASON, headers::text_value(reason.as_str())),
-            (headers::ERROR, headers::text_value(&error)),
-            (
-                headers::ATTEMPTS,
-                AMQPValue::LongLongInt(i64::from(attempts)),
-            ),
-            (headers::CHANNEL, headers::text_value(channel)),
-            (headers::FAILED_AT, headers::text_value(&timestamp(now))),
-            (headers::REPLAYS, AMQPValue::LongLongInt(i64::from(replays))),
-        ];
-        if let Some(s) = failure.http_status {
-            set.push((headers::HTTP_STATUS, AMQPValue::LongLongInt(i64::from(s))));
-        }
-        if let Some(c) = failure.octopods_error.as_ref().and_then(|e| e.error_code) {
-            set.push((headers::ERROR_CODE, AMQPValue::LongLongInt(c)));
-        }
-        let props = headers::durable_copy(&delivery.properties, set);
+        let props = dead_letter_copy(
+            &delivery.properties,
+            channel,
+            reason,
+            failure,
+            attempts,
+            now,
+        );
         let key = format!("{}.{channel}", reason.as_str());
         let exchange = self.names.dead();
         let (dead, event) = tokio::join!(
@@ -353,9 +335,13 @@ impl Settler {
     ) -> Result<String, PublishError> {
         let label = crate::broker::topology::delay_label(wait);
         let name = channel.config.name.as_str();
-        let mut set = history.headers(&delivery.data, name, &channel.key);
-        set.push((headers::DELAY, headers::text_value(&label)));
-        let props = headers::durable_copy(&delivery.properties, set);
+        let props = delay_copy(
+            &delivery.properties,
+            &delivery.data,
+            channel,
+            history,
+            &label,
+        );
         self.publisher
             .publish(
                 &self.names.retry_exchange(),
@@ -367,6 +353,63 @@ impl Settler {
             .await?;
         Ok(label)
     }
+}
+
+/// The properties of a result event.
+pub(crate) fn event_properties(job: &BasicProperties, job_id: Option<&str>) -> BasicProperties {
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2);
+    match correlation_id(job, job_id) {
+        Some(c) => props.with_correlation_id(c),
+        None => props,
+    }
+}
+
+/// The dead-letter copy's properties: the job's, made durable, with the
+/// worker's `x-octopods-*` failure headers.
+pub(crate) fn dead_letter_copy(
+    job: &BasicProperties,
+    channel: &str,
+    reason: Reason,
+    failure: &Failure,
+    attempts: u32,
+    now: OffsetDateTime,
+) -> BasicProperties {
+    let replays = headers::count(job.headers().as_ref(), headers::REPLAYS).unwrap_or(0);
+    let error = headers::truncate(failure.message.clone(), headers::MAX_TEXT_HEADER);
+    let mut set = vec![
+        (headers::REASON, headers::text_value(reason.as_str())),
+        (headers::ERROR, headers::text_value(&error)),
+        (
+            headers::ATTEMPTS,
+            AMQPValue::LongLongInt(i64::from(attempts)),
+        ),
+        (headers::CHANNEL, headers::text_value(channel)),
+        (headers::FAILED_AT, headers::text_value(&timestamp(now))),
+        (headers::REPLAYS, AMQPValue::LongLongInt(i64::from(replays))),
+    ];
+    if let Some(s) = failure.http_status {
+        set.push((headers::HTTP_STATUS, AMQPValue::LongLongInt(i64::from(s))));
+    }
+    if let Some(c) = failure.octopods_error.as_ref().and_then(|e| e.error_code) {
+        set.push((headers::ERROR_CODE, AMQPValue::LongLongInt(c)));
+    }
+    headers::durable_copy(job, set)
+}
+
+/// The delayed-retry copy's properties: durable, with the signed history and
+/// the delay queue's routing header.
+pub(crate) fn delay_copy(
+    job: &BasicProperties,
+    body: &[u8],
+    channel: &ChannelState,
+    history: History,
+    label: &str,
+) -> BasicProperties {
+    let mut set = history.headers(body, &channel.config.name, &channel.key);
+    set.push((headers::DELAY, headers::text_value(label)));
+    headers::durable_copy(job, set)
 }
 
 /// What was published, for the closing metrics and log line.

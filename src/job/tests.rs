@@ -235,3 +235,28 @@ fn twilio_channel_rejects_flow_jobs() {
     let r = Job::parse(v.to_string().as_bytes(), "c", Provider::Twilio).unwrap_err();
     assert_eq!(r.reason, Reason::Validation);
 }
+
+#[test]
+fn timestamps_at_the_calendar_edges_give_a_clear_outcome_not_a_panic() {
+    let now = time::macros::datetime!(2026-11-25 10:00 UTC);
+    for (field, value) in [
+        ("last_inbound_at", "9999-12-31T23:59:59Z"),
+        ("expires_at", "9999-12-31T23:59:59Z"),
+        ("last_inbound_at", "0000-01-01T00:00:00Z"),
+        ("expires_at", "0000-01-01T00:00:00Z"),
+        ("last_inbound_at", "9999-12-31T23:59:59.999999999+23:59"),
+    ] {
+        let mut j = serde_json::json!({"job_id": "j", "destination_phone": "+15551234567",
+            "waba_interactive_message": crate::job::delivery_confirmation()});
+        j[field] = serde_json::json!(value);
+        match Job::parse(j.to_string().as_bytes(), "c", Provider::CloudApi) {
+            Ok(job) => drop(job.check_deadlines(now)),
+            Err(r) => assert_eq!(
+                r.reason,
+                Reason::Validation,
+                "{field}={value}: {}",
+                r.message
+            ),
+        }
+    }
+}

@@ -102,28 +102,29 @@ pub async fn run(
         Source::Dead => names.dead(),
         Source::Unroutable => names.unroutable(),
     };
-    let mut exported = match req.only_exported {
+    let exported = match req.only_exported {
         Some(path) => Some(Exported::load(path)?),
         None => None,
     };
     let mut snap = Snapshot::open(config, &queue, req.wait).await?;
-    let mut summary = Summary {
-        queue: queue.clone(),
-        ..Summary::default()
-    };
-    let mut groups: BTreeMap<(Why, String), Group> = BTreeMap::new();
-    let scanned = scan(
+    let mut pass = Pass {
         config,
         req,
-        &names,
-        &mut snap,
-        exported.as_mut(),
-        &mut summary,
-        out,
-        &mut groups,
-        progress,
-    )
-    .await;
+        names,
+        exported,
+        summary: Summary {
+            queue: queue.clone(),
+            ..Summary::default()
+        },
+        groups: BTreeMap::new(),
+    };
+    let scanned = pass.scan(&mut snap, out, progress).await;
+    let Pass {
+        mut summary,
+        groups,
+        exported,
+        ..
+    } = pass;
     summary.stale_markers = snap.stale_markers;
     // Whatever happened, hand back everything still held.
     let closed = snap.close().await;
@@ -147,137 +148,131 @@ pub async fn run(
     Ok(summary)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn scan(
-    config: &Config,
-    req: &Request<'_>,
-    names: &Names,
-    snap: &mut Snapshot,
-    mut exported: Option<&mut Exported>,
-    summary: &mut Summary,
-    out: &mut impl Write,
-    groups: &mut BTreeMap<(Why, String), Group>,
-    progress: bool,
-) -> anyhow::Result<()> {
-    if matches!(req.op, Op::List { json: false }) {
-        writeln!(
-            out,
-            "{:<24}  {:<17}  {:<16}  {:<32}  {:>8}  {:>7}  ERROR",
-            "FAILED_AT", "REASON", "CHANNEL", "JOB_ID", "ATTEMPTS", "REPLAYS"
-        )?;
-    }
-    let now = OffsetDateTime::now_utc();
-    let started = Instant::now();
-    let mut last_progress = Instant::now();
-    while let Some(delivery) = snap.next().await? {
-        summary.scanned = summary.scanned.saturating_add(1);
-        let m = DeadMessage::read(&delivery, req.source, names);
-        if req.filter.matches(&m, now) {
-            let keep = match exported.as_deref_mut() {
-                Some(e) => !e.take(&m.export_json(&delivery)),
-                None => false,
-            };
-            if keep {
-                summary.not_exported += 1;
-            } else {
-                summary.matched += 1;
-                *summary.by_reason.entry(m.why.as_str()).or_default() += 1;
-                act(
-                    req.op,
-                    config,
-                    names,
-                    &m,
-                    &delivery,
-                    snap.publisher(),
-                    summary,
-                    out,
-                    groups,
-                )
-                .await?;
-            }
-        }
-        if progress && last_progress.elapsed() >= Duration::from_secs(2) {
-            last_progress = Instant::now();
-            eprintln!(
-                "… {}: seen {}, matched {}, done {} ({:.0}/s)",
-                summary.queue,
-                summary.scanned,
-                summary.matched,
-                summary.acted,
-                f64::from(summary.scanned) / started.elapsed().as_secs_f64().max(1e-3)
-            );
-        }
-    }
-    Ok(())
+/// One pass over a snapshot: what the command is, and what it has counted.
+struct Pass<'a> {
+    config: &'a Config,
+    req: &'a Request<'a>,
+    names: Names,
+    exported: Option<Exported>,
+    summary: Summary,
+    groups: BTreeMap<(Why, String), Group>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn act(
-    op: Op,
-    config: &Config,
-    names: &Names,
-    m: &DeadMessage,
-    delivery: &Delivery,
-    publisher: &Publisher,
-    summary: &mut Summary,
-    out: &mut impl Write,
-    groups: &mut BTreeMap<(Why, String), Group>,
-) -> anyhow::Result<()> {
-    match op {
-        Op::Stats { .. } => {
-            let g = groups
-                .entry((m.why, m.channel.clone().unwrap_or_else(|| "?".into())))
-                .or_default();
-            g.count += 1;
-            if let Some(at) = m.failed_at {
-                g.oldest = Some(g.oldest.map_or(at, |o| o.min(at)));
-                g.newest = Some(g.newest.map_or(at, |n| n.max(at)));
-            }
-            summary.acted += 1;
+impl Pass<'_> {
+    async fn scan(
+        &mut self,
+        snap: &mut Snapshot,
+        out: &mut impl Write,
+        progress: bool,
+    ) -> anyhow::Result<()> {
+        if matches!(self.req.op, Op::List { json: false }) {
+            writeln!(
+                out,
+                "{:<24}  {:<17}  {:<16}  {:<32}  {:>8}  {:>7}  ERROR",
+                "FAILED_AT", "REASON", "CHANNEL", "JOB_ID", "ATTEMPTS", "REPLAYS"
+            )?;
         }
-        Op::List { json: true } => {
-            writeln!(out, "{}", m.summary_json())?;
-            summary.written += 1;
-            summary.acted += 1;
-        }
-        Op::List { json: false } => {
-            writeln!(out, "{}", table_row(m))?;
-            summary.written += 1;
-            summary.acted += 1;
-        }
-        Op::Export => {
-            writeln!(out, "{}", m.export_json(delivery))?;
-            summary.written += 1;
-            summary.acted += 1;
-        }
-        Op::Replay { limit, dry_run } => {
-            if limit.is_some_and(|l| summary.acted >= l) {
-                summary.skipped_over_limit += 1;
-            } else if m.replays >= config.dlq.max_replays {
-                summary.skipped_over_cap += 1;
-            } else if let Some(channel) =
-                m.channel.as_deref().filter(|c| config.channel(c).is_some())
-            {
-                if !dry_run {
-                    replay(publisher, names, channel, m.replays, delivery).await?;
+        let now = OffsetDateTime::now_utc();
+        let started = Instant::now();
+        let mut last_progress = Instant::now();
+        while let Some(delivery) = snap.next().await? {
+            self.summary.scanned = self.summary.scanned.saturating_add(1);
+            let m = DeadMessage::read(&delivery, self.req.source, &self.names);
+            if self.req.filter.matches(&m, now) {
+                let keep = match self.exported.as_mut() {
+                    Some(e) => !e.take(&m.export_json(&delivery)),
+                    None => false,
+                };
+                if keep {
+                    self.summary.not_exported += 1;
+                } else {
+                    self.summary.matched += 1;
+                    *self.summary.by_reason.entry(m.why.as_str()).or_default() += 1;
+                    self.act(&m, &delivery, snap.publisher(), out).await?;
                 }
-                summary.acted += 1;
-            } else {
-                summary.skipped_no_channel += 1;
+            }
+            if progress && last_progress.elapsed() >= Duration::from_secs(2) {
+                last_progress = Instant::now();
+                let s = &self.summary;
+                eprintln!(
+                    "… {}: seen {}, matched {}, done {} ({:.0}/s)",
+                    s.queue,
+                    s.scanned,
+                    s.matched,
+                    s.acted,
+                    f64::from(s.scanned) / started.elapsed().as_secs_f64().max(1e-3)
+                );
             }
         }
-        Op::Purge { limit, dry_run } => {
-            if limit.is_some_and(|l| summary.acted >= l) {
-                summary.skipped_over_limit += 1;
-            } else {
-                if !dry_run {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
-                }
-                summary.acted += 1;
-            }
-        }
+        Ok(())
     }
-    Ok(())
+
+    async fn act(
+        &mut self,
+        m: &DeadMessage,
+        delivery: &Delivery,
+        publisher: &Publisher,
+        out: &mut impl Write,
+    ) -> anyhow::Result<()> {
+        let summary = &mut self.summary;
+        match self.req.op {
+            Op::Stats { .. } => {
+                let g = self
+                    .groups
+                    .entry((m.why, m.channel.clone().unwrap_or_else(|| "?".into())))
+                    .or_default();
+                g.count += 1;
+                if let Some(at) = m.failed_at {
+                    g.oldest = Some(g.oldest.map_or(at, |o| o.min(at)));
+                    g.newest = Some(g.newest.map_or(at, |n| n.max(at)));
+                }
+                summary.acted += 1;
+            }
+            Op::List { json } => {
+                if json {
+                    writeln!(out, "{}", m.summary_json())?;
+                } else {
+                    writeln!(out, "{}", table_row(m))?;
+                }
+                summary.written += 1;
+                summary.acted += 1;
+            }
+            Op::Export => {
+                writeln!(out, "{}", m.export_json(delivery))?;
+                summary.written += 1;
+                summary.acted += 1;
+            }
+            Op::Replay { limit, dry_run } => {
+                let channel = m
+                    .channel
+                    .as_deref()
+                    .filter(|c| self.config.channel(c).is_some());
+                if limit.is_some_and(|l| summary.acted >= l) {
+                    summary.skipped_over_limit += 1;
+                } else if m.replays >= self.config.dlq.max_replays {
+                    summary.skipped_over_cap += 1;
+                } else if let Some(channel) = channel {
+                    if !dry_run {
+                        replay(publisher, &self.names, channel, m.replays, delivery).await?;
+                    }
+                    summary.acted += 1;
+                } else {
+                    summary.skipped_no_channel += 1;
+                }
+            }
+            Op::Purge { limit, dry_run } => {
+                if limit.is_some_and(|l| summary.acted >= l) {
+                    summary.skipped_over_limit += 1;
+                } else {
+                    if !dry_run {
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                    }
+                    summary.acted += 1;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Republishes the job to its channel with a clean failure record and one

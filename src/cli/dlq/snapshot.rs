@@ -8,7 +8,10 @@
 //!    when that connection ends (also on a crash). A second command waits for
 //!    it (`--wait`) or stops with a message naming the lock; it never works
 //!    on a part.
-//! 2. **A marker ends the snapshot.** Holding the lock, the command publishes
+//! 2. **A marker ends the snapshot.** Holding the lock, the command waits
+//!    until the queue has no consumer (a quorum queue hands back a closed
+//!    channel's messages when it handles that consumer's end, which may come
+//!    just after the lock was released), then publishes
 //!    a marker message (header `x-octopods-dlq-marker`, a fresh id) to the
 //!    queue with a publisher confirm, then consumes until the marker comes
 //!    back, taking deliveries in delivery-tag order (on one channel the tags
@@ -99,6 +102,7 @@ impl Snapshot {
             .with_context(|| {
                 format!("queue {queue} does not exist (run `octopods-worker topology`)")
             })?;
+        settled(&channel, queue, declared.consumer_count()).await?;
         let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
         let marker = ulid::Ulid::generate().to_string();
         let mut h = FieldTable::default();
@@ -231,6 +235,37 @@ impl Snapshot {
         closed?;
         Ok(())
     }
+}
+
+/// Waits until nobody consumes the queue. A quorum queue returns a closed
+/// channel's unacknowledged messages when it handles that consumer's end,
+/// which can come after the lock was released: once the queue has no
+/// consumer, everything an earlier command held is back. A consumer that
+/// is not a dlq command (it would hold messages the snapshot cannot see)
+/// makes the command refuse.
+async fn settled(channel: &Channel, queue: &str, mut consumers: u32) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while consumers > 0 {
+        if started.elapsed() >= Duration::from_secs(15) {
+            bail!(
+                "{queue} has {consumers} consumer(s) that are not dlq commands; messages they hold \
+                 could not be seen. Stop them, then run the command again"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        consumers = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?
+            .consumer_count();
+    }
+    Ok(())
 }
 
 /// Declares the exclusive lock queue, retrying while another connection
