@@ -111,6 +111,8 @@ pub struct Options {
     pub spread_window: Duration,
     /// Runs with each parsed job's id inside the worker's pipeline (may panic).
     pub fault: Option<fn(&str)>,
+    /// `octopods.max_concurrent_requests` (the config's default when `None`).
+    pub max_concurrent_requests: Option<usize>,
 }
 
 impl Default for Options {
@@ -124,6 +126,7 @@ impl Default for Options {
             delivery_limit: None,
             spread_window: Duration::ZERO,
             fault: None,
+            max_concurrent_requests: None,
         }
     }
 }
@@ -190,11 +193,14 @@ pub fn config_text(
 ) -> String {
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n{}\n\
-         [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n\n\
+         [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n{}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"{}ms\"\n\n{}\n",
         amqp_url(),
         opts.delivery_limit
             .map(|n| format!("delivery_limit = {n}\n"))
+            .unwrap_or_default(),
+        opts.max_concurrent_requests
+            .map(|n| format!("max_concurrent_requests = {n}\n"))
             .unwrap_or_default(),
         opts.spread_window.as_millis(),
         opts.extra_toml

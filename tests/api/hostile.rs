@@ -350,3 +350,46 @@ async fn check_config_refuses_keys_in_clear_text() {
     );
     app.shutdown().await;
 }
+
+/// Point 6: Octopods hangs, then recovers, while the one request permit is
+/// the bottleneck: jobs waiting for the permit must not have banked rate
+/// slots meanwhile — never more than `rate × t + burst` in any window.
+#[tokio::test]
+async fn the_budget_holds_when_a_slow_octopods_recovers() {
+    let mut ch = TestChannel::new("store-eu");
+    ch.rate = 5.0;
+    ch.burst = 1;
+    let app = spawn_with(
+        "hostile-recovery",
+        Options {
+            channels: vec![ch],
+            max_concurrent_requests: Some(1),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.script(Script {
+        phone: None,
+        faults: vec![Fault::Hang { ms: 1500 }],
+        repeat: 1,
+        for_ms: None,
+    });
+    let n = 12;
+    app.publish_many("store-eu", (0..n).map(|i| button_job(&format!("slow-{i}"))))
+        .await;
+    let mut sent = 0;
+    while sent < n {
+        if app.next_event().await["event"] == "sent" {
+            sent += 1;
+        }
+    }
+    let at: Vec<u64> = app.requests().iter().map(|r| r.at_ms).collect();
+    for (i, start) in at.iter().enumerate() {
+        let in_window = at.iter().skip(i).filter(|t| **t < start + 1000).count();
+        assert!(
+            in_window <= 5 + 1,
+            "{in_window} requests within 1 s from {start} ms (budget 5/s, burst 1): {at:?}"
+        );
+    }
+    app.shutdown().await;
+}
