@@ -59,7 +59,7 @@ pub(crate) const BROKER_DEATH: &[&str] = &[
 pub(crate) const MAX_TEXT_HEADER: usize = 1000;
 
 /// Reads a header as an integer, whatever width it was sent with.
-pub(crate) fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
+pub fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
     match headers?.inner().get(key)? {
         AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
         AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
@@ -83,7 +83,7 @@ pub(crate) fn count(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
 }
 
 /// Reads a header as text (lossy UTF-8; at most [`MAX_TEXT_HEADER`] bytes kept).
-pub(crate) fn text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
+pub fn text(headers: Option<&FieldTable>, key: &str) -> Option<String> {
     let s = match headers?.inner().get(key)? {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.as_str().to_owned(),

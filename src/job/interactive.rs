@@ -27,40 +27,71 @@ fn fail<T>(path: impl Into<String>, problem: impl Into<String>) -> Check<T> {
     })
 }
 
-pub const TYPES: [&str; 6] = [
-    "button",
-    "list",
-    "product",
-    "product_list",
-    "flow",
-    "catalog_message",
-];
+/// The interactive message types Octopods accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Button,
+    List,
+    Product,
+    ProductList,
+    Flow,
+    CatalogMessage,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Button,
+        Kind::List,
+        Kind::Product,
+        Kind::ProductList,
+        Kind::Flow,
+        Kind::CatalogMessage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Button => "button",
+            Kind::List => "list",
+            Kind::Product => "product",
+            Kind::ProductList => "product_list",
+            Kind::Flow => "flow",
+            Kind::CatalogMessage => "catalog_message",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// `flow` and `catalog_message` exist on the Cloud API only.
+    fn cloud_api_only(self) -> bool {
+        matches!(self, Kind::Flow | Kind::CatalogMessage)
+    }
+}
 
 /// Checks one interactive message for a channel of the given provider.
 pub fn validate(message: &Value, provider: Provider) -> Check {
     let m = object(message, "waba_interactive_message")?;
-    let kind = required_str(m, "type", "type")?;
-    if !TYPES.contains(&kind) {
+    let name = required_str(m, "type", "type")?;
+    let Some(kind) = Kind::parse(name) else {
+        let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        return fail("type", format!("{name:?} is not one of {}", all.join(", ")));
+    };
+    if provider == Provider::Twilio && kind.cloud_api_only() {
         return fail(
             "type",
-            format!("{kind:?} is not one of {}", TYPES.join(", ")),
-        );
-    }
-    if provider == Provider::Twilio && matches!(kind, "flow" | "catalog_message") {
-        return fail(
-            "type",
-            format!("{kind} is available on Cloud API channels only, this channel is twilio"),
+            format!("{name} is available on Cloud API channels only, this channel is twilio"),
         );
     }
     common(m)?;
     let action = object_at(m, "action", "action")?;
     match kind {
-        "button" => button(m, action),
-        "list" => list(m, action),
-        "product" => product(action),
-        "product_list" => product_list(m, action),
-        "flow" => flow(m, action),
-        _ => catalog_message(m, action),
+        Kind::Button => button(m, action),
+        Kind::List => list(m, action),
+        Kind::Product => product(action),
+        Kind::ProductList => product_list(m, action),
+        Kind::Flow => flow(m, action),
+        Kind::CatalogMessage => catalog_message(m, action),
     }
 }
 

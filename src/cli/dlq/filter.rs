@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::message::DeadMessage;
+use super::message::{DeadMessage, Why};
+use crate::outcome::Reason;
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Filter {
     /// Only this reason (repeatable): validation, malformed, window, expired,
     /// unauthorized, forbidden, rejected, retries_exhausted, poison, unroutable.
     #[arg(long = "reason", value_parser = parse_reason)]
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Why>,
     /// Only this channel (repeatable).
     #[arg(long = "channel")]
     pub channels: Vec<String>,
@@ -24,20 +25,22 @@ pub struct Filter {
     pub older_than: Option<Duration>,
 }
 
-fn parse_reason(s: &str) -> Result<String, String> {
-    if s == "unroutable" || crate::outcome::Reason::parse(s).is_some() {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "unknown reason {s:?}; one of validation, malformed, window, expired, unauthorized, \
-             forbidden, rejected, retries_exhausted, poison, unroutable"
-        ))
+fn parse_reason(s: &str) -> Result<Why, String> {
+    if s == "unroutable" {
+        return Ok(Why::Unroutable);
     }
+    Reason::parse(s).map(Why::Dead).ok_or_else(|| {
+        let all: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        format!(
+            "unknown reason {s:?}; one of {}, unroutable",
+            all.join(", ")
+        )
+    })
 }
 
 impl Filter {
     pub fn matches(&self, m: &DeadMessage, now: OffsetDateTime) -> bool {
-        if !self.reasons.is_empty() && !self.reasons.iter().any(|r| r == m.why.as_str()) {
+        if !self.reasons.is_empty() && !self.reasons.contains(&m.why) {
             return false;
         }
         if !self.channels.is_empty()
@@ -93,7 +96,7 @@ mod tests {
     #[test]
     fn repeated_reasons_are_alternatives() {
         let f = Filter {
-            reasons: vec!["window".into(), "poison".into()],
+            reasons: vec![Why::Dead(Reason::Window), Why::Dead(Reason::Poison)],
             ..Filter::default()
         };
         assert!(f.matches(&msg(Reason::Window, "a", "j", NOW), NOW));

@@ -1,6 +1,19 @@
 //! `spawn_worker()`: a worker on its own topology prefix, HTTP port 0 and its
 //! own sandbox, plus typed helpers to publish jobs and read events, dead
 //! letters and metrics through the broker and HTTP, as a user would.
+//!
+//! - [`broker`]: the test broker, dead letters as read from a queue, closing
+//!   the worker's connection.
+//! - [`jobs`]: sample jobs and the payload Octopods must receive for them.
+//! - [`binary`]: the real binary, for signals and crashes.
+
+mod binary;
+mod broker;
+mod jobs;
+
+pub use binary::*;
+pub use broker::*;
+pub use jobs::*;
 
 use std::{
     future::Future,
@@ -22,24 +35,6 @@ use octopods_worker::{
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-pub const PHONE: &str = "+15551234567";
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-/// Connects to the test broker or fails the test with a clear message.
-pub async fn broker() -> Connection {
-    match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "RabbitMQ is not reachable at {} ({e}). Start it (`rabbitmq-server -detached`) or set AMQP_URL; \
-             these tests need a real broker and never skip.",
-            amqp_url()
-        ),
-    }
-}
 
 /// Polls `f` until it yields `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
@@ -144,41 +139,6 @@ pub struct TestApp {
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     _keys: tempfile::TempDir,
-}
-
-/// A dead-lettered message as found in `<prefix>.dead`.
-pub struct DeadLetter {
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    pub properties: BasicProperties,
-}
-
-impl DeadLetter {
-    pub fn header(&self, key: &str) -> Option<AMQPValue> {
-        self.properties
-            .headers()
-            .as_ref()?
-            .inner()
-            .get(key)
-            .cloned()
-    }
-
-    pub fn text(&self, key: &str) -> Option<String> {
-        match self.header(key)? {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => None,
-        }
-    }
-
-    pub fn int(&self, key: &str) -> Option<i64> {
-        match self.header(key)? {
-            AMQPValue::LongLongInt(v) => Some(v),
-            AMQPValue::LongInt(v) => Some(v.into()),
-            AMQPValue::ShortShortUInt(v) => Some(v.into()),
-            _ => None,
-        }
-    }
 }
 
 pub async fn spawn_worker(test: &str) -> TestApp {
@@ -547,163 +507,4 @@ impl TestApp {
             .expect("delete the test topology");
         drop(self.conn.close(200, "OK".into()).await);
     }
-}
-
-/// A valid delivery-confirmation job.
-pub fn button_job(job_id: &str) -> Value {
-    serde_json::json!({
-        "job_id": job_id,
-        "destination_phone": PHONE,
-        "waba_interactive_message": octopods_worker::job::delivery_confirmation(),
-        "open_intercom_conversation": true,
-        "intercom_teammate_id": "4711",
-        "metadata": {"order_id": "1234"}
-    })
-}
-
-pub fn list_job(job_id: &str) -> Value {
-    serde_json::json!({
-        "job_id": job_id,
-        "destination_phone": PHONE,
-        "waba_interactive_message": {
-            "type": "list",
-            "header": {"type": "text", "text": "Your delivery"},
-            "body": {"text": "How did your delivery go?"},
-            "footer": {"text": "Reply any time"},
-            "action": {"button": "Choose", "sections": [
-                {"title": "All fine", "rows": [{"id": "ok", "title": "Arrived, all good", "description": "Thanks!"}]},
-                {"title": "Problems", "rows": [
-                    {"id": "late", "title": "Not arrived yet"},
-                    {"id": "damaged", "title": "Arrived damaged", "description": "We'll make it right"}
-                ]}
-            ]}
-        },
-        "metadata": {"order_id": "5678"}
-    })
-}
-
-/// The payload Octopods must receive for `job`: the job minus worker-only fields.
-pub fn expected_payload(job: &Value) -> Value {
-    let mut p = serde_json::Map::new();
-    for k in [
-        "destination_phone",
-        "waba_interactive_message",
-        "open_intercom_conversation",
-        "intercom_teammate_id",
-    ] {
-        if let Some(v) = job.get(k) {
-            p.insert(k.into(), v.clone());
-        }
-    }
-    Value::Object(p)
-}
-
-/// The real binary running `run` with JSON logs, for tests of signals and crashes.
-pub struct BinaryWorker {
-    pub child: std::process::Child,
-    pub addr: String,
-    log: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl BinaryWorker {
-    /// Starts the binary and waits until `/readyz` answers 200.
-    pub async fn start(config: &std::path::Path) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start the binary");
-        // The worker logs its HTTP address; read it, and keep the log.
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = std::thread::spawn(move || {
-            let mut log = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let parsed: Option<Value> = serde_json::from_str(&line).ok();
-                if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"]["http"].as_str()) {
-                    drop(tx.send(addr.to_owned()));
-                }
-                log.push(line);
-            }
-            log
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(15))
-            .expect("the worker logs its HTTP address");
-        let url = format!("http://{addr}/readyz");
-        eventually(
-            Duration::from_secs(15),
-            "the binary to be ready",
-            || async {
-                let r = reqwest::get(&url).await.ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
-        .await;
-        Self {
-            child,
-            addr,
-            log: Some(log),
-        }
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.id().to_string();
-        let ok = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill -{signal} {pid}");
-    }
-
-    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the worker did not exit within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// The log lines written so far (call after the process exited).
-    pub fn log(&mut self) -> Vec<String> {
-        self.log
-            .take()
-            .map(|h| h.join().unwrap_or_default())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for BinaryWorker {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
-    }
-}
-
-/// Closes the worker's broker connection the way an operator (or a broker
-/// restart) would.
-pub fn close_worker_connection(prefix: &str) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl must be installed for this test");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pid = text
-        .lines()
-        .find(|l| l.contains(&format!("octopods-worker worker prefix={prefix} ")))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no worker connection for {prefix} in:\n{text}"));
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", pid, "closed by test"])
-        .status()
-        .expect("rabbitmqctl close_connection");
-    assert!(status.success());
 }

@@ -1,0 +1,93 @@
+//! The real binary running `run`, for tests of signals and crashes.
+
+use super::*;
+
+/// The real binary running `run` with JSON logs, for tests of signals and crashes.
+pub struct BinaryWorker {
+    pub child: std::process::Child,
+    pub addr: String,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl BinaryWorker {
+    /// Starts the binary and waits until `/readyz` answers 200.
+    pub async fn start(config: &std::path::Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        // The worker logs its HTTP address; read it, and keep the log.
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::thread::spawn(move || {
+            let mut log = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let parsed: Option<Value> = serde_json::from_str(&line).ok();
+                if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"]["http"].as_str()) {
+                    drop(tx.send(addr.to_owned()));
+                }
+                log.push(line);
+            }
+            log
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the worker logs its HTTP address");
+        let url = format!("http://{addr}/readyz");
+        eventually(
+            Duration::from_secs(15),
+            "the binary to be ready",
+            || async {
+                let r = reqwest::get(&url).await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+        Self {
+            child,
+            addr,
+            log: Some(log),
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{signal} {pid}");
+    }
+
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The log lines written so far (call after the process exited).
+    pub fn log(&mut self) -> Vec<String> {
+        self.log
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for BinaryWorker {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}

@@ -1,0 +1,68 @@
+//! The test broker: connecting (or failing with a clear message), dead
+//! letters as read from a queue, and closing the worker's connection.
+
+use octopods_worker::broker::headers;
+
+use super::*;
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Connects to the test broker or fails the test with a clear message.
+pub async fn broker() -> Connection {
+    match Connection::connect(&amqp_url(), ConnectionProperties::default()).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "RabbitMQ is not reachable at {} ({e}). Start it (`rabbitmq-server -detached`) or set AMQP_URL; \
+             these tests need a real broker and never skip.",
+            amqp_url()
+        ),
+    }
+}
+
+/// A dead-lettered message as found in `<prefix>.dead`.
+pub struct DeadLetter {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl DeadLetter {
+    pub fn header(&self, key: &str) -> Option<AMQPValue> {
+        self.properties
+            .headers()
+            .as_ref()?
+            .inner()
+            .get(key)
+            .cloned()
+    }
+
+    pub fn text(&self, key: &str) -> Option<String> {
+        headers::text(self.properties.headers().as_ref(), key)
+    }
+
+    pub fn int(&self, key: &str) -> Option<i64> {
+        headers::int(self.properties.headers().as_ref(), key)
+    }
+}
+
+/// Closes the worker's broker connection the way an operator (or a broker
+/// restart) would.
+pub fn close_worker_connection(prefix: &str) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl must be installed for this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid = text
+        .lines()
+        .find(|l| l.contains(&format!("octopods-worker worker prefix={prefix} ")))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no worker connection for {prefix} in:\n{text}"));
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", pid, "closed by test"])
+        .status()
+        .expect("rabbitmqctl close_connection");
+    assert!(status.success());
+}
