@@ -24,6 +24,7 @@ use tracing::{Instrument, error, field::Empty, info, info_span};
 use crate::{
     broker::Flow,
     config::{ApiKey, ChannelConfig, Config},
+    control::{Command, Override},
     dedup::Dedup,
     limit::Limiter,
     metrics::Metrics,
@@ -39,6 +40,41 @@ pub(crate) struct ChannelState {
     pub(crate) key: ApiKey,
     pub(crate) limiter: Limiter,
     pub(crate) prefetch: u16,
+    /// What operators' commands left in force (see [`control`](crate::control)).
+    pub(crate) control: tokio::sync::watch::Sender<Override>,
+}
+
+impl ChannelState {
+    /// Applies an operator's command to this channel: pause or resume its
+    /// consumption, or put a new rate in force.
+    pub(crate) fn apply(&self, command: &Command, metrics: &Metrics) {
+        let before = self.control.borrow().clone();
+        let mut after = before.clone();
+        after.apply(command);
+        if after == before {
+            return;
+        }
+        let name = self.config.name.as_str();
+        let rate = |o: &Override| {
+            o.rate.map_or(
+                (self.config.rate_per_second, self.config.burst),
+                |(r, b)| (r, b.unwrap_or(self.config.burst)),
+            )
+        };
+        let (new_rate, new_burst) = rate(&after);
+        if rate(&before) != (new_rate, new_burst) {
+            self.limiter.set_rate(new_rate, new_burst);
+            metrics.rate_budget(name, new_rate);
+            info!(
+                channel = name,
+                rate = new_rate,
+                burst = new_burst,
+                "new rate in force"
+            );
+        }
+        metrics.channel_paused(name, after.paused.is_some());
+        self.control.send_replace(after);
+    }
 }
 
 /// What every delivery's task shares.
@@ -120,58 +156,81 @@ pub(crate) async fn consume(
     {
         return Stopped::Broker(e);
     }
-    let delay = subscribe_delay(
-        &shared.replica_id,
-        &channel.config.name,
-        shared.config.worker.spread_window,
-    );
-    tokio::select! {
-        () = stop.cancelled() => return Stopped::Cancelled,
-        () = tokio::time::sleep(delay) => {}
-    }
+    let name = channel.config.name.as_str();
     // A consumer tag is a short string: a long replica id is cut to fit.
     let tag = crate::broker::headers::truncate(
-        format!(
-            "octopods-worker-{}-{}",
-            shared.replica_id, channel.config.name
-        ),
+        format!("octopods-worker-{}-{name}", shared.replica_id),
         255,
     );
-    info!(channel = %channel.config.name, replica = %escape(&shared.replica_id), delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "subscribing");
     let (Some(queue_name), Some(tag_name)) = (
         crate::broker::headers::short(&queue),
         crate::broker::headers::short(&tag),
     ) else {
         return Stopped::ConsumerEnded;
     };
-    let mut consumer = match amqp
-        .basic_consume(
-            queue_name,
-            tag_name.clone(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return Stopped::Broker(e),
-    };
-    // Readiness counts subscriptions: ready once every channel has one.
-    subscribed.add_permits(1);
+    let mut control = channel.control.subscribe();
+    // Readiness counts channels that are consuming, or paused on purpose.
+    let mut counted = false;
     loop {
-        tokio::select! {
-            () = stop.cancelled() => {
-                // Stop taking jobs; those in flight still settle on this channel.
-                drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
-                return Stopped::Cancelled;
+        if control.borrow_and_update().paused.is_some() {
+            if !std::mem::replace(&mut counted, true) {
+                subscribed.add_permits(1);
             }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let (ch, sh, st, stop) = (channel.clone(), shared.clone(), settler.clone(), stop.clone());
-                    tracker.spawn(async move { handle(delivery, &ch, &sh, &st, &stop).await });
+            info!(
+                channel = name,
+                "channel paused: not consuming; its jobs stay in the queue"
+            );
+            tokio::select! {
+                () = stop.cancelled() => return Stopped::Cancelled,
+                _ = control.wait_for(|o| o.paused.is_none()) => {}
+            }
+            info!(channel = name, "channel resumed");
+        }
+        let delay = subscribe_delay(&shared.replica_id, name, shared.config.worker.spread_window);
+        tokio::select! {
+            () = stop.cancelled() => return Stopped::Cancelled,
+            () = tokio::time::sleep(delay) => {}
+        }
+        info!(channel = name, replica = %escape(&shared.replica_id), delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "subscribing");
+        let mut consumer = match amqp
+            .basic_consume(
+                queue_name.clone(),
+                tag_name.clone(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return Stopped::Broker(e),
+        };
+        if !std::mem::replace(&mut counted, true) {
+            subscribed.add_permits(1);
+        }
+        // Cancelled on a pause: jobs not yet at their request go back.
+        let hold = stop.child_token();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    // Stop taking jobs; those in flight still settle on this channel.
+                    drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
+                    return Stopped::Cancelled;
                 }
-                Some(Err(e)) => return Stopped::Broker(e),
-                None => return Stopped::ConsumerEnded,
+                changed = control.changed() => {
+                    if changed.is_err() || control.borrow_and_update().paused.is_some() {
+                        drop(amqp.basic_cancel(tag_name.clone(), BasicCancelOptions::default()).await);
+                        hold.cancel();
+                        break;
+                    }
+                }
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let (ch, sh, st, hold) = (channel.clone(), shared.clone(), settler.clone(), hold.clone());
+                        tracker.spawn(async move { handle(delivery, &ch, &sh, &st, &hold).await });
+                    }
+                    Some(Err(e)) => return Stopped::Broker(e),
+                    None => return Stopped::ConsumerEnded,
+                }
             }
         }
     }

@@ -20,6 +20,7 @@
 //! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop.
 //! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
 //! - [`config`]: the TOML file and the API keys.
+//! - [`control`]: operators' pause / resume / rate commands, on every replica.
 //! - [`outcome`]: the closed vocabularies (`Reason`, `RetryCause`, `EventKind`, `Outcome`).
 //! - [`events`]: result-event JSON.
 //! - [`health`], [`metrics`], [`http`], [`telemetry`]: what SREs see.
@@ -41,6 +42,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 mod consume;
+pub mod control;
 mod dedup;
 pub mod events;
 mod health;

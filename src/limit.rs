@@ -5,7 +5,11 @@
 //! One limiter per channel per process. Across replicas the budget holds
 //! because each channel queue has a single active consumer (CONTRACT §8).
 
-use std::{num::NonZeroU32, sync::Mutex, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
@@ -21,7 +25,10 @@ pub(crate) fn quota(rate_per_second: f64, burst: u32) -> Quota {
 
 /// A channel's limiter.
 pub(crate) struct Limiter {
-    governor: DefaultDirectRateLimiter,
+    /// Replaced whole when the rate changes at run time.
+    governor: RwLock<Arc<DefaultDirectRateLimiter>>,
+    /// Bumped on each change, to wake jobs waiting on the old limiter.
+    changed: tokio::sync::watch::Sender<u64>,
     /// Optional per-recipient pacing, keyed by phone number.
     recipients: Option<DefaultKeyedRateLimiter<String>>,
     paused_until: Mutex<Option<Instant>>,
@@ -30,7 +37,8 @@ pub(crate) struct Limiter {
 impl Limiter {
     pub(crate) fn new(rate_per_second: f64, burst: u32) -> Self {
         Self {
-            governor: RateLimiter::direct(quota(rate_per_second, burst)),
+            governor: RwLock::new(Arc::new(RateLimiter::direct(quota(rate_per_second, burst)))),
+            changed: tokio::sync::watch::Sender::new(0),
             recipients: None,
             paused_until: Mutex::new(None),
         }
@@ -60,11 +68,37 @@ impl Limiter {
             if let Some(until) = self.pause_deadline() {
                 tokio::time::sleep_until(until).await;
             }
-            self.governor.until_ready().await;
+            let governor = self.current();
+            let mut changed = self.changed.subscribe();
+            tokio::select! {
+                () = governor.until_ready() => {}
+                // A new rate: wait on the new limiter instead.
+                _ = changed.changed() => continue,
+            }
             // A 429 may have paused the channel while we waited for the slot.
             if self.pause_deadline().is_none() {
                 return started.elapsed();
             }
+        }
+    }
+
+    /// A new rate and burst from now on. The new limiter starts empty, so the
+    /// burst fills up at the new rate, never at once.
+    pub(crate) fn set_rate(&self, rate_per_second: f64, burst: u32) {
+        let fresh = RateLimiter::direct(quota(rate_per_second, burst));
+        if let Some(n) = NonZeroU32::new(burst) {
+            drop(fresh.check_n(n));
+        }
+        if let Ok(mut g) = self.governor.write() {
+            *g = Arc::new(fresh);
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn current(&self) -> Arc<DefaultDirectRateLimiter> {
+        match self.governor.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -144,5 +178,15 @@ mod tests {
         let waited = limiter.ready("+1").await;
         assert!(waited >= Duration::from_secs(3), "{waited:?}");
         assert!(limiter.ready("+1").await < Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_new_rate_starts_with_an_empty_burst() {
+        let l = Limiter::new(1.0, 1);
+        l.set_rate(1000.0, 50);
+        // The 50 of burst fill up at the new rate, not at once.
+        let g = l.current();
+        let admitted = (0..50).filter(|_| g.check().is_ok()).count();
+        assert!(admitted <= 1, "{admitted} admitted at once after the change");
     }
 }

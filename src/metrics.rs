@@ -40,6 +40,7 @@ pub struct Metrics {
     forged: IntCounterVec,
     settle_failing: IntGauge,
     broker_blocked: IntGauge,
+    paused: IntGaugeVec,
 }
 
 const API_BUCKETS: &[f64] = &[
@@ -134,8 +135,17 @@ impl Metrics {
             "1 while RabbitMQ blocks the worker's publishing connection (memory or disk alarm), else 0.",
         )
         .unwrap_or_else(|e| panic!("broker_blocked: {e}"));
+        let paused = IntGaugeVec::new(
+            Opts::new(
+                "octopods_channel_paused",
+                "1 while operators have paused the channel (`octopods-worker channel pause`), else 0.",
+            ),
+            &["channel"],
+        )
+        .unwrap_or_else(|e| panic!("paused: {e}"));
         for c in [
-            Box::new(settle_failing.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(paused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(settle_failing.clone()),
             Box::new(broker_blocked.clone()),
             Box::new(in_flight.clone()),
             Box::new(broker_connected.clone()),
@@ -241,6 +251,7 @@ impl Metrics {
             ),
             settle_failing,
             broker_blocked,
+            paused,
             in_flight,
             budget,
             broker_connected,
@@ -265,6 +276,7 @@ impl Metrics {
             c.with_label_values(&[channel]);
         }
         self.in_flight.with_label_values(&[channel]);
+        self.paused.with_label_values(&[channel]);
         self.api_duration.with_label_values(&[channel]);
         self.limit_wait.with_label_values(&[channel]);
         for k in EventKind::ALL {
@@ -288,6 +300,19 @@ impl Metrics {
         for d in delays {
             self.delayed.with_label_values(&[channel, d]);
         }
+    }
+
+    pub fn channel_paused(&self, channel: &str, paused: bool) {
+        self.paused
+            .with_label_values(&[channel])
+            .set(i64::from(paused));
+    }
+
+    /// The rate in force for the channel (configured, or an operator's).
+    pub fn rate_budget(&self, channel: &str, rate_per_second: f64) {
+        self.budget
+            .with_label_values(&[channel])
+            .set(rate_per_second);
     }
 
     pub fn panicked(&self, channel: &str) {

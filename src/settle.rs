@@ -84,6 +84,9 @@ pub(crate) struct Settler {
     pub(crate) stop: CancellationToken,
     /// Settlements that failed in a row (for the give-back backoff).
     failures: AtomicU32,
+    /// Woken when publishing works again (a publish confirmed, the topology
+    /// declared again): jobs waiting to go back go at once.
+    pub(crate) recovered: Notify,
 }
 
 impl Settler {
@@ -105,6 +108,7 @@ impl Settler {
             repair,
             stop,
             failures: AtomicU32::new(0),
+            recovered: Notify::new(),
         }
     }
 
@@ -153,7 +157,9 @@ impl Settler {
         };
         match published {
             Ok(done) => {
-                self.failures.store(0, Ordering::Relaxed);
+                if self.failures.swap(0, Ordering::Relaxed) > 0 {
+                    self.recovered.notify_waiters();
+                }
                 self.health.set_settle_failing(false);
                 self.flow.set_settle_failing(false);
                 self.ack(delivery, name, received, done).await;
@@ -246,6 +252,7 @@ impl Settler {
         tokio::select! {
             biased;
             () = self.stop.cancelled() => {}
+            () = self.recovered.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

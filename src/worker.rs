@@ -26,6 +26,7 @@ use crate::{
     broker::{self, Flow, Names, Publisher, topology},
     config::Config,
     consume::{self, ChannelState, Session, Shared, Stopped},
+    control::{self, Change, Command, Override},
     dedup::Dedup,
     health::Health,
     http,
@@ -62,6 +63,7 @@ impl Worker {
                         .with_recipient_interval(c.recipient_interval),
                     key,
                     config: c.clone(),
+                    control: tokio::sync::watch::Sender::new(Override::default()),
                 })
             })
             .collect();
@@ -224,6 +226,11 @@ impl Worker {
         self.shared.flow.set_blocked(false);
         self.shared.flow.set_settle_failing(false);
         self.health.set_blocked(false);
+        // Operators' commands first: a channel paused before this replica
+        // started must not be consumed for a moment.
+        let (_control_ch, mut commands) = control::subscribe(&conn, &names).await?;
+        self.catch_up(&settler.publisher, &names, &mut commands)
+            .await?;
 
         let subscribed = Arc::new(Semaphore::new(0));
         let mut consumers = JoinSet::new();
@@ -272,6 +279,10 @@ impl Worker {
                 Err(e) => anyhow::Error::new(e).context("consumer task failed"),
             }),
             e = watch_connections(&mut events, &self.shared.flow, &self.health) => Some(e),
+            followed = self.follow(&mut commands, None) => Some(match followed {
+                Followed::Ended(e) => e,
+                Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
+            }),
         };
         stop.cancel();
         self.health.set_consuming(false);
@@ -313,6 +324,71 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Appends a marker to the control stream and applies every command
+    /// before it: the state every other replica is in.
+    async fn catch_up(
+        &self,
+        publisher: &Publisher,
+        names: &Names,
+        commands: &mut lapin::Consumer,
+    ) -> anyhow::Result<()> {
+        let id = ulid::Ulid::generate().to_string();
+        let marker = Command::new("", Change::Marker { id: id.clone() });
+        control::append(publisher, names, &marker).await?;
+        match tokio::time::timeout(Duration::from_secs(30), self.follow(commands, Some(&id))).await
+        {
+            Ok(Followed::CaughtUp) => Ok(()),
+            Ok(Followed::Ended(e)) => Err(e),
+            Err(_) => Err(anyhow::anyhow!(
+                "the control stream did not give back its marker within 30 s"
+            )),
+        }
+    }
+
+    /// Applies operators' commands as they come. Returns when the stream
+    /// ends or, with `until`, at that marker.
+    async fn follow(&self, commands: &mut lapin::Consumer, until: Option<&str>) -> Followed {
+        while let Some(next) = commands.next().await {
+            let delivery = match next {
+                Ok(d) => d,
+                Err(e) => {
+                    return Followed::Ended(
+                        anyhow::Error::new(e).context("reading the control stream"),
+                    );
+                }
+            };
+            let command = match control::read(delivery).await {
+                Ok(c) => c,
+                Err(why) => {
+                    warn!(why = %crate::telemetry::escape(&why), "ignored a record of the control stream");
+                    continue;
+                }
+            };
+            if let Change::Marker { id } = &command.change {
+                if until == Some(id.as_str()) {
+                    return Followed::CaughtUp;
+                }
+                continue;
+            }
+            if let Some(ch) = self
+                .channels
+                .iter()
+                .find(|c| c.config.name == command.channel)
+            {
+                ch.apply(&command, &self.shared.metrics);
+            }
+        }
+        Followed::Ended(anyhow::anyhow!("the control stream ended"))
+    }
+}
+
+/// How following the control stream ended.
+enum Followed {
+    CaughtUp,
+    Ended(anyhow::Error),
+}
+
 /// How long closing a channel or connection may take (a blocked or lost
 /// broker may never answer).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -350,7 +426,10 @@ async fn repair_topology(
             return anyhow::anyhow!("the broker closed the publishing channel");
         }
         match declare(conn, config).await {
-            Ok(()) => info!("topology declared again after a refused publish"),
+            Ok(()) => {
+                info!("topology declared again after a refused publish");
+                settler.recovered.notify_waiters();
+            }
             Err(e) => warn!(error = %format!("{e:#}"), "cannot declare the topology again"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

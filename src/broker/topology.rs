@@ -64,6 +64,11 @@ impl Names {
         format!("{}.retry", self.prefix)
     }
 
+    /// The stream of channel commands (pause, resume, rate; CONTRACT §13).
+    pub fn control(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}", self.prefix, delay_label(delay))
     }
@@ -130,7 +135,7 @@ fn at_least_once(exchange: &str) -> [(&'static str, AMQPValue); 3] {
 /// Every queue of the topology, in declaration order.
 pub fn queues(config: &Config) -> Vec<String> {
     let n = Names::new(&config.broker.prefix);
-    let mut q = vec![n.unroutable(), n.dead(), n.results()];
+    let mut q = vec![n.unroutable(), n.dead(), n.results(), n.control()];
     q.extend(config.retry.delays.iter().map(|d| n.retry_queue(*d)));
     q.extend(config.channels.iter().map(|c| n.channel_queue(&c.name)));
     q
@@ -238,6 +243,14 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         .await?;
     }
 
+    // Runtime control: a stream every replica reads whole, then follows.
+    ch.queue_declare(
+        n.control().into(),
+        DURABLE_QUEUE,
+        args(&[("x-queue-type", text("stream"))]),
+    )
+    .await?;
+
     // Delayed retries: a headers exchange picks the delay queue by the
     // `octopods-retry-delay` header; the queue's TTL expires the message back
     // through the default exchange to the routing key it was published with,
@@ -317,6 +330,7 @@ mod tests {
         assert_eq!(n.unroutable(), "octopods.unroutable");
         assert_eq!(n.dead(), "octopods.dead");
         assert_eq!(n.results(), "octopods.results");
+        assert_eq!(n.control(), "octopods.control");
         assert_eq!(n.retry_queue(Duration::from_secs(10)), "octopods.retry.10s");
         assert_eq!(n.retry_queue(Duration::from_secs(60)), "octopods.retry.1m");
         assert_eq!(

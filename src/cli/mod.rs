@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+pub mod channel;
 pub mod dlq;
 pub mod enqueue;
 pub mod events;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Inspect, replay, export and purge dead-lettered jobs.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Pause, resume or re-rate a channel on every replica, or show them all.
+    #[command(subcommand)]
+    Channel(channel::ChannelCommand),
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +298,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
             }
         }
         Command::Dlq(d) => return run_dlq(d).await,
+        Command::Channel(c) => channel::run(c, &mut std::io::stdout().lock()).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -63,6 +63,7 @@ fn fixture() -> (Shared, ChannelState) {
         key: ApiKey::new("k"),
         limiter: Limiter::new(1_000_000.0, 1000),
         prefetch: 1,
+        control: tokio::sync::watch::Sender::new(Default::default()),
     };
     let shared = Shared {
         client: Client::new(&config.octopods).unwrap(),

@@ -1,0 +1,204 @@
+//! `octopods-worker channel status|pause|resume|set-rate|clear` (CONTRACT
+//! §13): append a command to the control stream, or show every channel's
+//! state as the stream and the broker have it.
+
+use std::io::Write;
+
+use anyhow::bail;
+use clap::Subcommand;
+use lapin::{options::QueueDeclareOptions, types::FieldTable};
+use serde_json::json;
+
+use super::ConfigArg;
+use crate::{
+    broker::{self, Names, Publisher},
+    config::Config,
+    control::{self, Change, Command, Override},
+    telemetry::escape,
+};
+
+#[derive(Debug, Subcommand)]
+pub enum ChannelCommand {
+    /// Every channel: state, rate and burst in force, queue depth, consumers.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object per channel instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// All replicas stop sending for NAME; its jobs stay queued.
+    Pause {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        /// Why (shown by `channel status`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// All replicas send for NAME again.
+    Resume {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
+    /// A new budget for NAME on all replicas, no restart.
+    SetRate {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        /// Sends per second for the whole deployment.
+        rate: f64,
+        /// Sends allowed at once above the rate (default: the configured burst).
+        #[arg(long)]
+        burst: Option<u32>,
+    },
+    /// Back to the configuration for NAME: not paused, the configured rate.
+    Clear {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
+}
+
+pub async fn run(command: ChannelCommand, out: &mut impl Write) -> anyhow::Result<()> {
+    let (config, name, change) = match command {
+        ChannelCommand::Status { config, json } => {
+            let config = Config::load(&config.config)?;
+            return status(&config, json, out).await;
+        }
+        ChannelCommand::Pause {
+            config,
+            name,
+            reason,
+        } => (config, name, Change::Pause { reason }),
+        ChannelCommand::Resume { config, name } => (config, name, Change::Resume),
+        ChannelCommand::SetRate {
+            config,
+            name,
+            rate,
+            burst,
+        } => (config, name, Change::SetRate { rate, burst }),
+        ChannelCommand::Clear { config, name } => (config, name, Change::Clear),
+    };
+    let config = Config::load(&config.config)?;
+    if config.channel(&name).is_none() {
+        let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        bail!(
+            "unknown channel {:?}; configured: {}",
+            escape(&name),
+            known.join(", ")
+        );
+    }
+    let command = Command::new(&name, change);
+    command.check().map_err(|e| anyhow::anyhow!(e))?;
+    let conn = broker::connect(&config.broker, "channel").await?;
+    let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
+    control::append(&publisher, &Names::new(&config.broker.prefix), &command).await?;
+    drop(conn.close(200, "OK".into()).await);
+    writeln!(
+        out,
+        "{name}: {} on every replica",
+        describe(&command.change)
+    )?;
+    Ok(())
+}
+
+fn describe(change: &Change) -> String {
+    match change {
+        Change::Pause { .. } => "paused".into(),
+        Change::Resume => "resumed".into(),
+        Change::SetRate {
+            rate,
+            burst: Some(b),
+        } => format!("rate {rate}/s, burst {b}"),
+        Change::SetRate { rate, burst: None } => format!("rate {rate}/s"),
+        Change::Clear => "back to the configuration".into(),
+        Change::Marker { .. } => String::new(),
+    }
+}
+
+async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let names = Names::new(&config.broker.prefix);
+    let conn = broker::connect(&config.broker, "channel").await?;
+    let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
+    let state = control::snapshot(&conn, &publisher, &names).await?;
+    let ch = conn.create_channel().await?;
+    if !json {
+        writeln!(
+            out,
+            "{:<16}  {:<8}  {:>8}  {:>5}  {:<8}  {:>7}  {:>9}  SINCE / WHY",
+            "CHANNEL", "STATE", "RATE", "BURST", "SOURCE", "READY", "CONSUMERS"
+        )?;
+    }
+    for c in &config.channels {
+        let o = state.get(&c.name).cloned().unwrap_or_default();
+        let (rate, burst, source) = match o.rate {
+            Some((r, b)) => (r, b.unwrap_or(c.burst), "override"),
+            None => (c.rate_per_second, c.burst, "config"),
+        };
+        let q = ch
+            .queue_declare(
+                names.channel_queue(&c.name).as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok();
+        let (ready, consumers) = q.map_or((None, None), |q| {
+            (Some(q.message_count()), Some(q.consumer_count()))
+        });
+        let state_word = if o.paused.is_some() {
+            "paused"
+        } else {
+            "running"
+        };
+        if json {
+            writeln!(
+                out,
+                "{}",
+                json!({"channel": c.name, "state": state_word,
+                       "paused_since": o.paused.as_ref().map(|p| &p.since),
+                       "paused_reason": o.paused.as_ref().and_then(|p| p.reason.as_ref()),
+                       "paused_by": o.paused.as_ref().map(|p| &p.by),
+                       "rate_per_second": rate, "burst": burst, "source": source,
+                       "ready": ready, "consumers": consumers})
+            )?;
+        } else {
+            let why = paused_text(&o);
+            let dash = |n: Option<u32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+            writeln!(
+                out,
+                "{:<16}  {:<8}  {:>8}  {:>5}  {:<8}  {:>7}  {:>9}  {}",
+                c.name,
+                state_word,
+                rate,
+                burst,
+                source,
+                dash(ready),
+                dash(consumers),
+                escape(&why)
+            )?;
+        }
+    }
+    drop(conn.close(200, "OK".into()).await);
+    Ok(())
+}
+
+fn paused_text(o: &Override) -> String {
+    match &o.paused {
+        None => String::new(),
+        Some(p) => format!(
+            "since {} by {}{}",
+            p.since,
+            p.by,
+            p.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+    }
+}

@@ -1,0 +1,193 @@
+//! Operators steer channels at run time (CONTRACT §13): pause, resume and a
+//! new rate reach every replica through RabbitMQ alone, within 2 s, and
+//! survive restarts.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn metric_at(addr: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+fn requests_with_key(app: &TestApp, key: &str) -> Vec<u64> {
+    app.requests()
+        .into_iter()
+        .filter(|r| r.auth.as_deref() == Some(key))
+        .map(|r| r.at_ms)
+        .collect()
+}
+
+fn two_channels() -> Options {
+    let mut eu = TestChannel::new("store-eu");
+    eu.rate = 5.0;
+    eu.burst = 1;
+    Options {
+        channels: vec![eu, TestChannel::new("store-us")],
+        spread_window: Duration::from_millis(300),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn a_pause_reaches_every_replica_and_leaves_the_jobs_in_their_queue() {
+    let mut app = spawn_with("control-pause", two_channels()).await;
+    app.stop_worker().await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(BinaryWorker::start(&app.config_path).await);
+    }
+    let paused = "octopods_channel_paused{channel=\"store-eu\"}";
+    let out = app.cli(&[
+        "channel",
+        "pause",
+        "store-eu",
+        "--reason",
+        "number suspended",
+    ]);
+    assert!(ok(&out).contains("store-eu: paused on every replica"));
+    let asked = Instant::now();
+    for r in &replicas {
+        eventually(
+            Duration::from_secs(2),
+            "every replica to pause store-eu",
+            || async { (metric_at(&r.addr, paused).await? == 1.0).then_some(()) },
+        )
+        .await;
+    }
+    eprintln!("pause reached 3 replicas in {:?}", asked.elapsed());
+    let eu_key = "key-store-eu-s3cret";
+    let before = requests_with_key(&app, eu_key).len();
+    app.publish_many("store-eu", (0..10).map(|i| button_job(&format!("eu-{i}"))))
+        .await;
+    let us: Vec<Value> = (0..5)
+        .map(|i| {
+            let mut j = button_job(&format!("us-{i}"));
+            j["channel"] = "store-us".into();
+            j
+        })
+        .collect();
+    app.publish_many("store-us", us).await;
+    for _ in 0..5 {
+        assert_eq!(
+            app.next_event().await["channel"],
+            "store-us",
+            "only the other channel flows"
+        );
+    }
+    // A replica started while paused stays paused.
+    let late = BinaryWorker::start(&app.config_path).await;
+    assert_eq!(metric_at(&late.addr, paused).await, Some(1.0));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        requests_with_key(&app, eu_key).len(),
+        before,
+        "no request for a paused channel"
+    );
+    assert_eq!(
+        app.depth("jobs.store-eu").await,
+        10,
+        "its jobs wait ready in the queue"
+    );
+    let status: Vec<Value> = ok(&app.cli(&["channel", "status", "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let eu = status.iter().find(|s| s["channel"] == "store-eu").unwrap();
+    assert_eq!(eu["state"], "paused", "{eu}");
+    assert_eq!(eu["paused_reason"], "number suspended");
+    assert_eq!(eu["ready"], 10);
+    assert_eq!(
+        eu["consumers"], 0,
+        "no replica holds a paused channel's queue"
+    );
+    let us = status.iter().find(|s| s["channel"] == "store-us").unwrap();
+    assert_eq!(us["state"], "running");
+
+    // Resume: the backlog drains at the configured rate (5/s, burst 1).
+    ok(&app.cli(&["channel", "resume", "store-eu"]));
+    for _ in 0..10 {
+        assert_eq!(app.next_event().await["event"], "sent");
+    }
+    let at = requests_with_key(&app, eu_key);
+    let at = &at[before..];
+    assert_eq!(at.len(), 10);
+    for (i, start) in at.iter().enumerate() {
+        let n = at[i..].iter().take_while(|t| **t < start + 1000).count();
+        assert!(
+            n <= 5 + 1,
+            "{n} requests within 1 s on a 5/s budget: {at:?}"
+        );
+    }
+    drop(late);
+    drop(replicas);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_new_rate_applies_within_two_seconds_and_survives_a_restart() {
+    let mut app = spawn_with("control-rate", two_channels()).await;
+    let budget = "octopods_channel_rate_budget{channel=\"store-eu\"}";
+    assert_eq!(app.metric(budget).await, 5.0);
+    let out = app.cli(&["channel", "set-rate", "store-eu", "20"]);
+    assert!(ok(&out).contains("store-eu: rate 20/s on every replica"));
+    eventually(Duration::from_secs(2), "the new rate in force", || async {
+        (app.metric(budget).await == 20.0).then_some(())
+    })
+    .await;
+    let n = 60;
+    app.publish_many("store-eu", (0..n).map(|i| button_job(&format!("fast-{i}"))))
+        .await;
+    for _ in 0..n {
+        assert_eq!(app.next_event().await["event"], "sent");
+    }
+    let at = requests_with_key(&app, "key-store-eu-s3cret");
+    for (i, start) in at.iter().enumerate() {
+        let k = at[i..].iter().take_while(|t| **t < start + 1000).count();
+        assert!(k <= 20 + 1, "{k} requests within 1 s on a 20/s budget");
+    }
+    let rate = (at.len() - 1) as f64 / ((at[at.len() - 1] - at[0]) as f64 / 1000.0);
+    eprintln!("set-rate 20: achieved {rate:.1}/s");
+    assert!(rate > 15.0, "the new rate is used: {rate:.1}/s");
+
+    // A restarted worker keeps the override; clear undoes it.
+    app.stop_worker().await;
+    app.start_worker().await;
+    assert_eq!(app.metric(budget).await, 20.0);
+    ok(&app.cli(&["channel", "clear", "store-eu"]));
+    eventually(
+        Duration::from_secs(2),
+        "the configured rate back",
+        || async { (app.metric(budget).await == 5.0).then_some(()) },
+    )
+    .await;
+    // Operator mistakes are named.
+    let out = app.cli(&["channel", "pause", "store-xx"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown channel \"store-xx\"; configured: store-eu, store-us"),
+        "{err}"
+    );
+    let out = app.cli(&["channel", "set-rate", "store-eu", "0"]);
+    assert!(!out.status.success());
+    app.shutdown().await;
+}
