@@ -264,6 +264,7 @@ async fn memory(
         latency: Duration::from_secs(3),
         api_keys: vec![],
         rate_limit: None,
+        templates: Vec::new(),
     })
     .await?;
     let prefix = format!("bench-mem-{}", std::process::id());
@@ -360,6 +361,7 @@ async fn main() -> Res<()> {
         latency: Duration::ZERO,
         api_keys: vec![],
         rate_limit: None,
+        templates: Vec::new(),
     })
     .await?;
     let a = ceiling(&conn, &sandbox.url(), n, prefetch).await?;
@@ -386,6 +388,7 @@ async fn main() -> Res<()> {
         latency: Duration::from_millis(200),
         api_keys: vec![],
         rate_limit: None,
+        templates: Vec::new(),
     })
     .await?;
     let (per_channel_prefetch, budgets) = (16u16, [("c1", 200.0), ("c2", 200.0)]);

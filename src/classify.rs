@@ -21,8 +21,21 @@ enum Verdict {
     Retry(RetryCause),
 }
 
+/// The endpoint family an answer came from: Octopods numbers its error
+/// codes per family, so the same code means different things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Interactive,
+    Template,
+}
+
 /// Maps an HTTP answer from Octopods to an [`Outcome`].
-pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
+pub fn classify(
+    family: Family,
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+) -> Outcome {
     if (200..300).contains(&status) {
         return match serde_json::from_slice::<Receipt>(body) {
             Ok(receipt) if !receipt.message_id.is_empty() => Outcome::Sent(receipt),
@@ -40,7 +53,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
     let error: Option<OctopodsError> = serde_json::from_slice::<OctopodsError>(body)
         .ok()
         .filter(|e| e.error.is_some() || e.error_code.is_some());
-    let verdict = verdict(status, error.as_ref());
+    let verdict = verdict(family, status, error.as_ref());
     let failure = Failure {
         message: describe(status, error.as_ref(), body),
         http_status: Some(status),
@@ -128,7 +141,7 @@ pub(crate) fn budget_spent(
     ))
 }
 
-fn verdict(status: u16, error: Option<&OctopodsError>) -> Verdict {
+fn verdict(family: Family, status: u16, error: Option<&OctopodsError>) -> Verdict {
     use Reason::*;
     match status {
         429 => return Verdict::Retry(RetryCause::RateLimited),
@@ -138,13 +151,16 @@ fn verdict(status: u16, error: Option<&OctopodsError>) -> Verdict {
         _ => return Verdict::Retry(RetryCause::Unreadable),
     }
     let text = error.and_then(|e| e.error.as_deref()).unwrap_or_default();
-    if let Some(v) = by_name(text) {
+    if let Some(v) = by_name(family, text) {
         return v;
     }
     if let Some(v) = by_meta_code(text) {
         return v;
     }
-    if let Some(v) = error.and_then(|e| e.error_code).and_then(by_code) {
+    if let Some(v) = error
+        .and_then(|e| e.error_code)
+        .and_then(|c| by_code(family, c))
+    {
         return v;
     }
     Verdict::DeadLetter(match status {
@@ -156,11 +172,22 @@ fn verdict(status: u16, error: Option<&OctopodsError>) -> Verdict {
 }
 
 /// Octopods' documented error names, at the start of `error`.
-fn by_name(text: &str) -> Option<Verdict> {
+fn by_name(family: Family, text: &str) -> Option<Verdict> {
     let name = text
         .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
         .next()
         .unwrap_or_default();
+    let template_names = [
+        "TEMPLATE_NOT_EXIST",
+        "VARIABLES_SIZE",
+        "PHONE_INVALID",
+        "INVALID_HEADER",
+        "ARGUMENT_MISSING",
+        "TYPE_MISMATCH",
+    ];
+    if family == Family::Template && template_names.contains(&name) {
+        return Some(Verdict::DeadLetter(Reason::Template));
+    }
     let reason = match name {
         "ARGUMENT_MISSING" | "TYPE_MISMATCH" | "VALIDATION" => Reason::Validation,
         "OUTSIDE_WINDOW" => Reason::Window,
@@ -181,8 +208,15 @@ fn by_meta_code(text: &str) -> Option<Verdict> {
                 && !after.is_some_and(|c| c.is_ascii_digit())
         })
     };
-    if has("131047") {
+    let template_codes = ["132000", "132001", "132005", "132007", "132012", "132016"];
+    if has("131047") || has("470") {
         Some(Verdict::DeadLetter(Reason::Window))
+    } else if template_codes.iter().any(|c| has(c)) {
+        Some(Verdict::DeadLetter(Reason::Template))
+    } else if has("132015") || has("131049") {
+        Some(Verdict::Retry(RetryCause::Paused))
+    } else if has("131050") {
+        Some(Verdict::DeadLetter(Reason::OptedOut))
     } else if has("131056") || has("130429") || has("131048") {
         Some(Verdict::Retry(RetryCause::Throttled))
     } else if has("131026") {
@@ -193,7 +227,15 @@ fn by_meta_code(text: &str) -> Option<Verdict> {
 }
 
 /// Interactive-family `error_code`s (octopods-api.md's table).
-fn by_code(code: i64) -> Option<Verdict> {
+fn by_code(family: Family, code: i64) -> Option<Verdict> {
+    if family == Family::Template {
+        let reason = match code {
+            1..=5 | 8 => Reason::Template,
+            6 => Reason::Unauthorized,
+            _ => return None,
+        };
+        return Some(Verdict::DeadLetter(reason));
+    }
     let reason = match code {
         1 | 2 | 7 => Reason::Validation,
         8 => Reason::Window,
@@ -360,7 +402,11 @@ mod tests {
             ("302", 302, Vec::new(), "retry:unreadable"),
         ];
         for (name, status, body, want) in rows {
-            assert_eq!(kind(&classify(status, None, &body)), want, "row {name}");
+            assert_eq!(
+                kind(&classify(Family::Interactive, status, None, &body)),
+                want,
+                "row {name}"
+            );
         }
     }
 
@@ -406,28 +452,174 @@ mod tests {
         assert_eq!(by_time.0, Reason::RetriesExhausted);
     }
 
+    /// CONTRACT §11: the template family, by name first, then Meta codes,
+    /// then the template-family codes.
+    #[test]
+    fn template_outcomes_table() {
+        let rows: Vec<(&str, u16, Vec<u8>, &str)> = vec![
+            (
+                "unknown template",
+                400,
+                err(3, "TEMPLATE_NOT_EXIST: 999"),
+                "dead:template",
+            ),
+            (
+                "variables",
+                400,
+                err(4, "VARIABLES_SIZE: 2 given, 3 expected"),
+                "dead:template",
+            ),
+            ("phone", 400, err(5, "PHONE_INVALID: +1"), "dead:template"),
+            (
+                "header",
+                400,
+                err(8, "INVALID_HEADER: not an image"),
+                "dead:template",
+            ),
+            (
+                "missing",
+                400,
+                err(1, "ARGUMENT_MISSING: header_attachment_url"),
+                "dead:template",
+            ),
+            (
+                "shape",
+                400,
+                err(2, "TYPE_MISMATCH: message_variables"),
+                "dead:template",
+            ),
+            ("code 3 only", 400, err(3, "something"), "dead:template"),
+            (
+                "deprecated key",
+                400,
+                err(6, "DEPRECATED_API_KEY: rotate"),
+                "dead:unauthorized",
+            ),
+            ("code 6 only", 400, err(6, "?"), "dead:unauthorized"),
+            (
+                "Meta 132000",
+                400,
+                err(99, "(#132000) param count"),
+                "dead:template",
+            ),
+            (
+                "Meta 132001",
+                400,
+                err(99, "(#132001) does not exist"),
+                "dead:template",
+            ),
+            (
+                "Meta 132005",
+                400,
+                err(99, "(#132005) too long"),
+                "dead:template",
+            ),
+            (
+                "Meta 132007",
+                400,
+                err(99, "(#132007) policy"),
+                "dead:template",
+            ),
+            (
+                "Meta 132012",
+                400,
+                err(99, "(#132012) format"),
+                "dead:template",
+            ),
+            (
+                "Meta 132016",
+                400,
+                err(99, "(#132016) disabled"),
+                "dead:template",
+            ),
+            (
+                "Meta 132015 paused",
+                400,
+                err(99, "(#132015) template paused"),
+                "retry:paused",
+            ),
+            (
+                "Meta 131049 cap",
+                400,
+                err(99, "(#131049) marketing cap"),
+                "retry:paused",
+            ),
+            (
+                "Meta 131050 opted out",
+                400,
+                err(99, "(#131050) stopped marketing"),
+                "dead:opted_out",
+            ),
+            ("429", 429, Vec::new(), "retry:rate_limited"),
+            ("503", 503, Vec::new(), "retry:server_error"),
+            ("401", 401, Vec::new(), "dead:unauthorized"),
+            (
+                "unrecognised 400",
+                400,
+                err(42, "NEW_THING"),
+                "dead:validation",
+            ),
+        ];
+        for (name, status, body, want) in rows {
+            assert_eq!(
+                kind(&classify(Family::Template, status, None, &body)),
+                want,
+                "row {name}"
+            );
+        }
+        // The same code in the interactive family keeps its meaning there.
+        assert_eq!(
+            kind(&classify(Family::Interactive, 400, None, &err(3, "?"))),
+            "dead:validation"
+        );
+        assert_eq!(
+            kind(&classify(
+                Family::Interactive,
+                400,
+                None,
+                &err(99, "(#470) window")
+            )),
+            "dead:window"
+        );
+    }
+
     #[test]
     fn name_wins_over_status() {
         // A 401 whose body names a validation error is still read by its name.
-        let o = classify(401, None, &err(1, "ARGUMENT_MISSING: x"));
+        let o = classify(
+            Family::Interactive,
+            401,
+            None,
+            &err(1, "ARGUMENT_MISSING: x"),
+        );
         assert_eq!(kind(&o), "dead:validation");
     }
 
     #[test]
     fn meta_code_must_stand_alone() {
-        let o = classify(400, None, &err(99, "order 1310470 failed"));
+        let o = classify(
+            Family::Interactive,
+            400,
+            None,
+            &err(99, "order 1310470 failed"),
+        );
         assert_eq!(kind(&o), "dead:validation");
     }
 
     #[test]
     fn retry_after_is_kept_on_429() {
-        let o = classify(429, Some(Duration::from_secs(3)), b"");
+        let o = classify(Family::Interactive, 429, Some(Duration::from_secs(3)), b"");
         assert!(matches!(o, Outcome::Retry { after: Some(d), .. } if d == Duration::from_secs(3)));
     }
 
     #[test]
     fn octopods_error_is_carried_with_phones_masked() {
-        let o = classify(400, None, &err(1, "ARGUMENT_MISSING: bad +15551234567"));
+        let o = classify(
+            Family::Interactive,
+            400,
+            None,
+            &err(1, "ARGUMENT_MISSING: bad +15551234567"),
+        );
         let Outcome::DeadLetter(_, f) = o else {
             panic!()
         };
@@ -449,7 +641,9 @@ mod tests {
     fn sent_carries_the_receipt() {
         let body =
             json!({"request_id": "req_9", "message_id": "msg_9", "channel_message_id": "wamid.9"});
-        let Outcome::Sent(r) = classify(200, None, body.to_string().as_bytes()) else {
+        let Outcome::Sent(r) =
+            classify(Family::Interactive, 200, None, body.to_string().as_bytes())
+        else {
             panic!()
         };
         assert_eq!(r.message_id, "msg_9");

@@ -157,10 +157,27 @@ pub struct RetryConfig {
     /// this sends the job to a delay queue instead of holding its delivery.
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
+    /// How long a job waits when its fallback template is paused (Meta 132015)
+    /// or the customer's marketing cap is reached (131049): a delay queue of
+    /// its own. Default `3h`. Such waits count against `max_attempts` only,
+    /// not `max_elapsed`.
+    #[serde(with = "humantime_serde")]
+    pub paused_delay: Duration,
     /// The longest `Retry-After` honoured (seconds or HTTP date); longer ones
     /// are cut to this, for the job and for the channel's pause. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
+}
+
+impl RetryConfig {
+    /// Every delay queue: the schedule and the paused-template delay.
+    pub fn delay_queues(&self) -> Vec<Duration> {
+        let mut all = self.delays.clone();
+        all.push(self.paused_delay);
+        all.sort_unstable();
+        all.dedup_by_key(|d| crate::broker::topology::delay_label(*d));
+        all
+    }
 }
 
 impl Default for RetryConfig {
@@ -178,6 +195,7 @@ impl Default for RetryConfig {
             initial_interval: Duration::from_millis(500),
             max_interval: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(3600),
+            paused_delay: Duration::from_secs(3 * 3600),
         }
     }
 }
@@ -462,6 +480,9 @@ impl Config {
         }
         if self.retry.immediate_attempts == 0 {
             return Err(invalid("retry.immediate_attempts", "must be at least 1"));
+        }
+        if self.retry.paused_delay.as_millis() == 0 {
+            return Err(invalid("retry.paused_delay", "must be at least 1ms"));
         }
         if self.retry.delays.iter().any(|d| d.as_millis() == 0) {
             return Err(invalid("retry.delays", "every delay must be at least 1ms"));

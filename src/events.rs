@@ -5,7 +5,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
 
-use crate::outcome::{EventKind, Failure, OctopodsError, Reason, Receipt};
+use crate::{
+    job::{Job, Via},
+    outcome::{EventKind, Failure, OctopodsError, Reason, Receipt},
+};
 
 const MILLIS: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
@@ -28,22 +31,27 @@ pub struct SentEvent {
     pub phone_number: String,
     pub attempts: u32,
     pub sent_at: String,
+    /// `interactive`, or `template` when the fallback template was sent.
+    pub via: Via,
+    /// The template sent (with `via: template` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_id: Option<u64>,
     pub metadata: Option<Value>,
 }
 
 impl SentEvent {
     pub fn new(
-        job_id: &str,
+        job: &Job,
         channel: &str,
-        phone: &str,
         receipt: Receipt,
         attempts: u32,
-        metadata: Option<Value>,
+        via: Via,
         now: OffsetDateTime,
     ) -> Self {
+        let phone = job.phone.as_str();
         Self {
             event: EventKind::Sent,
-            job_id: job_id.into(),
+            job_id: job.id.as_str().into(),
             channel: channel.into(),
             message_id: receipt.message_id,
             channel_message_id: receipt.channel_message_id,
@@ -52,7 +60,12 @@ impl SentEvent {
             phone_number: receipt.phone_number.unwrap_or_else(|| phone.into()),
             attempts,
             sent_at: timestamp(now),
-            metadata,
+            via,
+            template_id: match via {
+                Via::Template => job.fallback.as_ref().map(|(t, _)| t.id),
+                Via::Interactive => None,
+            },
+            metadata: job.metadata.clone(),
         }
     }
 }

@@ -187,6 +187,9 @@ mod tests {
         // The 50 of burst fill up at the new rate, not at once.
         let g = l.current();
         let admitted = (0..50).filter(|_| g.check().is_ok()).count();
-        assert!(admitted <= 1, "{admitted} admitted at once after the change");
+        assert!(
+            admitted <= 1,
+            "{admitted} admitted at once after the change"
+        );
     }
 }

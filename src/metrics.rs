@@ -36,6 +36,7 @@ pub struct Metrics {
     budget: prometheus::GaugeVec,
     duplicates_suppressed: IntCounterVec,
     panics: IntCounterVec,
+    sent_via: IntCounterVec,
     settle_failures: IntCounterVec,
     forged: IntCounterVec,
     settle_failing: IntGauge,
@@ -231,6 +232,12 @@ impl Metrics {
                 "Jobs already sent by this process whose sent event was re-published instead.",
                 &["channel"],
             ),
+            sent_via: counter(
+                r,
+                "octopods_messages_sent_total",
+                "Messages Octopods accepted, by what was sent (interactive, or the fallback template).",
+                &["channel", "via"],
+            ),
             panics: counter(
                 r,
                 "octopods_panics_total",
@@ -285,6 +292,9 @@ impl Metrics {
             self.events_unroutable
                 .with_label_values(&[channel, k.as_str()]);
         }
+        for v in crate::job::Via::ALL {
+            self.sent_via.with_label_values(&[channel, v.as_str()]);
+        }
         for r in Reason::ALL {
             self.dead_lettered.with_label_values(&[channel, r.as_str()]);
         }
@@ -313,6 +323,12 @@ impl Metrics {
         self.budget
             .with_label_values(&[channel])
             .set(rate_per_second);
+    }
+
+    pub fn sent_via(&self, channel: &str, via: crate::job::Via) {
+        self.sent_via
+            .with_label_values(&[channel, via.as_str()])
+            .inc();
     }
 
     pub fn panicked(&self, channel: &str) {

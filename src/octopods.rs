@@ -8,13 +8,22 @@ use std::time::{Duration, Instant};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
 use crate::{
-    classify::{self, Transport, classify},
+    classify::{self, Family, Transport, classify},
     config::{ApiKey, OctopodsConfig},
     outcome::Outcome,
     retry::Sender,
 };
 
 pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";
+/// `/api/v1/whatsapp/templates/{template_id}/messages` (CONTRACT §11).
+pub(crate) const TEMPLATES_PATH: &str = "/api/v1/whatsapp/templates";
+
+/// Which endpoint a request goes to; errors are read in its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    Interactive,
+    Template(u64),
+}
 pub(crate) const AUTH_HEADER: &str = "X-Octopods-Auth";
 /// Answers larger than this are not read in full (Octopods' are tiny).
 const MAX_ANSWER_BYTES: usize = 256 * 1024;
@@ -31,8 +40,17 @@ pub(crate) struct Attempt {
 #[derive(Debug, Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
-    url: String,
+    base: String,
     timeout: Duration,
+}
+
+impl From<Endpoint> for Family {
+    fn from(e: Endpoint) -> Family {
+        match e {
+            Endpoint::Interactive => Family::Interactive,
+            Endpoint::Template(_) => Family::Template,
+        }
+    }
 }
 
 /// The client with one channel's key: what the retry loop sends through.
@@ -42,8 +60,8 @@ pub(crate) struct ChannelSender<'a> {
 }
 
 impl Sender for ChannelSender<'_> {
-    async fn send(&self, body: bytes::Bytes) -> Attempt {
-        self.client.send(self.key, body).await
+    async fn send(&self, endpoint: Endpoint, body: bytes::Bytes) -> Attempt {
+        self.client.send(self.key, endpoint, body).await
     }
 }
 
@@ -59,20 +77,30 @@ impl Client {
             .build()?;
         Ok(Self {
             http,
-            url: format!("{}{PATH}", config.base_url.trim_end_matches('/')),
+            base: config.base_url.trim_end_matches('/').to_owned(),
             timeout: config.timeout,
         })
     }
 
-    /// Sends one interactive message (the caller holds a request permit).
-    pub(crate) async fn send(&self, key: &ApiKey, body: bytes::Bytes) -> Attempt {
+    /// Sends one message (the caller holds a request permit).
+    pub(crate) async fn send(
+        &self,
+        key: &ApiKey,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+    ) -> Attempt {
         let started = Instant::now();
+        let url = match endpoint {
+            Endpoint::Interactive => format!("{}{PATH}", self.base),
+            Endpoint::Template(id) => format!("{}{TEMPLATES_PATH}/{id}/messages", self.base),
+        };
         // Boxed: the request's state lives on the heap only while it runs,
         // not in every waiting job's task.
-        let (status, outcome) = match Box::pin(self.request(key, body)).await {
-            Ok((status, retry_after, answer)) => {
-                (Some(status), classify(status, retry_after, &answer))
-            }
+        let (status, outcome) = match Box::pin(self.request(&url, key, body)).await {
+            Ok((status, retry_after, answer)) => (
+                Some(status),
+                classify(endpoint.into(), status, retry_after, &answer),
+            ),
             Err(outcome) => (None, outcome),
         };
         Attempt {
@@ -84,6 +112,7 @@ impl Client {
 
     async fn request(
         &self,
+        url: &str,
         key: &ApiKey,
         body: bytes::Bytes,
     ) -> Result<(u16, Option<Duration>, Vec<u8>), Outcome> {
@@ -91,7 +120,7 @@ impl Client {
         auth.set_sensitive(true);
         let mut response = self
             .http
-            .post(&self.url)
+            .post(url)
             .header(AUTH_HEADER, auth)
             .header(CONTENT_TYPE, "application/json")
             .body(body)

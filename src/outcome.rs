@@ -23,10 +23,15 @@ pub enum Reason {
     Poison,
     /// The worker itself failed on this job (a panic) several deliveries in a row.
     Internal,
+    /// The fallback template cannot be sent (unknown, disabled, variables or
+    /// header wrong; CONTRACT §11).
+    Template,
+    /// The customer stopped marketing messages (Meta 131050).
+    OptedOut,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Validation,
         Reason::Malformed,
         Reason::Window,
@@ -37,6 +42,8 @@ impl Reason {
         Reason::RetriesExhausted,
         Reason::Poison,
         Reason::Internal,
+        Reason::Template,
+        Reason::OptedOut,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +58,8 @@ impl Reason {
             Reason::RetriesExhausted => "retries_exhausted",
             Reason::Poison => "poison",
             Reason::Internal => "internal",
+            Reason::Template => "template",
+            Reason::OptedOut => "opted_out",
         }
     }
 
@@ -80,16 +89,20 @@ pub enum RetryCause {
     Connect,
     /// An answer we could not read (bad JSON, 2xx without `message_id`).
     Unreadable,
+    /// The template is paused (Meta 132015) or the customer's marketing cap
+    /// is reached (131049): retried hours later (`retry.paused_delay`).
+    Paused,
 }
 
 impl RetryCause {
-    pub const ALL: [RetryCause; 6] = [
+    pub const ALL: [RetryCause; 7] = [
         RetryCause::RateLimited,
         RetryCause::Throttled,
         RetryCause::Timeout,
         RetryCause::ServerError,
         RetryCause::Connect,
         RetryCause::Unreadable,
+        RetryCause::Paused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +113,7 @@ impl RetryCause {
             RetryCause::ServerError => "server_error",
             RetryCause::Connect => "connect",
             RetryCause::Unreadable => "unreadable",
+            RetryCause::Paused => "paused",
         }
     }
 }

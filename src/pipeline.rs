@@ -6,8 +6,6 @@
 //! [`job`]: crate::job
 //! [`dedup`]: crate::dedup
 
-use std::time::Duration;
-
 use lapin::BasicProperties;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -19,9 +17,10 @@ use crate::{
     dedup::Begin,
     events::SentEvent,
     job::Job,
+    job::Via,
     octopods::ChannelSender,
     outcome::{Failure, RetryCause},
-    retry::{self, Final, Target},
+    retry::{self, Final, Later, Target},
     settle::Settlement,
     telemetry::escape,
 };
@@ -120,14 +119,14 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
     )
     .await;
     match result {
-        Final::Sent(receipt) => {
+        Final::Sent(receipt, via) => {
+            shared.metrics.sent_via(name, via);
             let event = SentEvent::new(
-                job.id.as_str(),
+                &job,
                 name,
-                job.phone.as_str(),
                 receipt,
                 attempts,
-                job.metadata.clone(),
+                via,
                 OffsetDateTime::now_utc(),
             );
             let event = serde_json::to_vec(&event).unwrap_or_default();
@@ -145,37 +144,28 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
             echo: job.echo(),
             attempts,
         },
-        Final::Delay {
-            cause,
-            after,
-            failure,
-        } => delay(
-            history,
-            attempts,
-            now,
-            &retry_config.delays,
-            cause,
-            after,
-            failure,
-        ),
+        Final::Delay(later) => delay(history, attempts, now, retry_config, later),
         Final::Requeue => Settlement::GiveBack {
             why: "stopping before this job's turn",
         },
     }
 }
 
-/// The durable retry after this delivery's attempts: the next delay queue,
-/// and the history the job carries there.
+/// The durable retry after this delivery's attempts: the next delay queue
+/// (the paused-template queue for a paused template), and the history the
+/// job carries there.
 fn delay(
     before: History,
     attempts: u32,
     now: OffsetDateTime,
-    delays: &[Duration],
-    cause: RetryCause,
-    after: Option<Duration>,
-    failure: Failure,
+    retry: &crate::config::RetryConfig,
+    later: Later,
 ) -> Settlement {
-    let Some(wait) = retry::pick_delay(delays, before.delayed, after) else {
+    let wait = match later.cause {
+        RetryCause::Paused => Some(retry.paused_delay),
+        _ => retry::pick_delay(&retry.delays, before.delayed, later.after),
+    };
+    let Some(wait) = wait else {
         return Settlement::GiveBack {
             why: "no retry delays configured",
         };
@@ -184,14 +174,12 @@ fn delay(
         attempts,
         delayed: before.delayed.saturating_add(1),
         first_attempt_at: Some(before.first_attempt_at.unwrap_or(now)),
+        template: later.via == Via::Template,
     };
     Settlement::Delay {
         history,
         wait,
-        cause,
-        failure,
+        cause: later.cause,
+        failure: later.failure,
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -23,34 +23,41 @@ use crate::{
     broker::{Flow, headers::History},
     classify,
     config::RetryConfig,
-    job::Job,
+    job::{Job, Via},
     limit::Limiter,
     metrics::Metrics,
-    octopods::Attempt,
+    octopods::{Attempt, Endpoint},
     outcome::{Failure, Outcome, Reason, Receipt, RetryCause},
     telemetry::escape,
 };
 
 /// Sends one request for a job: the Octopods client, or a fake in tests.
 pub(crate) trait Sender {
-    fn send(&self, body: bytes::Bytes) -> impl Future<Output = Attempt> + Send;
+    fn send(&self, endpoint: Endpoint, body: bytes::Bytes) -> impl Future<Output = Attempt> + Send;
 }
 
 /// How a delivery's attempts ended.
 #[derive(Debug)]
 pub(crate) enum Final {
-    Sent(Receipt),
+    Sent(Receipt, Via),
     DeadLetter(Reason, Failure),
     /// Still transient: retry later through a delay queue, waiting at least
     /// `after`.
-    Delay {
-        cause: RetryCause,
-        after: Option<Duration>,
-        failure: Failure,
-    },
+    Delay(Later),
     /// The replica is stopping and the job had not reached its request: put
     /// it back in its queue untouched.
     Requeue,
+}
+
+/// A transient failure to retry later from a delay queue.
+#[derive(Debug)]
+pub(crate) struct Later {
+    pub(crate) cause: RetryCause,
+    /// At least this long (`Retry-After`, or the paused-template delay).
+    pub(crate) after: Option<Duration>,
+    pub(crate) failure: Failure,
+    /// The message it was sending.
+    pub(crate) via: Via,
 }
 
 /// What the attempts need of the channel and the process.
@@ -102,35 +109,53 @@ pub(crate) async fn attempt<S: Sender>(
         .unwrap_or_default();
     let prior = history.attempts;
     let mut attempts = prior;
+    // A job whose window Octopods already reported closed goes on as a template.
+    let mut via = if history.template && job.fallback.is_some() {
+        Via::Template
+    } else {
+        Via::Interactive
+    };
     loop {
-        let now = OffsetDateTime::now_utc();
-        if let Err((reason, message)) = job.check_deadlines(now) {
-            return (
-                Final::DeadLetter(reason, Failure::local(message)),
-                attempts.max(1),
-            );
+        if let Err(dead) = deadlines(job, &mut via) {
+            return (dead, attempts.max(1));
         }
         let Some((permit, waited)) = turn(job, target).await else {
             return (Final::Requeue, attempts);
         };
         metrics.waited_for_limit(target.channel, waited);
         // The deadline may have passed while the job waited for its turn.
-        if let Err((reason, message)) = job.check_deadlines(OffsetDateTime::now_utc()) {
-            return (
-                Final::DeadLetter(reason, Failure::local(message)),
-                attempts.max(1),
-            );
+        if let Err(dead) = deadlines(job, &mut via) {
+            return (dead, attempts.max(1));
         }
         attempts = attempts.saturating_add(1);
         Span::current().record("attempt", attempts);
-        let result = sender.send(job.request_body.clone()).await;
+        let (endpoint, body) = match (&job.fallback, via) {
+            (Some((template, body)), Via::Template) => {
+                (Endpoint::Template(template.id), body.clone())
+            }
+            _ => (Endpoint::Interactive, job.request_body.clone()),
+        };
+        let result = sender.send(endpoint, body).await;
         drop(permit);
         metrics.api_request(target.channel, result.status, result.duration);
         let (cause, after, failure) = match result.outcome {
-            Outcome::Sent(receipt) => return (Final::Sent(receipt), attempts),
+            Outcome::Sent(receipt) => return (Final::Sent(receipt, via), attempts),
+            // Octopods (or Meta) says the window is closed: the template, now.
+            Outcome::DeadLetter(Reason::Window, failure)
+                if via == Via::Interactive && job.fallback.is_some() =>
+            {
+                info!(error = %escape(&failure.message), "the window is closed; sending the fallback template");
+                via = Via::Template;
+                continue;
+            }
             Outcome::DeadLetter(reason, failure) => {
                 return (Final::DeadLetter(reason, failure), attempts);
             }
+            Outcome::Retry {
+                cause: RetryCause::Paused,
+                failure,
+                ..
+            } => (RetryCause::Paused, Some(retry.paused_delay), failure),
             Outcome::Retry {
                 cause,
                 after,
@@ -140,7 +165,11 @@ pub(crate) async fn attempt<S: Sender>(
         if let Some(pause) = after {
             target.limiter.pause(pause);
         }
-        let elapsed = before.saturating_add(started.elapsed());
+        // A paused template waits hours by design: only attempts count then.
+        let elapsed = match cause {
+            RetryCause::Paused => Duration::ZERO,
+            _ => before.saturating_add(started.elapsed()),
+        };
         let failure = match classify::budget_spent(attempts, elapsed, retry, failure) {
             Ok(failure) => failure,
             Err((reason, failure)) => {
@@ -161,11 +190,12 @@ pub(crate) async fn attempt<S: Sender>(
                 || wait > retry.max_interval)
         {
             return (
-                Final::Delay {
+                Final::Delay(Later {
                     cause,
                     after,
                     failure,
-                },
+                    via,
+                }),
                 attempts,
             );
         }
@@ -179,11 +209,24 @@ pub(crate) async fn attempt<S: Sender>(
             biased;
             // Stopping between attempts: keep the count, retry later.
             () = target.stop.cancelled() => {
-                let next = if durable { Final::Delay { cause, after, failure } } else { Final::Requeue };
+                let next = if durable { Final::Delay(Later { cause, after, failure, via }) } else { Final::Requeue };
                 return (next, attempts);
             }
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// The checks before each attempt: past `expires_at` the job is dead; a
+/// closed window switches to the fallback template if there is one.
+fn deadlines(job: &Job, via: &mut Via) -> Result<(), Final> {
+    match job.check_deadlines(OffsetDateTime::now_utc(), *via) {
+        Ok(()) => Ok(()),
+        Err((Reason::Window, _)) if job.fallback.is_some() => {
+            *via = Via::Template;
+            Ok(())
+        }
+        Err((reason, message)) => Err(Final::DeadLetter(reason, Failure::local(message))),
     }
 }
 

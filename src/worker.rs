@@ -74,7 +74,7 @@ impl Worker {
         let metrics = Arc::new(Metrics::new());
         let delays: Vec<String> = config
             .retry
-            .delays
+            .delay_queues()
             .iter()
             .map(|d| topology::delay_label(*d))
             .collect();

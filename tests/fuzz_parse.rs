@@ -3,7 +3,11 @@
 //! cases comes from `PROPTEST_CASES` (CI runs a bounded number; the closing
 //! note of the resilience issue reports a run of a million).
 
-use octopods_worker::{classify::classify, config::Provider, job::Job};
+use octopods_worker::{
+    classify::{Family, classify},
+    config::Provider,
+    job::Job,
+};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -97,7 +101,7 @@ proptest! {
 
     #[test]
     fn arbitrary_answers_never_panic(status in 100u16..600, body in prop::collection::vec(any::<u8>(), 0..512), json in json_value()) {
-        let _ = classify(status, None, &body);
-        let _ = classify(status, None, json.to_string().as_bytes());
+        let _ = classify(Family::Template, status, None, &body);
+        let _ = classify(Family::Template, status, None, json.to_string().as_bytes());
     }
 }

@@ -36,6 +36,9 @@ pub(crate) const DELAY: &str = "octopods-retry-delay";
 pub(crate) const DELAYED: &str = "x-octopods-delayed";
 /// When the job's first attempt was made (RFC 3339), for `retry.max_elapsed`.
 pub(crate) const FIRST_ATTEMPT_AT: &str = "x-octopods-first-attempt-at";
+/// `template` once Octopods said the window is closed: later deliveries
+/// go straight to the fallback template.
+pub(crate) const VIA: &str = "x-octopods-via";
 /// The HMAC over the history headers (hex).
 pub(crate) const HISTORY_SIG: &str = "x-octopods-history-sig";
 /// The prefix of every header the worker owns; a producer's are dropped
@@ -127,6 +130,8 @@ pub(crate) struct History {
     pub(crate) delayed: u32,
     /// When the first attempt was made.
     pub(crate) first_attempt_at: Option<OffsetDateTime>,
+    /// The job goes on as its fallback template.
+    pub(crate) template: bool,
 }
 
 /// Whether a delivery's history headers could be trusted.
@@ -151,7 +156,7 @@ impl History {
         now: OffsetDateTime,
     ) -> (History, Trust) {
         let h = props.headers().as_ref();
-        let present = [ATTEMPTS, DELAYED, FIRST_ATTEMPT_AT, HISTORY_SIG]
+        let present = [ATTEMPTS, DELAYED, FIRST_ATTEMPT_AT, VIA, HISTORY_SIG]
             .iter()
             .any(|k| h.is_some_and(|t| t.inner().contains_key(*k)));
         if !present {
@@ -161,6 +166,7 @@ impl History {
             attempts: count(h, ATTEMPTS).unwrap_or(0),
             delayed: count(h, DELAYED).unwrap_or(0),
             first_attempt_at: time(h, FIRST_ATTEMPT_AT).map(|t| t.min(now)),
+            template: text(h, VIA).as_deref() == Some("template"),
         };
         let signed =
             text(h, HISTORY_SIG).is_some_and(|sig| history.signature(body, channel, key) == sig);
@@ -186,6 +192,9 @@ impl History {
         if let Some(t) = self.first_attempt_at {
             set.push((FIRST_ATTEMPT_AT, text_value(&timestamp(t))));
         }
+        if self.template {
+            set.push((VIA, text_value("template")));
+        }
         set
     }
 
@@ -202,6 +211,7 @@ impl History {
         // Millisecond precision, as written by `timestamp`.
         let at = self.first_attempt_at.map(timestamp).unwrap_or_default();
         mac.update(at.as_bytes());
+        mac.update(&[u8::from(self.template)]);
         hex(&mac.finalize().into_bytes())
     }
 }
@@ -312,6 +322,7 @@ mod tests {
             attempts: 3,
             delayed: 1,
             first_attempt_at: Some(datetime!(2026-11-25 09:59:00.123 UTC)),
+            template: true,
         };
         let p = props(h.headers(b"body", "store-eu", &key));
         assert_eq!(
@@ -328,6 +339,7 @@ mod tests {
             attempts: 3,
             delayed: 1,
             first_attempt_at: None,
+            template: false,
         };
         let signed = h.headers(b"body", "store-eu", &key);
         // Another job's bytes, another channel, another key, or no signature.

@@ -136,7 +136,13 @@ fn at_least_once(exchange: &str) -> [(&'static str, AMQPValue); 3] {
 pub fn queues(config: &Config) -> Vec<String> {
     let n = Names::new(&config.broker.prefix);
     let mut q = vec![n.unroutable(), n.dead(), n.results(), n.control()];
-    q.extend(config.retry.delays.iter().map(|d| n.retry_queue(*d)));
+    q.extend(
+        config
+            .retry
+            .delay_queues()
+            .iter()
+            .map(|d| n.retry_queue(*d)),
+    );
     q.extend(config.channels.iter().map(|c| n.channel_queue(&c.name)));
     q
 }
@@ -170,7 +176,7 @@ pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
 /// Declares the whole topology. Safe to run any number of times; a queue
 /// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
-    let retry_delays = &config.retry.delays;
+    let retry_delays = &config.retry.delay_queues();
     let n = Names::new(&config.broker.prefix);
     let none = FieldTable::default;
 

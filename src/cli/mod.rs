@@ -173,6 +173,11 @@ pub struct SandboxArgs {
     /// Answer 429 (Retry-After: 1) past this many requests per second per key.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// An accepted template (repeatable): `ID` (body placeholders only) or
+    /// `ID:header,body,footer,buttons` (the sections with placeholders).
+    /// Default catalog: `539` and `540:header,body,buttons`.
+    #[arg(long = "template", value_parser = sandbox::TemplateSpec::parse)]
+    pub templates: Vec<sandbox::TemplateSpec>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +243,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
                 latency: a.latency,
                 api_keys: a.api_keys,
                 rate_limit: a.rate_limit,
+                templates: a.templates,
             };
             sandbox::run(config, shutdown)
                 .await

@@ -39,6 +39,50 @@ pub struct SandboxConfig {
     /// Requests per second accepted per API key before answering 429 with
     /// `Retry-After: 1`, as Octopods does for sustained bursts. `None`: no limit.
     pub rate_limit: Option<u32>,
+    /// The template catalog; empty: `539` (body) and `540:header,body,buttons`.
+    pub templates: Vec<TemplateSpec>,
+}
+
+/// An accepted template: its id and the sections with placeholders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    pub id: u64,
+    pub sections: Vec<String>,
+}
+
+impl TemplateSpec {
+    /// `539` or `540:header,body,buttons`.
+    pub fn parse(s: &str) -> Result<TemplateSpec, String> {
+        let (id, sections) = s.split_once(':').unwrap_or((s, "body"));
+        let id = id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| format!("{id:?}: a template id is a positive integer"))?;
+        let sections: Vec<String> = sections.split(',').map(|x| x.trim().to_owned()).collect();
+        if let Some(bad) = sections
+            .iter()
+            .find(|x| !["header", "body", "footer", "buttons"].contains(&x.as_str()))
+        {
+            return Err(format!(
+                "{bad:?}: sections are header, body, footer, buttons"
+            ));
+        }
+        Ok(TemplateSpec { id, sections })
+    }
+
+    fn default_catalog() -> Vec<TemplateSpec> {
+        vec![
+            TemplateSpec {
+                id: 539,
+                sections: vec!["body".into()],
+            },
+            TemplateSpec {
+                id: 540,
+                sections: vec!["header".into(), "body".into(), "buttons".into()],
+            },
+        ]
+    }
 }
 
 /// A scripted answer.
@@ -112,6 +156,9 @@ pub struct Recorded {
     pub at: String,
     pub auth: Option<String>,
     pub phone: Option<String>,
+    /// The request path (interactive or a template's).
+    #[serde(default)]
+    pub path: String,
     pub body: String,
     pub status: u16,
 }
@@ -188,6 +235,10 @@ impl Sandbox {
         });
         let app = Router::new()
             .route(octopods::PATH, post(interactive_handler))
+            .route(
+                "/api/v1/whatsapp/templates/{id}/messages",
+                post(template_handler),
+            )
             .route(
                 "/_sandbox/script",
                 post(script_handler).delete(clear_handler),
@@ -377,22 +428,108 @@ fn fault_answer(fault: Fault) -> Option<Answer> {
 }
 
 /// Octopods' own checks, in the order the docs imply.
-fn normal_answer(state: &SandboxState, auth: Option<&str>, body: &[u8]) -> Answer {
+/// The key and the per-key rate limit, as for every endpoint.
+fn gate(state: &SandboxState, auth: Option<&str>) -> Option<Answer> {
     let Some(key) = auth.filter(|k| !k.is_empty()) else {
-        return error(401, 5, "UNAUTHORIZED: X-Octopods-Auth header missing");
+        return Some(error(
+            401,
+            5,
+            "UNAUTHORIZED: X-Octopods-Auth header missing",
+        ));
     };
     if !state.config.api_keys.is_empty() && !state.config.api_keys.iter().any(|k| k == key) {
-        return error(401, 5, "UNAUTHORIZED: unknown API key");
+        return Some(error(401, 5, "UNAUTHORIZED: unknown API key"));
     }
     if let Some(limiter) = &state.per_key
         && limiter.check_key(&key.to_owned()).is_err()
     {
-        return Answer {
+        return Some(Answer {
             status: 429,
             body: json!({"request_id": request_id(), "error": "Too Many Requests"}),
             retry_after: Some(1),
             hang: None,
-        };
+        });
+    }
+    None
+}
+
+/// A queued send: fresh ids.
+fn accepted(state: &SandboxState, phone: &str) -> Answer {
+    let id = ulid::Ulid::generate();
+    let message_id = format!("msg_{id}");
+    Answer {
+        status: 200,
+        body: json!({
+            "request_id": request_id(),
+            "message_id": message_id,
+            "message_status_url": format!("http://{}/api/v1/whatsapp/messages/{message_id}", state.addr),
+            "phone_number": phone,
+            "channel_message_id": format!("wamid.{id}"),
+        }),
+        retry_after: None,
+        hang: None,
+    }
+}
+
+/// `POST /api/v1/whatsapp/templates/{id}/messages`, as Octopods documents it.
+fn template_answer(state: &SandboxState, auth: Option<&str>, id: &str, body: &[u8]) -> Answer {
+    if let Some(refused) = gate(state, auth) {
+        return refused;
+    }
+    let catalog = if state.config.templates.is_empty() {
+        TemplateSpec::default_catalog()
+    } else {
+        state.config.templates.clone()
+    };
+    let Some(spec) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| catalog.into_iter().find(|t| t.id == id))
+    else {
+        return error(
+            400,
+            3,
+            &format!("TEMPLATE_NOT_EXIST: no accepted template {id}"),
+        );
+    };
+    let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
+        return error(400, 2, "TYPE_MISMATCH: the body must be a JSON object");
+    };
+    let Some(phone) = req.get("destination_phone").and_then(Value::as_str) else {
+        return error(400, 1, "ARGUMENT_MISSING: destination_phone");
+    };
+    if crate::job::Phone::parse(phone).is_none() {
+        return error(400, 5, "PHONE_INVALID: destination_phone is not E.164");
+    }
+    let body_only = spec.sections == ["body"];
+    match req.get("message_variables") {
+        Some(Value::Array(_)) if !body_only => {
+            return error(
+                400,
+                2,
+                "TYPE_MISMATCH: message_variables must be an object with header, body, footer and buttons for this template",
+            );
+        }
+        Some(Value::Object(m)) => {
+            if let Some(missing) = ["header", "body", "footer", "buttons"]
+                .iter()
+                .find(|k| !m.contains_key(**k))
+            {
+                return error(
+                    400,
+                    1,
+                    &format!("ARGUMENT_MISSING: message_variables.{missing}"),
+                );
+            }
+        }
+        _ => {}
+    }
+    accepted(state, phone)
+}
+
+fn normal_answer(state: &SandboxState, auth: Option<&str>, body: &[u8]) -> Answer {
+    if let Some(refused) = gate(state, auth) {
+        return refused;
     }
     let Ok(Value::Object(req)) = serde_json::from_slice::<Value>(body) else {
         return error(400, 2, "TYPE_MISMATCH: the body must be a JSON object");
@@ -416,20 +553,7 @@ fn normal_answer(state: &SandboxState, auth: Option<&str>, body: &[u8]) -> Answe
             error(400, 7, &format!("VALIDATION: {text}"))
         };
     }
-    let id = ulid::Ulid::generate();
-    let message_id = format!("msg_{id}");
-    Answer {
-        status: 200,
-        body: json!({
-            "request_id": request_id(),
-            "message_id": message_id,
-            "message_status_url": format!("http://{}/api/v1/whatsapp/messages/{message_id}", state.addr),
-            "phone_number": phone,
-            "channel_message_id": format!("wamid.{id}"),
-        }),
-        retry_after: None,
-        hang: None,
-    }
+    accepted(state, phone)
 }
 
 async fn interactive_handler(
@@ -437,18 +561,45 @@ async fn interactive_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    respond(&s, &headers, &body, octopods::PATH.to_owned(), |auth| {
+        normal_answer(&s, auth, &body)
+    })
+    .await
+}
+
+async fn template_handler(
+    State(s): State<Arc<SandboxState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!("{}/{id}/messages", octopods::TEMPLATES_PATH);
+    respond(&s, &headers, &body, path, |auth| {
+        template_answer(&s, auth, &id, &body)
+    })
+    .await
+}
+
+/// Records the request, answers a scripted fault for its phone or `normal`.
+async fn respond(
+    s: &SandboxState,
+    headers: &HeaderMap,
+    body: &Bytes,
+    path: String,
+    normal: impl FnOnce(Option<&str>) -> Answer,
+) -> Response {
     let arrived = Instant::now();
     let auth = headers
         .get(octopods::AUTH_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let phone = serde_json::from_slice::<Value>(&body)
+    let phone = serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v.get("destination_phone")?.as_str().map(str::to_owned));
     let answer = s
         .scripted(phone.as_deref())
         .and_then(fault_answer)
-        .unwrap_or_else(|| normal_answer(&s, auth.as_deref(), &body));
+        .unwrap_or_else(|| normal(auth.as_deref()));
     if let Ok(mut log) = s.log.lock() {
         let seq = log.len() as u64;
         log.push(Recorded {
@@ -457,7 +608,8 @@ async fn interactive_handler(
             at: timestamp(time::OffsetDateTime::now_utc()),
             auth,
             phone,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            path,
+            body: String::from_utf8_lossy(body).into_owned(),
             status: answer.status,
         });
     }

@@ -5,6 +5,7 @@
 //! Later stages never re-check what [`Job::parse`] accepted.
 
 pub mod interactive;
+pub mod template;
 
 use std::fmt;
 
@@ -20,7 +21,8 @@ pub const MAX_METADATA_BYTES: usize = 4 * 1024;
 /// WhatsApp's customer-service window.
 pub const WINDOW: Duration = Duration::hours(24);
 
-const FIELDS: [&str; 9] = [
+const FIELDS: [&str; 10] = [
+    "fallback_template",
     "job_id",
     "destination_phone",
     "waba_interactive_message",
@@ -79,6 +81,26 @@ impl fmt::Debug for Phone {
     }
 }
 
+/// Which message a send uses: the interactive one, or the fallback template
+/// outside the 24-hour window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    Interactive,
+    Template,
+}
+
+impl Via {
+    pub const ALL: [Via; 2] = [Via::Interactive, Via::Template];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Interactive => "interactive",
+            Via::Template => "template",
+        }
+    }
+}
+
 /// What an event echoes of a job, taken on a best-effort basis even from a
 /// job that failed to parse.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -123,6 +145,9 @@ pub struct Job {
     pub metadata: Option<Value>,
     /// The Octopods request body, serialized once.
     pub request_body: bytes::Bytes,
+    /// The template to send instead when the 24-hour window is closed, with
+    /// its request body.
+    pub fallback: Option<(template::Template, bytes::Bytes)>,
 }
 
 impl Job {
@@ -228,15 +253,25 @@ impl Job {
             Some(_) => return Err("metadata: expected an object".into()),
         };
 
+        let mut intercom = Map::new();
+        if let Some(v) = open_intercom {
+            intercom.insert("open_intercom_conversation".into(), v);
+        }
+        if let Some(v) = teammate {
+            intercom.insert("intercom_teammate_id".into(), v);
+        }
+        let fallback = match map.get("fallback_template") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let t = template::Template::parse(v)?;
+                let body = t.request_body(&phone.0, &intercom)?;
+                Some((t, body))
+            }
+        };
         let mut body = Map::new();
         body.insert("destination_phone".into(), Value::String(phone.0.clone()));
         body.insert("waba_interactive_message".into(), message);
-        if let Some(v) = open_intercom {
-            body.insert("open_intercom_conversation".into(), v);
-        }
-        if let Some(v) = teammate {
-            body.insert("intercom_teammate_id".into(), v);
-        }
+        body.extend(intercom);
         let request_body = serde_json::to_vec(&body)
             .map(bytes::Bytes::from)
             .map_err(|e| format!("body: {e}"))?;
@@ -247,12 +282,13 @@ impl Job {
             expires_at,
             metadata,
             request_body,
+            fallback,
         })
     }
 
     /// The time checks made before every attempt: `expires_at`, then the
-    /// 24-hour window since `last_inbound_at`.
-    pub fn check_deadlines(&self, now: OffsetDateTime) -> Result<(), (Reason, String)> {
+    /// 24-hour window since `last_inbound_at` (which a template does not need).
+    pub fn check_deadlines(&self, now: OffsetDateTime, via: Via) -> Result<(), (Reason, String)> {
         if let Some(expires) = self.expires_at
             && now >= expires
         {
@@ -262,7 +298,7 @@ impl Job {
             ));
         }
         // A window ending past the calendar's end has simply not closed yet.
-        if let Some(last) = self.last_inbound_at
+        if let (Via::Interactive, Some(last)) = (via, self.last_inbound_at)
             && last.checked_add(WINDOW).is_some_and(|end| now >= end)
         {
             return Err((

@@ -198,11 +198,17 @@ fn window_closes_24_hours_after_last_inbound() {
     v["last_inbound_at"] = json!("2026-11-24T09:12:00Z");
     let j = parse(&v).unwrap();
     assert!(
-        j.check_deadlines(datetime!(2026-11-25 09:11:59 UTC))
-            .is_ok()
+        j.check_deadlines(
+            datetime!(2026-11-25 09:11:59 UTC),
+            crate::job::Via::Interactive
+        )
+        .is_ok()
     );
     let (reason, msg) = j
-        .check_deadlines(datetime!(2026-11-25 09:12:00 UTC))
+        .check_deadlines(
+            datetime!(2026-11-25 09:12:00 UTC),
+            crate::job::Via::Interactive,
+        )
         .unwrap_err();
     assert_eq!(reason, Reason::Window);
     assert!(
@@ -217,11 +223,17 @@ fn expired_job_is_expired() {
     v["expires_at"] = json!("2026-11-24T18:00:00Z");
     let j = parse(&v).unwrap();
     assert!(
-        j.check_deadlines(datetime!(2026-11-24 17:59:59 UTC))
-            .is_ok()
+        j.check_deadlines(
+            datetime!(2026-11-24 17:59:59 UTC),
+            crate::job::Via::Interactive
+        )
+        .is_ok()
     );
     let (reason, _) = j
-        .check_deadlines(datetime!(2026-11-24 18:00:00 UTC))
+        .check_deadlines(
+            datetime!(2026-11-24 18:00:00 UTC),
+            crate::job::Via::Interactive,
+        )
         .unwrap_err();
     assert_eq!(reason, Reason::Expired);
 }
@@ -250,7 +262,7 @@ fn timestamps_at_the_calendar_edges_give_a_clear_outcome_not_a_panic() {
             "waba_interactive_message": crate::job::delivery_confirmation()});
         j[field] = serde_json::json!(value);
         match Job::parse(j.to_string().as_bytes(), "c", Provider::CloudApi) {
-            Ok(job) => drop(job.check_deadlines(now)),
+            Ok(job) => drop(job.check_deadlines(now, crate::job::Via::Interactive)),
             Err(r) => assert_eq!(
                 r.reason,
                 Reason::Validation,

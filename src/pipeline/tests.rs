@@ -43,7 +43,7 @@ burst = 1000
 struct Answer(Outcome);
 
 impl crate::retry::Sender for Answer {
-    async fn send(&self, _body: bytes::Bytes) -> Attempt {
+    async fn send(&self, _endpoint: crate::octopods::Endpoint, _body: bytes::Bytes) -> Attempt {
         Attempt {
             status: Some(200),
             outcome: self.0.clone(),

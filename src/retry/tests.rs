@@ -25,7 +25,7 @@ impl Script {
 }
 
 impl Sender for Script {
-    async fn send(&self, _body: bytes::Bytes) -> Attempt {
+    async fn send(&self, _endpoint: Endpoint, _body: bytes::Bytes) -> Attempt {
         let outcome = self
             .0
             .lock()
@@ -77,6 +77,7 @@ fn config(immediate: u32, delays: &[u64]) -> RetryConfig {
         initial_interval: Duration::from_millis(100),
         max_interval: Duration::from_secs(30),
         max_retry_after: Duration::from_secs(3600),
+        paused_delay: Duration::from_secs(3 * 3600),
     }
 }
 
@@ -116,7 +117,7 @@ async fn a_first_success_is_sent_with_one_attempt() {
     let f = Fixture::new();
     let script = Script::new(vec![sent()]);
     let (result, attempts) = f.run(&script, History::default(), &config(2, &[10])).await;
-    assert!(matches!(result, Final::Sent(r) if r.message_id == "msg_1"));
+    assert!(matches!(result, Final::Sent(r, _) if r.message_id == "msg_1"));
     assert_eq!(attempts, 1);
 }
 
@@ -138,7 +139,7 @@ async fn a_transient_failure_is_retried_after_a_backoff_then_sent() {
     let script = Script::new(vec![unavailable(), sent()]);
     let started = Instant::now();
     let (result, attempts) = f.run(&script, History::default(), &config(3, &[10])).await;
-    assert!(matches!(result, Final::Sent(_)));
+    assert!(matches!(result, Final::Sent(..)));
     assert_eq!(attempts, 2);
     // 100 ms ± 50 % jitter.
     assert!(
@@ -155,10 +156,10 @@ async fn past_the_immediate_attempts_the_job_goes_to_a_delay_queue() {
     let (result, attempts) = f.run(&script, History::default(), &config(2, &[10])).await;
     assert!(matches!(
         result,
-        Final::Delay {
+        Final::Delay(Later {
             cause: RetryCause::ServerError,
             ..
-        }
+        })
     ));
     assert_eq!(attempts, 2);
     assert_eq!(script.left(), 0);
@@ -172,6 +173,7 @@ async fn the_budget_is_spent_by_attempts_counted_across_deliveries() {
         attempts: 4,
         delayed: 2,
         first_attempt_at: Some(OffsetDateTime::now_utc()),
+        template: false,
     };
     let (result, attempts) = f.run(&script, earlier, &config(2, &[10])).await;
     let Final::DeadLetter(Reason::RetriesExhausted, failure) = result else {
@@ -193,6 +195,7 @@ async fn the_budget_is_spent_by_time_since_the_first_attempt() {
         attempts: 1,
         delayed: 1,
         first_attempt_at: Some(OffsetDateTime::now_utc() - time::Duration::minutes(11)),
+        template: false,
     };
     let (result, attempts) = f.run(&script, earlier, &config(2, &[10])).await;
     assert!(
@@ -210,6 +213,7 @@ async fn a_history_at_the_integer_edge_cannot_overflow() {
         attempts: u32::MAX,
         delayed: u32::MAX,
         first_attempt_at: Some(OffsetDateTime::now_utc() + time::Duration::days(365 * 100)),
+        template: false,
     };
     let (result, attempts) = f.run(&script, earlier, &config(2, &[10])).await;
     assert!(matches!(
@@ -225,7 +229,7 @@ async fn retry_after_is_a_floor_on_the_in_process_wait() {
     let script = Script::new(vec![retry_after(Some(Duration::from_secs(3))), sent()]);
     let started = Instant::now();
     let (result, _) = f.run(&script, History::default(), &config(3, &[10])).await;
-    assert!(matches!(result, Final::Sent(_)));
+    assert!(matches!(result, Final::Sent(..)));
     assert!(
         started.elapsed() >= Duration::from_secs(3),
         "{:?}",
@@ -241,7 +245,7 @@ async fn a_long_retry_after_moves_the_job_to_a_delay_queue_at_once_capped() {
     let (result, attempts) = f
         .run(&script, History::default(), &config(3, &[10, 3600]))
         .await;
-    let Final::Delay { after, .. } = result else {
+    let Final::Delay(Later { after, .. }) = result else {
         panic!("{result:?}")
     };
     assert_eq!(
@@ -266,7 +270,7 @@ async fn a_stop_while_waiting_between_attempts_keeps_the_count() {
         stop.cancel();
     });
     let (result, attempts) = f.run(&script, History::default(), &config(3, &[10])).await;
-    assert!(matches!(result, Final::Delay { .. }), "{result:?}");
+    assert!(matches!(result, Final::Delay(_)), "{result:?}");
     assert_eq!(attempts, 1);
     // Without delay queues it goes back to its own queue.
     let f = Fixture::new();
@@ -303,7 +307,7 @@ async fn no_request_while_the_broker_blocks_publishing() {
     assert_eq!(script.left(), 1, "no request while blocked");
     f.flow.set_blocked(false);
     let (result, _) = run.await;
-    assert!(matches!(result, Final::Sent(_)));
+    assert!(matches!(result, Final::Sent(..)));
 }
 
 #[tokio::test(start_paused = true)]
@@ -321,7 +325,7 @@ async fn no_request_without_a_permit() {
     );
     assert_eq!(script.left(), 1);
     drop(held);
-    assert!(matches!(run.await.0, Final::Sent(_)));
+    assert!(matches!(run.await.0, Final::Sent(..)));
 }
 
 #[tokio::test(start_paused = true)]

@@ -78,6 +78,7 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
         latency: Duration::ZERO,
         api_keys: vec![],
         rate_limit: None,
+        templates: Vec::new(),
     })
     .await
     .unwrap();

@@ -13,3 +13,4 @@ mod lifecycle;
 mod observability;
 mod outcomes;
 mod scale;
+mod template;

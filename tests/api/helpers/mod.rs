@@ -190,6 +190,7 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
         latency: opts.sandbox_latency,
         api_keys: opts.sandbox_keys.clone(),
         rate_limit: opts.sandbox_rate_limit,
+        templates: Vec::new(),
     })
     .await
     .expect("sandbox starts");
