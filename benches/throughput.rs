@@ -265,6 +265,8 @@ async fn memory(
         api_keys: vec![],
         rate_limit: None,
         templates: Vec::new(),
+        delivered_after: Duration::from_millis(300),
+        read_after: Duration::from_millis(600),
     })
     .await?;
     let prefix = format!("bench-mem-{}", std::process::id());
@@ -362,6 +364,8 @@ async fn main() -> Res<()> {
         api_keys: vec![],
         rate_limit: None,
         templates: Vec::new(),
+        delivered_after: Duration::from_millis(300),
+        read_after: Duration::from_millis(600),
     })
     .await?;
     let a = ceiling(&conn, &sandbox.url(), n, prefetch).await?;
@@ -389,6 +393,8 @@ async fn main() -> Res<()> {
         api_keys: vec![],
         rate_limit: None,
         templates: Vec::new(),
+        delivered_after: Duration::from_millis(300),
+        read_after: Duration::from_millis(600),
     })
     .await?;
     let (per_channel_prefetch, budgets) = (16u16, [("c1", 200.0), ("c2", 200.0)]);

@@ -54,6 +54,8 @@ pub struct Config {
     pub results: ResultsConfig,
     #[serde(default)]
     pub dlq: DlqConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
     /// The WhatsApp channels this deployment sends for. At least one.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
@@ -169,11 +171,15 @@ pub struct RetryConfig {
     pub max_retry_after: Duration,
 }
 
-impl RetryConfig {
-    /// Every delay queue: the schedule and the paused-template delay.
+impl Config {
+    /// Every delay queue: the retry schedule, the paused-template delay, and
+    /// the status schedule when a channel tracks status.
     pub fn delay_queues(&self) -> Vec<Duration> {
-        let mut all = self.delays.clone();
-        all.push(self.paused_delay);
+        let mut all = self.retry.delays.clone();
+        all.push(self.retry.paused_delay);
+        if self.channels.iter().any(|c| c.track_status) {
+            all.extend(self.status.schedule.iter().copied());
+        }
         all.sort_unstable();
         all.dedup_by_key(|d| crate::broker::topology::delay_label(*d));
         all
@@ -315,6 +321,40 @@ pub struct ChannelConfig {
     /// per this interval (Meta's error 131056). Default: off.
     #[serde(default, with = "humantime_serde")]
     pub recipient_interval: Option<Duration>,
+    /// Poll each sent message's status and publish `delivered`, `read`,
+    /// `failed` or `status_unknown` events (CONTRACT §12). Default false.
+    #[serde(default)]
+    pub track_status: bool,
+}
+
+/// `[status]`: when a sent message's status is polled (channels with
+/// `track_status`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// Delays after the send before each poll; the last repeats. Default
+    /// `["30s", "2m", "10m", "1h", "6h"]`. Each is a delay queue.
+    #[serde(with = "durations")]
+    pub schedule: Vec<Duration>,
+    /// After this long since the send, give up with a `status_unknown`
+    /// event. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            schedule: vec![
+                Duration::from_secs(30),
+                Duration::from_secs(120),
+                Duration::from_secs(600),
+                Duration::from_secs(3600),
+                Duration::from_secs(6 * 3600),
+            ],
+            horizon: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 fn default_burst() -> u32 {
@@ -480,6 +520,17 @@ impl Config {
         }
         if self.retry.immediate_attempts == 0 {
             return Err(invalid("retry.immediate_attempts", "must be at least 1"));
+        }
+        if self.status.schedule.is_empty()
+            || self.status.schedule.iter().any(|d| d.as_millis() == 0)
+        {
+            return Err(invalid(
+                "status.schedule",
+                "at least one delay, each at least 1ms",
+            ));
+        }
+        if self.status.horizon.is_zero() {
+            return Err(invalid("status.horizon", "must be above zero"));
         }
         if self.retry.paused_delay.as_millis() == 0 {
             return Err(invalid("retry.paused_delay", "must be at least 1ms"));

@@ -34,6 +34,22 @@ use crate::{
     telemetry::escape,
 };
 
+/// What a consumer takes: a channel's jobs, or its pending status checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Jobs,
+    Status,
+}
+
+impl Lane {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lane::Jobs => "jobs",
+            Lane::Status => "status",
+        }
+    }
+}
+
 /// A configured channel at run time.
 pub(crate) struct ChannelState {
     pub(crate) config: ChannelConfig,
@@ -139,7 +155,7 @@ pub(crate) enum Stopped {
 /// `Acker` alone does not keep its channel alive.
 pub(crate) async fn consume(
     amqp: lapin::Channel,
-    queue: String,
+    lane: Lane,
     channel: Arc<ChannelState>,
     shared: Arc<Shared>,
     settler: Arc<Settler>,
@@ -150,6 +166,11 @@ pub(crate) async fn consume(
         stop,
         subscribed,
     } = session;
+    let names = crate::broker::Names::new(&shared.config.broker.prefix);
+    let queue = match lane {
+        Lane::Jobs => names.channel_queue(&channel.config.name),
+        Lane::Status => names.status_queue(&channel.config.name),
+    };
     if let Err(e) = amqp
         .basic_qos(channel.prefetch, BasicQosOptions::default())
         .await
@@ -159,7 +180,11 @@ pub(crate) async fn consume(
     let name = channel.config.name.as_str();
     // A consumer tag is a short string: a long replica id is cut to fit.
     let tag = crate::broker::headers::truncate(
-        format!("octopods-worker-{}-{name}", shared.replica_id),
+        format!(
+            "octopods-worker-{}-{}-{name}",
+            shared.replica_id,
+            lane.as_str()
+        ),
         255,
     );
     let (Some(queue_name), Some(tag_name)) = (
@@ -226,7 +251,7 @@ pub(crate) async fn consume(
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         let (ch, sh, st, hold) = (channel.clone(), shared.clone(), settler.clone(), hold.clone());
-                        tracker.spawn(async move { handle(delivery, &ch, &sh, &st, &hold).await });
+                        tracker.spawn(async move { handle(delivery, lane, &ch, &sh, &st, &hold).await });
                     }
                     Some(Err(e)) => return Stopped::Broker(e),
                     None => return Stopped::ConsumerEnded,
@@ -242,6 +267,7 @@ pub(crate) async fn consume(
 /// size every waiting job's task.
 async fn handle(
     delivery: Delivery,
+    lane: Lane,
     channel: &ChannelState,
     shared: &Shared,
     settler: &Settler,
@@ -256,13 +282,22 @@ async fn handle(
         phone = Empty
     );
     async {
-        let received = Instant::now();
-        shared.metrics.received(name);
         let input = Delivered {
             body: &delivery.data,
             properties: &delivery.properties,
         };
-        let decided = Box::pin(pipeline::decide(input, channel, shared, stop));
+        // Status checks are not jobs: they do not count as received.
+        let (received, decided) = match lane {
+            Lane::Jobs => {
+                shared.metrics.received(name);
+                let d = Box::pin(pipeline::decide(input, channel, shared, stop));
+                (Some(Instant::now()), futures_util::future::Either::Left(d))
+            }
+            Lane::Status => {
+                let d = Box::pin(pipeline::poll(input, channel, shared, stop));
+                (None, futures_util::future::Either::Right(d))
+            }
+        };
         let settlement = AssertUnwindSafe(decided)
             .catch_unwind()
             .await
@@ -272,7 +307,9 @@ async fn handle(
         let settled = Box::pin(settler.settle(&delivery, channel, received, settlement));
         if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
             error!(panic = %escape(&panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
-            shared.metrics.abandoned(name);
+            if received.is_some() {
+                shared.metrics.abandoned(name);
+            }
             settle::give_back_after_panic(&delivery).await;
         }
     }

@@ -14,6 +14,7 @@
 //! - [`limit`]: the channel's rate limit (`governor`), paused by 429s.
 //! - [`octopods`]: the HTTP client for the interactive endpoint.
 //! - [`classify`]: every decision of sent / retry / dead-letter.
+//! - [`status`]: delivery-status checks of sent messages (a pure decision).
 //! - [`settle`]: the only acks — confirmed publishes (events, dead letters, delayed retries), then ack.
 //!
 //! Around it:
@@ -55,6 +56,7 @@ pub mod outcome;
 mod pipeline;
 mod retry;
 mod settle;
+pub mod status;
 pub mod telemetry;
 pub mod worker;
 

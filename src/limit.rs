@@ -23,12 +23,23 @@ pub(crate) fn quota(rate_per_second: f64, burst: u32) -> Quota {
         .allow_burst(burst)
 }
 
+/// Counts a waiting send while alive.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// A channel's limiter.
 pub(crate) struct Limiter {
     /// Replaced whole when the rate changes at run time.
     governor: RwLock<Arc<DefaultDirectRateLimiter>>,
     /// Bumped on each change, to wake jobs waiting on the old limiter.
     changed: tokio::sync::watch::Sender<u64>,
+    /// Sends waiting for a slot: status polls wait for none.
+    sends_waiting: std::sync::atomic::AtomicUsize,
     /// Optional per-recipient pacing, keyed by phone number.
     recipients: Option<DefaultKeyedRateLimiter<String>>,
     paused_until: Mutex<Option<Instant>>,
@@ -39,6 +50,7 @@ impl Limiter {
         Self {
             governor: RwLock::new(Arc::new(RateLimiter::direct(quota(rate_per_second, burst)))),
             changed: tokio::sync::watch::Sender::new(0),
+            sends_waiting: std::sync::atomic::AtomicUsize::new(0),
             recipients: None,
             paused_until: Mutex::new(None),
         }
@@ -53,10 +65,36 @@ impl Limiter {
         self
     }
 
+    /// A slot for a status poll: only while no send waits, so sends go first
+    /// on the channel's one budget.
+    pub(crate) async fn ready_low_priority(&self) {
+        loop {
+            while self.sends_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Some(until) = self.pause_deadline() {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            let governor = self.current();
+            let mut changed = self.changed.subscribe();
+            tokio::select! {
+                () = governor.until_ready() => {}
+                _ = changed.changed() => continue,
+            }
+            if self.pause_deadline().is_none() {
+                return;
+            }
+        }
+    }
+
     /// Waits for the recipient's turn (if paced) and the channel's next slot;
     /// returns how long it waited.
     pub(crate) async fn ready(&self, recipient: &str) -> Duration {
         let started = Instant::now();
+        self.sends_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _waiting = Waiting(&self.sends_waiting);
         if let Some(recipients) = &self.recipients {
             recipients.until_key_ready(&recipient.to_owned()).await;
             // Forget recipients whose slot is free again, so memory stays bounded.

@@ -37,6 +37,8 @@ pub struct Metrics {
     duplicates_suppressed: IntCounterVec,
     panics: IntCounterVec,
     sent_via: IntCounterVec,
+    status_events: IntCounterVec,
+    polls: IntCounterVec,
     settle_failures: IntCounterVec,
     forged: IntCounterVec,
     settle_failing: IntGauge,
@@ -232,6 +234,18 @@ impl Metrics {
                 "Jobs already sent by this process whose sent event was re-published instead.",
                 &["channel"],
             ),
+            status_events: counter(
+                r,
+                "octopods_status_events_total",
+                "Delivery-status events published (delivered, read, failed, status_unknown).",
+                &["channel", "status"],
+            ),
+            polls: counter(
+                r,
+                "octopods_status_polls_total",
+                "Status polls of sent messages, by HTTP status or `error`.",
+                &["channel", "status"],
+            ),
             sent_via: counter(
                 r,
                 "octopods_messages_sent_total",
@@ -286,11 +300,16 @@ impl Metrics {
         self.paused.with_label_values(&[channel]);
         self.api_duration.with_label_values(&[channel]);
         self.limit_wait.with_label_values(&[channel]);
-        for k in EventKind::ALL {
+        for k in EventKind::OUTCOMES {
             self.completed.with_label_values(&[channel, k.as_str()]);
             self.job_duration.with_label_values(&[channel, k.as_str()]);
+        }
+        for k in EventKind::ALL {
             self.events_unroutable
                 .with_label_values(&[channel, k.as_str()]);
+        }
+        for k in EventKind::STATUSES {
+            self.status_events.with_label_values(&[channel, k.as_str()]);
         }
         for v in crate::job::Via::ALL {
             self.sent_via.with_label_values(&[channel, v.as_str()]);
@@ -323,6 +342,17 @@ impl Metrics {
         self.budget
             .with_label_values(&[channel])
             .set(rate_per_second);
+    }
+
+    pub fn status_event(&self, channel: &str, kind: EventKind) {
+        self.status_events
+            .with_label_values(&[channel, kind.as_str()])
+            .inc();
+    }
+
+    pub fn status_polled(&self, channel: &str, status: Option<u16>) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.polls.with_label_values(&[channel, &status]).inc();
     }
 
     pub fn sent_via(&self, channel: &str, via: crate::job::Via) {

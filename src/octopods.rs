@@ -15,6 +15,22 @@ use crate::{
 };
 
 pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";
+/// `/api/v1/whatsapp/messages/{message_id}` (CONTRACT §12).
+pub(crate) const MESSAGES_PATH: &str = "/api/v1/whatsapp/messages";
+
+/// A path segment: everything but RFC 3986's unreserved characters escaped.
+fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `/api/v1/whatsapp/templates/{template_id}/messages` (CONTRACT §11).
 pub(crate) const TEMPLATES_PATH: &str = "/api/v1/whatsapp/templates";
 
@@ -151,6 +167,45 @@ impl Client {
         Ok((status, retry_after, answer))
     }
 
+    /// Polls a sent message's status: `GET {base}/api/v1/whatsapp/messages/{id}`.
+    /// The URL is built from the configured base, never from Octopods'
+    /// `message_status_url`: an answer must not choose where the key goes.
+    pub(crate) async fn status(
+        &self,
+        key: &ApiKey,
+        message_id: &str,
+    ) -> (Option<u16>, crate::status::Polled) {
+        use crate::status::{Polled, read_answer};
+        let url = format!("{}{MESSAGES_PATH}/{}", self.base, path_segment(message_id));
+        let Ok(mut auth) = HeaderValue::from_str(key.expose()) else {
+            return (
+                None,
+                Polled::NoAnswer("the channel's API key is not a valid header value".into()),
+            );
+        };
+        auth.set_sensitive(true);
+        let sent = self.http.get(&url).header(AUTH_HEADER, auth).send().await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                return (
+                    None,
+                    Polled::NoAnswer(format!("no answer: {}", error_chain(&e))),
+                );
+            }
+        };
+        let status = response.status().as_u16();
+        let mut answer = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            let room = MAX_ANSWER_BYTES.saturating_sub(answer.len());
+            answer.extend(chunk.iter().take(room));
+            if room <= chunk.len() {
+                break;
+            }
+        }
+        (Some(status), read_answer(status, &answer))
+    }
+
     fn transport_error(&self, e: &reqwest::Error) -> Outcome {
         classify::transport(if e.is_timeout() {
             Transport::Timeout(self.timeout)
@@ -189,6 +244,12 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_id_cannot_leave_its_path_segment() {
+        assert_eq!(path_segment("msg_01HT"), "msg_01HT");
+        assert_eq!(path_segment("../../admin?x=1"), "..%2F..%2Fadmin%3Fx%3D1");
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates() {

@@ -125,15 +125,40 @@ impl RetryCause {
 pub enum EventKind {
     Sent,
     DeadLettered,
+    /// Delivery status (CONTRACT §12).
+    Delivered,
+    Read,
+    Failed,
+    StatusUnknown,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 2] = [EventKind::Sent, EventKind::DeadLettered];
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Sent,
+        EventKind::DeadLettered,
+        EventKind::Delivered,
+        EventKind::Read,
+        EventKind::Failed,
+        EventKind::StatusUnknown,
+    ];
+    /// How a job ends (`octopods_jobs_completed_total{outcome}`).
+    pub const OUTCOMES: [EventKind; 2] = [EventKind::Sent, EventKind::DeadLettered];
+    /// What status tracking reports.
+    pub const STATUSES: [EventKind; 4] = [
+        EventKind::Delivered,
+        EventKind::Read,
+        EventKind::Failed,
+        EventKind::StatusUnknown,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Sent => "sent",
             EventKind::DeadLettered => "dead_lettered",
+            EventKind::Delivered => "delivered",
+            EventKind::Read => "read",
+            EventKind::Failed => "failed",
+            EventKind::StatusUnknown => "status_unknown",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::{
     outcome::{Failure, RetryCause},
     retry::{self, Final, Later, Target},
     settle::Settlement,
+    status::Check,
     telemetry::escape,
 };
 
@@ -91,6 +92,7 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
                 return Settlement::Sent {
                     job_id: job.id.as_str().to_owned(),
                     event,
+                    track: channel.config.track_status,
                 };
             }
             // The same job is in flight on another delivery: wait for it.
@@ -136,6 +138,7 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
             Settlement::Sent {
                 job_id: job.id.as_str().to_owned(),
                 event,
+                track: channel.config.track_status,
             }
         }
         Final::DeadLetter(reason, failure) => Settlement::DeadLetter {
@@ -148,6 +151,61 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
         Final::Requeue => Settlement::GiveBack {
             why: "stopping before this job's turn",
         },
+    }
+}
+
+/// A pending status check (CONTRACT §12): one poll, at a low-priority slot
+/// of the channel's budget (sends first), and what it means.
+pub(crate) async fn poll(
+    delivery: Delivered<'_>,
+    channel: &ChannelState,
+    shared: &Shared,
+    stop: &CancellationToken,
+) -> Settlement {
+    let Ok(check) = serde_json::from_slice::<Check>(delivery.body) else {
+        return Settlement::DeadLetter {
+            reason: crate::outcome::Reason::Malformed,
+            failure: Failure::local("not a status check"),
+            echo: crate::job::Echo::read(delivery.body),
+            attempts: 0,
+        };
+    };
+    Span::current().record("job_id", tracing::field::display(escape(&check.job_id)));
+    let name = channel.config.name.as_str();
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => return Settlement::Return,
+        () = shared.flow.until_open() => {}
+    }
+    let permit = tokio::select! {
+        biased;
+        () = stop.cancelled() => return Settlement::Return,
+        p = shared.open.acquire() => p.ok(),
+    };
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => return Settlement::Return,
+        () = channel.limiter.ready_low_priority() => {}
+    }
+    let (status, polled) = shared.client.status(&channel.key, &check.message_id).await;
+    drop(permit);
+    shared.metrics.status_polled(name, status);
+    if status == Some(429) {
+        // Octopods' rate limit holds back sends too, as a send's 429 would.
+        channel.limiter.pause(std::time::Duration::from_secs(1));
+    }
+    if let crate::status::Polled::NoAnswer(why) = &polled {
+        info!(error = %escape(why), "no status this time; asking again later");
+    }
+    let decision = crate::status::decide(
+        &check,
+        &polled,
+        OffsetDateTime::now_utc(),
+        &shared.config.status,
+    );
+    Settlement::Status {
+        events: decision.events,
+        next: decision.next,
     }
 }
 

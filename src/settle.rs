@@ -36,6 +36,7 @@ use crate::{
     job::Echo,
     metrics::Metrics,
     outcome::{EventKind, Failure, Reason, RetryCause},
+    status::Check,
     telemetry::escape,
 };
 
@@ -43,8 +44,21 @@ use crate::{
 /// effect.
 #[derive(Debug)]
 pub(crate) enum Settlement {
-    /// Sent (now, or earlier by this process): publish the `sent` event, ack.
-    Sent { job_id: String, event: Vec<u8> },
+    /// Sent (now, or earlier by this process): publish the `sent` event (and,
+    /// when the channel tracks status, the message's first status check), ack.
+    Sent {
+        job_id: String,
+        event: Vec<u8>,
+        track: bool,
+    },
+    /// A status check was made: publish its new status events and the next
+    /// check, ack.
+    Status {
+        events: Vec<(EventKind, serde_json::Value)>,
+        next: Option<(Check, Duration)>,
+    },
+    /// Put a status check back untouched (stopping before its poll).
+    Return,
     /// Copy the job to the dead-letter queue and publish `dead_lettered`, ack.
     DeadLetter {
         reason: Reason,
@@ -78,6 +92,8 @@ pub(crate) struct Settler {
     pub(crate) health: Arc<Health>,
     /// Blocked while a `sent` result cannot be published: no new requests.
     flow: Arc<Flow>,
+    /// The status-poll schedule (first check after a send).
+    pub(crate) status: crate::config::StatusConfig,
     /// Woken when a publish was refused: the session declares the topology again.
     pub(crate) repair: Arc<Notify>,
     /// Cancelled when the replica stops: waits before a give-back end at once.
@@ -90,21 +106,21 @@ pub(crate) struct Settler {
 }
 
 impl Settler {
+    /// A settler publishing on `publisher`, reporting to what `shared` has.
     pub(crate) fn new(
         publisher: Publisher,
-        names: Names,
-        metrics: Arc<Metrics>,
+        shared: &crate::consume::Shared,
         health: Arc<Health>,
-        flow: Arc<Flow>,
         repair: Arc<Notify>,
         stop: CancellationToken,
     ) -> Self {
         Self {
+            status: shared.config.status.clone(),
             publisher,
-            names,
-            metrics,
+            names: Names::new(&shared.config.broker.prefix),
+            metrics: shared.metrics.clone(),
             health,
-            flow,
+            flow: shared.flow.clone(),
             repair,
             stop,
             failures: AtomicU32::new(0),
@@ -118,16 +134,34 @@ impl Settler {
         &self,
         delivery: &Delivery,
         channel: &ChannelState,
-        received: Instant,
+        received: Option<Instant>,
         settlement: Settlement,
     ) {
         let name = channel.config.name.as_str();
         let reports_a_send = matches!(settlement, Settlement::Sent { .. });
         let published = match settlement {
-            Settlement::Sent { job_id, event } => self
-                .publish_event(EventKind::Sent, name, &event, delivery, Some(&job_id))
+            Settlement::Sent {
+                job_id,
+                event,
+                track,
+            } => {
+                let first_check = track.then(|| Check::from_sent_event(&event)).flatten();
+                let sent = self
+                    .publish_event(EventKind::Sent, name, &event, delivery, Some(&job_id))
+                    .await;
+                match (sent, first_check, self.status.schedule.first()) {
+                    (Ok(()), Some(check), Some(delay)) => {
+                        self.schedule_check(name, &check, *delay).await
+                    }
+                    (result, ..) => result,
+                }
+                .map(|()| Done::Completed(EventKind::Sent, None))
+            }
+            Settlement::Status { events, next } => self
+                .status_checked(delivery, name, events, next)
                 .await
-                .map(|()| Done::Completed(EventKind::Sent, None)),
+                .map(|()| Done::Polled),
+            Settlement::Return => return nack(delivery).await,
             Settlement::DeadLetter {
                 reason,
                 failure,
@@ -148,7 +182,7 @@ impl Settler {
                 .map(|label| Done::Delayed(label, cause, failure)),
             Settlement::GiveBack { why } => {
                 info!(why, "returned to its queue");
-                self.metrics.abandoned(name);
+                self.abandoned(name, received);
                 return nack(delivery).await;
             }
             Settlement::Panicked { message } => {
@@ -171,19 +205,30 @@ impl Settler {
                     // re-publish, from the dedup memory, will).
                     self.flow.set_settle_failing(true);
                 }
-                self.give_back_later(delivery, name, &e).await;
+                self.give_back_later(delivery, name, received, &e).await;
             }
         }
     }
 
-    async fn ack(&self, delivery: &Delivery, channel: &str, received: Instant, done: Done) {
+    /// A job that leaves this worker's hands unsettled (status checks are
+    /// not jobs: `received` is `None`).
+    fn abandoned(&self, channel: &str, received: Option<Instant>) {
+        if received.is_some() {
+            self.metrics.abandoned(channel);
+        }
+    }
+
+    async fn ack(&self, delivery: &Delivery, channel: &str, received: Option<Instant>, done: Done) {
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
             // Everything was published; the job comes back and, if it was
             // sent, the dedup memory re-publishes its event.
             warn!(error = %e, "ack failed after settle; the broker will redeliver");
-            self.metrics.abandoned(channel);
+            self.abandoned(channel, received);
             return;
         }
+        let Some(received) = received else {
+            return;
+        };
         let took = received.elapsed();
         let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         match done {
@@ -196,6 +241,7 @@ impl Settler {
                 self.metrics.dead_lettered(channel, reason);
                 info!(outcome = kind.as_str(), reason = reason.as_str(), error = %escape(&failure.message), duration_ms = ms, "job settled");
             }
+            Done::Polled => {}
             Done::Delayed(label, cause, failure) => {
                 self.metrics.delayed(channel, &label);
                 info!(cause = cause.as_str(), error = %escape(&failure.message), delay = %label, "still failing; retrying later from a delay queue");
@@ -209,7 +255,7 @@ impl Settler {
         &self,
         delivery: &Delivery,
         channel: &ChannelState,
-        received: Instant,
+        received: Option<Instant>,
         message: String,
     ) {
         let name = channel.config.name.as_str();
@@ -220,7 +266,7 @@ impl Settler {
         error!(panic = %escape(&message), deliveries = before.saturating_add(1), "the worker panicked on this job");
         if before.saturating_add(1) < PANICS_BEFORE_DEAD_LETTER {
             self.wait(backoff(before)).await;
-            self.metrics.abandoned(name);
+            self.abandoned(name, received);
             return nack(delivery).await;
         }
         let failure = Failure::local(format!("the worker failed on this job: {message}"));
@@ -235,11 +281,17 @@ impl Settler {
 
     /// A publish was refused: declare the topology again, wait (longer each
     /// time in a row, shorter when stopping), then return the delivery.
-    async fn give_back_later(&self, delivery: &Delivery, channel: &str, e: &PublishError) {
+    async fn give_back_later(
+        &self,
+        delivery: &Delivery,
+        channel: &str,
+        received: Option<Instant>,
+        e: &PublishError,
+    ) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed);
         self.health.set_settle_failing(true);
         self.metrics.settle_failed(channel, e.kind());
-        self.metrics.abandoned(channel);
+        self.abandoned(channel, received);
         self.repair.notify_one();
         let wait = backoff(n);
         error!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
@@ -419,8 +471,62 @@ pub(crate) fn delay_copy(
     headers::durable_copy(job, set)
 }
 
+impl Settler {
+    /// Publishes a status check to the delay queue for `delay`, from which it
+    /// expires into the channel's status queue.
+    async fn schedule_check(
+        &self,
+        channel: &str,
+        check: &Check,
+        delay: Duration,
+    ) -> Result<(), PublishError> {
+        let body = serde_json::to_vec(check).unwrap_or_default();
+        let label = crate::broker::topology::delay_label(delay);
+        let mut h = lapin::types::FieldTable::default();
+        h.insert(headers::DELAY.into(), headers::text_value(&label));
+        let props = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(h);
+        self.publisher
+            .publish(
+                &self.names.retry_exchange(),
+                &self.names.status_queue(channel),
+                &body,
+                props,
+                false,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// A poll's new status events, then the next check, all confirmed.
+    async fn status_checked(
+        &self,
+        delivery: &Delivery,
+        channel: &str,
+        events: Vec<(EventKind, serde_json::Value)>,
+        next: Option<(Check, Duration)>,
+    ) -> Result<(), PublishError> {
+        for (kind, event) in &events {
+            let body = serde_json::to_vec(event).unwrap_or_default();
+            let job_id = event.get("job_id").and_then(serde_json::Value::as_str);
+            self.publish_event(*kind, channel, &body, delivery, job_id)
+                .await?;
+            self.metrics.status_event(channel, *kind);
+            info!(status = kind.as_str(), "delivery status published");
+        }
+        match next {
+            Some((check, delay)) => self.schedule_check(channel, &check, delay).await,
+            None => Ok(()),
+        }
+    }
+}
+
 /// What was published, for the closing metrics and log line.
 enum Done {
+    /// A status check handled.
+    Polled,
     Completed(EventKind, Option<(Reason, Failure)>),
     Delayed(String, RetryCause, Failure),
 }

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 use crate::{
     broker::{self, Flow, Names, Publisher, topology},
     config::Config,
-    consume::{self, ChannelState, Session, Shared, Stopped},
+    consume::{self, ChannelState, Lane, Session, Shared, Stopped},
     control::{self, Change, Command, Override},
     dedup::Dedup,
     health::Health,
@@ -73,7 +73,6 @@ impl Worker {
         let client = Client::new(&config.octopods).context("cannot build the HTTP client")?;
         let metrics = Arc::new(Metrics::new());
         let delays: Vec<String> = config
-            .retry
             .delay_queues()
             .iter()
             .map(|d| topology::delay_label(*d))
@@ -216,10 +215,8 @@ impl Worker {
         let repair = Arc::new(Notify::new());
         let settler = Arc::new(Settler::new(
             Publisher::open(&publishing, config.publish_timeout()).await?,
-            names.clone(),
-            self.shared.metrics.clone(),
+            &self.shared,
             self.health.clone(),
-            self.shared.flow.clone(),
             repair.clone(),
             stop.clone(),
         ));
@@ -235,12 +232,22 @@ impl Worker {
         let subscribed = Arc::new(Semaphore::new(0));
         let mut consumers = JoinSet::new();
         let mut amqp_channels = Vec::with_capacity(self.channels.len());
-        for channel in &self.channels {
+        // A consumer for each channel's jobs, and for its status checks when
+        // it tracks status; readiness waits for all of them.
+        let lanes: Vec<(Lane, &Arc<ChannelState>)> = self
+            .channels
+            .iter()
+            .flat_map(|c| {
+                let status = c.config.track_status.then_some((Lane::Status, c));
+                std::iter::once((Lane::Jobs, c)).chain(status)
+            })
+            .collect();
+        for (lane, channel) in &lanes {
             let amqp = conn.create_channel().await?;
             amqp_channels.push(amqp.clone());
-            let (queue, ch, sh, st) = (
-                names.channel_queue(&channel.config.name),
-                channel.clone(),
+            let (lane, ch, sh, st) = (
+                *lane,
+                Arc::clone(channel),
                 self.shared.clone(),
                 settler.clone(),
             );
@@ -249,8 +256,7 @@ impl Worker {
                 stop: stop.clone(),
                 subscribed: subscribed.clone(),
             };
-            consumers
-                .spawn(async move { consume::consume(amqp, queue, ch, sh, st, session).await });
+            consumers.spawn(async move { consume::consume(amqp, lane, ch, sh, st, session).await });
         }
         if *connected_before {
             self.shared.metrics.broker_reconnected();
@@ -259,7 +265,7 @@ impl Worker {
         reconnect.reset();
         info!("connected; subscribing to the channel queues");
         // Ready once every channel queue has our consumer; then keep waiting.
-        let channels = u32::try_from(self.channels.len()).unwrap_or(u32::MAX);
+        let channels = u32::try_from(lanes.len()).unwrap_or(u32::MAX);
         let all_subscribed = async {
             if let Ok(permits) = subscribed.acquire_many(channels).await {
                 permits.forget();

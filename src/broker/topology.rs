@@ -64,6 +64,11 @@ impl Names {
         format!("{}.retry", self.prefix)
     }
 
+    /// Pending status checks of a channel's sent messages (CONTRACT §12).
+    pub fn status_queue(&self, channel: &str) -> String {
+        format!("{}.status.{channel}", self.prefix)
+    }
+
     /// The stream of channel commands (pause, resume, rate; CONTRACT §13).
     pub fn control(&self) -> String {
         format!("{}.control", self.prefix)
@@ -136,14 +141,15 @@ fn at_least_once(exchange: &str) -> [(&'static str, AMQPValue); 3] {
 pub fn queues(config: &Config) -> Vec<String> {
     let n = Names::new(&config.broker.prefix);
     let mut q = vec![n.unroutable(), n.dead(), n.results(), n.control()];
+    q.extend(config.delay_queues().iter().map(|d| n.retry_queue(*d)));
+    q.extend(config.channels.iter().map(|c| n.channel_queue(&c.name)));
     q.extend(
         config
-            .retry
-            .delay_queues()
+            .channels
             .iter()
-            .map(|d| n.retry_queue(*d)),
+            .filter(|c| c.track_status)
+            .map(|c| n.status_queue(&c.name)),
     );
-    q.extend(config.channels.iter().map(|c| n.channel_queue(&c.name)));
     q
 }
 
@@ -176,7 +182,7 @@ pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
 /// Declares the whole topology. Safe to run any number of times; a queue
 /// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
-    let retry_delays = &config.retry.delay_queues();
+    let retry_delays = &config.delay_queues();
     let n = Names::new(&config.broker.prefix);
     let none = FieldTable::default;
 
@@ -316,6 +322,14 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
             none(),
         )
         .await?;
+        // Pending status checks: one active consumer too, so the replica that
+        // sends for the channel also polls for it, on the same budget.
+        if c.track_status {
+            let q = n.status_queue(&c.name);
+            let sargs = quorum(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+            ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, sargs)
+                .await?;
+        }
     }
     Ok(())
 }

@@ -178,6 +178,12 @@ pub struct SandboxArgs {
     /// Default catalog: `539` and `540:header,body,buttons`.
     #[arg(long = "template", value_parser = sandbox::TemplateSpec::parse)]
     pub templates: Vec<sandbox::TemplateSpec>,
+    /// A sent message's status turns DELIVERED this long after the send.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub delivered_after: Duration,
+    /// ... and READ this long after the send.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub read_after: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +250,8 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
                 api_keys: a.api_keys,
                 rate_limit: a.rate_limit,
                 templates: a.templates,
+                delivered_after: a.delivered_after,
+                read_after: a.read_after,
             };
             sandbox::run(config, shutdown)
                 .await

@@ -41,6 +41,10 @@ pub struct SandboxConfig {
     pub rate_limit: Option<u32>,
     /// The template catalog; empty: `539` (body) and `540:header,body,buttons`.
     pub templates: Vec<TemplateSpec>,
+    /// A sent message's status is `SENT`, then `DELIVERED` this long after
+    /// the send, then `READ` after `read_after` (unless scripted).
+    pub delivered_after: Duration,
+    pub read_after: Duration,
 }
 
 /// An accepted template: its id and the sections with placeholders.
@@ -111,6 +115,13 @@ pub enum Fault {
     Outage { status: Option<u16> },
     /// No answer for this long.
     Hang { ms: u64 },
+    /// For a status poll: 200 with this status (any case, e.g. `UNKNOWN`,
+    /// `FAILED`) and an optional failure reason.
+    MessageStatus {
+        status: String,
+        #[serde(default)]
+        failure_reason: Option<String>,
+    },
     /// Any status and Octopods-style error body.
     Status {
         status: u16,
@@ -209,6 +220,8 @@ struct SandboxState {
     started: Instant,
     scripts: Mutex<HashMap<Option<String>, Running>>,
     log: Mutex<Vec<Recorded>>,
+    /// Messages accepted: when, and to which phone (for status polls).
+    sent: Mutex<HashMap<String, (Instant, String)>>,
     per_key: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
@@ -227,6 +240,7 @@ impl Sandbox {
             started: Instant::now(),
             scripts: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
+            sent: Mutex::new(HashMap::new()),
             per_key: config
                 .rate_limit
                 .and_then(std::num::NonZeroU32::new)
@@ -243,6 +257,7 @@ impl Sandbox {
                 "/_sandbox/script",
                 post(script_handler).delete(clear_handler),
             )
+            .route("/api/v1/whatsapp/messages/{id}", get(status_handler))
             .route("/_sandbox/requests", get(requests_handler))
             .with_state(state.clone());
         let stop = CancellationToken::new();
@@ -376,7 +391,8 @@ fn request_id() -> String {
 
 fn fault_answer(fault: Fault) -> Option<Answer> {
     Some(match fault {
-        Fault::Success => return None,
+        // A scripted status answers a poll; for a send it is a success.
+        Fault::Success | Fault::MessageStatus { .. } => return None,
         Fault::MissingField => error(400, 1, "ARGUMENT_MISSING: a required argument is missing"),
         Fault::WrongShape => error(400, 2, "TYPE_MISMATCH: an argument has the wrong type"),
         Fault::Validation => error(
@@ -457,6 +473,9 @@ fn gate(state: &SandboxState, auth: Option<&str>) -> Option<Answer> {
 fn accepted(state: &SandboxState, phone: &str) -> Answer {
     let id = ulid::Ulid::generate();
     let message_id = format!("msg_{id}");
+    if let Ok(mut sent) = state.sent.lock() {
+        sent.insert(message_id.clone(), (Instant::now(), phone.to_owned()));
+    }
     Answer {
         status: 200,
         body: json!({
@@ -565,6 +584,95 @@ async fn interactive_handler(
         normal_answer(&s, auth, &body)
     })
     .await
+}
+
+/// `GET /api/v1/whatsapp/messages/{id}`: the status moves with time, or as
+/// scripted for the message's phone.
+async fn status_handler(
+    State(s): State<Arc<SandboxState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("{}/{id}", octopods::MESSAGES_PATH);
+    let known = s.sent.lock().ok().and_then(|m| m.get(&id).cloned());
+    let phone = known.as_ref().map(|(_, p)| p.clone());
+    let auth = headers
+        .get(octopods::AUTH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let answer = match s.scripted(phone.as_deref()) {
+        Some(Fault::MessageStatus {
+            status,
+            failure_reason,
+        }) => message_status(&s, &id, known.as_ref(), Some((status, failure_reason))),
+        Some(other) => {
+            fault_answer(other).unwrap_or_else(|| message_status(&s, &id, known.as_ref(), None))
+        }
+        None => gate(&s, auth.as_deref())
+            .unwrap_or_else(|| message_status(&s, &id, known.as_ref(), None)),
+    };
+    record(&s, Instant::now(), auth, phone, path, "", answer.status);
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(answer.body)).into_response()
+}
+
+fn message_status(
+    s: &SandboxState,
+    id: &str,
+    known: Option<&(Instant, String)>,
+    scripted: Option<(String, Option<String>)>,
+) -> Answer {
+    let Some((at, phone)) = known else {
+        return error(404, 10, &format!("NOT_FOUND: no message {id}"));
+    };
+    let age = at.elapsed();
+    let stamp = |after: Duration| {
+        (age >= after).then(|| {
+            let t = time::OffsetDateTime::now_utc() - (age - after);
+            timestamp(t)
+        })
+    };
+    let sent_at = stamp(Duration::ZERO);
+    let delivered_at = stamp(s.config.delivered_after);
+    let read_at = stamp(s.config.read_after);
+    let (status, failure_reason) = match scripted {
+        Some(scripted) => scripted,
+        None if read_at.is_some() => ("READ".to_owned(), None),
+        None if delivered_at.is_some() => ("DELIVERED".to_owned(), None),
+        None => ("SENT".to_owned(), None),
+    };
+    Answer {
+        status: 200,
+        body: json!({"request_id": request_id(), "message_id": id, "status": status,
+                     "phone_number": phone, "sent_at": sent_at, "delivered_at": delivered_at,
+                     "read_at": read_at, "failure_reason": failure_reason}),
+        retry_after: None,
+        hang: None,
+    }
+}
+
+fn record(
+    s: &SandboxState,
+    arrived: Instant,
+    auth: Option<String>,
+    phone: Option<String>,
+    path: String,
+    body: &str,
+    status: u16,
+) {
+    if let Ok(mut log) = s.log.lock() {
+        let seq = log.len() as u64;
+        log.push(Recorded {
+            seq,
+            at_ms: arrived.duration_since(s.started).as_millis() as u64,
+            at: timestamp(time::OffsetDateTime::now_utc()),
+            auth,
+            phone,
+            path,
+            body: body.to_owned(),
+            status,
+        });
+    }
 }
 
 async fn template_handler(

@@ -79,6 +79,8 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
         api_keys: vec![],
         rate_limit: None,
         templates: Vec::new(),
+        delivered_after: Duration::from_millis(300),
+        read_after: Duration::from_millis(600),
     })
     .await
     .unwrap();

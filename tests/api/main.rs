@@ -13,4 +13,5 @@ mod lifecycle;
 mod observability;
 mod outcomes;
 mod scale;
+mod status;
 mod template;

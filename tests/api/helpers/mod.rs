@@ -71,6 +71,8 @@ pub struct TestChannel {
     pub provider: &'static str,
     /// `recipient_interval`, e.g. `"1s"`.
     pub recipient_interval: Option<&'static str>,
+    /// `track_status`: poll sent messages' status.
+    pub track_status: bool,
 }
 
 impl TestChannel {
@@ -82,6 +84,7 @@ impl TestChannel {
             burst: 100,
             provider: "cloud_api",
             recipient_interval: None,
+            track_status: false,
         }
     }
 }
@@ -108,6 +111,8 @@ pub struct Options {
     pub fault: Option<fn(&str)>,
     /// `octopods.max_concurrent_requests` (the config's default when `None`).
     pub max_concurrent_requests: Option<usize>,
+    /// When the sandbox reports a sent message DELIVERED, then READ.
+    pub sandbox_status_after: (Duration, Duration),
 }
 
 impl Default for Options {
@@ -122,6 +127,7 @@ impl Default for Options {
             spread_window: Duration::ZERO,
             fault: None,
             max_concurrent_requests: None,
+            sandbox_status_after: (Duration::from_millis(300), Duration::from_millis(600)),
         }
     }
 }
@@ -179,6 +185,9 @@ pub fn config_text(
         if let Some(i) = c.recipient_interval {
             text.push_str(&format!("recipient_interval = \"{i}\"\n\n"));
         }
+        if c.track_status {
+            text.push_str("track_status = true\n\n");
+        }
     }
     text
 }
@@ -191,6 +200,8 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
         api_keys: opts.sandbox_keys.clone(),
         rate_limit: opts.sandbox_rate_limit,
         templates: Vec::new(),
+        delivered_after: opts.sandbox_status_after.0,
+        read_after: opts.sandbox_status_after.1,
     })
     .await
     .expect("sandbox starts");
