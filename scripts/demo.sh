@@ -35,7 +35,9 @@ done
 "$bin" events --config "$config" --timeout 1s >/dev/null 2>&1 || true
 
 "$bin" enqueue --config "$config" examples/jobs.jsonl
-echo "result events (one per job; order-1004 is past its 24-hour window and goes out as its template; the last sample is invalid on purpose):" >&2
-"$bin" events --config "$config" --count "$(grep -c . examples/jobs.jsonl)" --timeout 30s
+echo "result events: one per job (order-1004 is past its 24-hour window and goes out as its template; order-1003 is invalid on purpose), then delivered and read for store-eu:" >&2
+# One event per job, then delivered and read for each store-eu message sent
+# (that channel tracks delivery status): 5 + 3 + 3.
+"$bin" events --config "$config" --count 11 --timeout 30s
 echo >&2
 echo "dead-lettered jobs stay in octopods.dead (see README, 'Operators')." >&2

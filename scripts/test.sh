@@ -39,5 +39,6 @@ scripts/check-producers.sh
 demo=$(scripts/demo.sh 2>/dev/null)
 [ "$(grep -c '"event":"sent"' <<<"$demo")" = 4 ] && grep -q '"via":"template"' <<<"$demo" \
   && grep -q '"event":"dead_lettered".*"reason":"validation"' <<<"$demo" \
-  || { echo "scripts/demo.sh did not print 4 sent events (one via template) and 1 dead letter:" >&2; echo "$demo" >&2; exit 1; }
-echo "scripts/demo.sh: 4 sent (1 via template), 1 dead-lettered"
+  && [ "$(grep -c '"event":"read"' <<<"$demo")" = 3 ] \
+  || { echo "scripts/demo.sh did not print 4 sent events (one via template), 1 dead letter and 3 read:" >&2; echo "$demo" >&2; exit 1; }
+echo "scripts/demo.sh: 4 sent (1 via template), 1 dead-lettered, 3 delivered and read"

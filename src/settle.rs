@@ -100,9 +100,10 @@ pub(crate) struct Settler {
     pub(crate) stop: CancellationToken,
     /// Settlements that failed in a row (for the give-back backoff).
     failures: AtomicU32,
-    /// Woken when publishing works again (a publish confirmed, the topology
-    /// declared again): jobs waiting to go back go at once.
-    pub(crate) recovered: Notify,
+    /// Counts up each time publishing works again (a publish confirmed, the
+    /// topology declared again): a job waiting to go back goes at once if it
+    /// failed before the latest recovery, whenever it started waiting.
+    recovery: tokio::sync::watch::Sender<u64>,
 }
 
 impl Settler {
@@ -124,7 +125,7 @@ impl Settler {
             repair,
             stop,
             failures: AtomicU32::new(0),
-            recovered: Notify::new(),
+            recovery: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -139,6 +140,7 @@ impl Settler {
     ) {
         let name = channel.config.name.as_str();
         let reports_a_send = matches!(settlement, Settlement::Sent { .. });
+        let generation = *self.recovery.borrow();
         let published = match settlement {
             Settlement::Sent {
                 job_id,
@@ -192,7 +194,7 @@ impl Settler {
         match published {
             Ok(done) => {
                 if self.failures.swap(0, Ordering::Relaxed) > 0 {
-                    self.recovered.notify_waiters();
+                    self.recovered();
                 }
                 self.health.set_settle_failing(false);
                 self.flow.set_settle_failing(false);
@@ -205,7 +207,8 @@ impl Settler {
                     // re-publish, from the dedup memory, will).
                     self.flow.set_settle_failing(true);
                 }
-                self.give_back_later(delivery, name, received, &e).await;
+                self.give_back_later(delivery, name, received, generation, &e)
+                    .await;
             }
         }
     }
@@ -286,6 +289,7 @@ impl Settler {
         delivery: &Delivery,
         channel: &str,
         received: Option<Instant>,
+        generation: u64,
         e: &PublishError,
     ) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed);
@@ -296,15 +300,25 @@ impl Settler {
         let wait = backoff(n);
         error!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
             "could not publish the job's result; returning it to its queue after a pause");
-        self.wait(wait).await;
+        let mut recovery = self.recovery.subscribe();
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => {}
+            _ = recovery.wait_for(|g| *g != generation) => {}
+            () = tokio::time::sleep(wait) => {}
+        }
         nack(delivery).await;
+    }
+
+    /// Publishing works again: jobs that failed before now go back at once.
+    pub(crate) fn recovered(&self) {
+        self.recovery.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     async fn wait(&self, wait: Duration) {
         tokio::select! {
             biased;
             () = self.stop.cancelled() => {}
-            () = self.recovered.notified() => {}
             () = tokio::time::sleep(wait) => {}
         }
     }

@@ -428,13 +428,13 @@ async fn repair_topology(
 ) -> anyhow::Error {
     loop {
         repair.notified().await;
-        if !settler.publisher.channel().status().connected() {
+        if !settler.publisher.is_open() {
             return anyhow::anyhow!("the broker closed the publishing channel");
         }
         match declare(conn, config).await {
             Ok(()) => {
                 info!("topology declared again after a refused publish");
-                settler.recovered.notify_waiters();
+                settler.recovered();
             }
             Err(e) => warn!(error = %format!("{e:#}"), "cannot declare the topology again"),
         }

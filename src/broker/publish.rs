@@ -45,12 +45,31 @@ pub enum Routed {
     No,
 }
 
-/// A confirm-mode channel for publishing. Cheap to clone; safe to share.
+/// Confirm-mode channels for publishing. Cheap to clone; safe to share.
+///
+/// A publish whose return is a failure (a dead letter, a delayed retry: it
+/// must reach its queue) goes through one of a few *lanes*, each with at most
+/// one publish outstanding: lapin hands a returned message to whichever
+/// confirm completes next on the channel, so with concurrent mandatory
+/// publishes a returned message could be reported routed and its job acked
+/// and lost (seen in `hostile::deleting_the_dead_letter_queue…`). On a lane
+/// the return can only be its own. Publishes that may be unroutable (result
+/// events) share one channel, concurrently.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
+    lanes: std::sync::Arc<[Lane]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     timeout: Duration,
 }
+
+struct Lane {
+    channel: Channel,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+/// Lanes for publishes that must be routed.
+const LANES: usize = 8;
 
 impl Publisher {
     /// Opens a confirm-mode channel whose publishes fail after `timeout`
@@ -60,7 +79,21 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel, timeout })
+        let mut lanes = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            let lane = conn.create_channel().await?;
+            lane.confirm_select(ConfirmSelectOptions::default()).await?;
+            lanes.push(Lane {
+                channel: lane,
+                one_at_a_time: tokio::sync::Mutex::new(()),
+            });
+        }
+        Ok(Self {
+            channel,
+            lanes: lanes.into(),
+            next: Default::default(),
+            timeout,
+        })
     }
 
     /// Publishes `mandatory` and waits for the broker's confirm. A returned
@@ -82,8 +115,20 @@ impl Publisher {
                 routing_key: routing_key.chars().take(64).collect(),
             });
         };
+        // Must be routed: a lane of its own for the time of the publish.
+        let lane = if allow_unroutable {
+            None
+        } else {
+            let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.lanes.get(i % self.lanes.len().max(1))
+        };
+        let _turn = match lane {
+            Some(l) => Some(l.one_at_a_time.lock().await),
+            None => None,
+        };
+        let channel = lane.map_or(&self.channel, |l| &l.channel);
         let publish = async {
-            self.channel
+            channel
                 .basic_publish(
                     ex,
                     key,
@@ -113,5 +158,20 @@ impl Publisher {
 
     pub fn channel(&self) -> &Channel {
         &self.channel
+    }
+
+    /// Whether every channel is still open (a missing exchange makes the
+    /// broker close the channel that published to it).
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+            && self.lanes.iter().all(|l| l.channel.status().connected())
+    }
+
+    /// Closes every channel.
+    pub async fn close(&self) {
+        drop(self.channel.close(200, "OK".into()).await);
+        for l in self.lanes.iter() {
+            drop(l.channel.close(200, "OK".into()).await);
+        }
     }
 }
