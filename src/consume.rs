@@ -211,7 +211,24 @@ pub(crate) async fn consume(
             }
             info!(channel = name, "channel resumed");
         }
-        let delay = subscribe_delay(&shared.replica_id, name, shared.config.worker.spread_window);
+        // The stagger spreads the channels over replicas that start together;
+        // a replica alone in the queue has nobody to spread with.
+        let others = amqp
+            .queue_declare(
+                queue_name.clone(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_or(1, |q| q.consumer_count());
+        let delay = if others == 0 {
+            Duration::ZERO
+        } else {
+            subscribe_delay(&shared.replica_id, name, shared.config.worker.spread_window)
+        };
         tokio::select! {
             () = stop.cancelled() => return Stopped::Cancelled,
             () = tokio::time::sleep(delay) => {}
