@@ -197,7 +197,10 @@ pub(crate) async fn consume(
     // Readiness counts channels that are consuming, or paused on purpose.
     let mut counted = false;
     loop {
+        // Replicas resuming a channel together meet in its queue: stagger them.
+        let mut resuming = false;
         if control.borrow_and_update().paused.is_some() {
+            resuming = true;
             if !std::mem::replace(&mut counted, true) {
                 subscribed.add_permits(1);
             }
@@ -212,7 +215,7 @@ pub(crate) async fn consume(
             info!(channel = name, "channel resumed");
         }
         // The stagger spreads the channels over replicas that start together;
-        // a replica alone in the queue has nobody to spread with.
+        // a replica starting alone in the queue has nobody to spread with.
         let others = amqp
             .queue_declare(
                 queue_name.clone(),
@@ -224,7 +227,7 @@ pub(crate) async fn consume(
             )
             .await
             .map_or(1, |q| q.consumer_count());
-        let delay = if others == 0 {
+        let delay = if others == 0 && !resuming {
             Duration::ZERO
         } else {
             subscribe_delay(&shared.replica_id, name, shared.config.worker.spread_window)
