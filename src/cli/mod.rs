@@ -184,6 +184,10 @@ pub struct SandboxArgs {
     /// ... and READ this long after the send.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub read_after: Duration,
+    /// Answer every request with one fixed success body, nothing else (for
+    /// benchmarks: the stand-in costs next to nothing).
+    #[arg(long)]
+    pub constant: bool,
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +246,11 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
                 .context("cannot declare the topology")?;
             drop(conn.close(200, "OK".into()).await);
             println!("topology declared with prefix {:?}", config.broker.prefix);
+        }
+        Command::Sandbox(a) if a.constant => {
+            sandbox::constant(a.listen, shutdown)
+                .await
+                .with_context(|| format!("sandbox: cannot listen on {}", a.listen))?;
         }
         Command::Sandbox(a) => {
             let config = SandboxConfig {

@@ -736,6 +736,29 @@ async fn respond(
 }
 
 /// Runs a sandbox until `stop` is cancelled (the CLI command).
+/// A constant-answer stand-in for benchmarks: every request gets the same
+/// 200 success body at once — no parsing, no checks, no log — so the
+/// benchmark measures the worker and the broker, not the stand-in.
+pub async fn constant(listen: SocketAddr, stop: CancellationToken) -> std::io::Result<()> {
+    let body = Bytes::from_static(
+        br#"{"request_id":"req_bench","message_id":"msg_bench","message_status_url":"http://127.0.0.1/api/v1/whatsapp/messages/msg_bench","phone_number":"+15550000000","channel_message_id":"wamid.bench"}"#,
+    );
+    let app = Router::new().fallback(move || {
+        let body = body.clone();
+        async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+        }
+    });
+    let listener = TcpListener::bind(listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "constant sandbox listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
 pub async fn run(config: SandboxConfig, stop: CancellationToken) -> std::io::Result<()> {
     let sandbox = Sandbox::start(config).await?;
     tracing::info!(url = %sandbox.url(), "sandbox listening: POST {}", octopods::PATH);
