@@ -68,24 +68,10 @@ impl Limiter {
     /// A slot for a status poll: only while no send waits, so sends go first
     /// on the channel's one budget.
     pub(crate) async fn ready_low_priority(&self) {
-        loop {
-            while self.sends_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            if let Some(until) = self.pause_deadline() {
-                tokio::time::sleep_until(until).await;
-                continue;
-            }
-            let governor = self.current();
-            let mut changed = self.changed.subscribe();
-            tokio::select! {
-                () = governor.until_ready() => {}
-                _ = changed.changed() => continue,
-            }
-            if self.pause_deadline().is_none() {
-                return;
-            }
+        while self.sends_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.slot().await;
     }
 
     /// Waits for the recipient's turn (if paced) and the channel's next slot;
@@ -102,6 +88,12 @@ impl Limiter {
                 recipients.retain_recent();
             }
         }
+        self.slot().await;
+        started.elapsed()
+    }
+
+    /// The channel's next slot, after any 429 pause, on the limiter in force.
+    async fn slot(&self) {
         loop {
             if let Some(until) = self.pause_deadline() {
                 tokio::time::sleep_until(until).await;
@@ -115,7 +107,7 @@ impl Limiter {
             }
             // A 429 may have paused the channel while we waited for the slot.
             if self.pause_deadline().is_none() {
-                return started.elapsed();
+                return;
             }
         }
     }

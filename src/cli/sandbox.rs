@@ -661,10 +661,10 @@ fn record(
     status: u16,
 ) {
     if let Ok(mut log) = s.log.lock() {
-        let seq = log.len() as u64;
+        let seq = u64::try_from(log.len()).unwrap_or(u64::MAX);
         log.push(Recorded {
             seq,
-            at_ms: arrived.duration_since(s.started).as_millis() as u64,
+            at_ms: u64::try_from(arrived.duration_since(s.started).as_millis()).unwrap_or(u64::MAX),
             at: timestamp(time::OffsetDateTime::now_utc()),
             auth,
             phone,
@@ -708,19 +708,15 @@ async fn respond(
         .scripted(phone.as_deref())
         .and_then(fault_answer)
         .unwrap_or_else(|| normal(auth.as_deref()));
-    if let Ok(mut log) = s.log.lock() {
-        let seq = log.len() as u64;
-        log.push(Recorded {
-            seq,
-            at_ms: arrived.duration_since(s.started).as_millis() as u64,
-            at: timestamp(time::OffsetDateTime::now_utc()),
-            auth,
-            phone,
-            path,
-            body: String::from_utf8_lossy(body).into_owned(),
-            status: answer.status,
-        });
-    }
+    record(
+        s,
+        arrived,
+        auth,
+        phone,
+        path,
+        &String::from_utf8_lossy(body),
+        answer.status,
+    );
     let delay = answer.hang.unwrap_or(s.config.latency);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -89,20 +89,10 @@ impl Snapshot {
         let conn = broker::connect(&config.broker, "dlq").await?;
         lock(&conn, queue, wait).await?;
         let channel = conn.create_channel().await?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| {
-                format!("queue {queue} does not exist (run `octopods-worker topology`)")
-            })?;
-        settled(&channel, queue, declared.consumer_count()).await?;
+        let consumers = consumers_of(&channel, queue).await.with_context(|| {
+            format!("queue {queue} does not exist (run `octopods-worker topology`)")
+        })?;
+        settled(&channel, queue, consumers).await?;
         let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
         let marker = ulid::Ulid::generate().to_string();
         let mut h = FieldTable::default();
@@ -134,7 +124,6 @@ impl Snapshot {
             stale_markers: 0,
             publisher,
         };
-        drop(declared);
         snapshot.add_consumer().await?;
         Ok(snapshot)
     }
@@ -253,19 +242,24 @@ async fn settled(channel: &Channel, queue: &str, mut consumers: u32) -> anyhow::
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        consumers = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?
-            .consumer_count();
+        consumers = consumers_of(channel, queue).await?;
     }
     Ok(())
+}
+
+/// How many consumers `queue` has (a passive declare: it must exist).
+async fn consumers_of(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.consumer_count())
 }
 
 /// Declares the exclusive lock queue, retrying while another connection
