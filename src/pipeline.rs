@@ -241,3 +241,6 @@ fn delay(
         failure: later.failure,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -332,6 +332,28 @@ mod tests {
         assert!(d.next.is_none());
     }
 
+    proptest::proptest! {
+        /// Any answer, any check: no panic, at most two events, and the
+        /// next check (if any) counts one more poll.
+        #[test]
+        fn any_answer_decides_sanely(
+            status in proptest::option::of("\\PC{0,12}"),
+            delivered in proptest::option::of("\\PC{0,30}"),
+            code in 100u16..600,
+            polls in proptest::prelude::any::<u32>(),
+            secs in proptest::prelude::any::<i64>(),
+        ) {
+            let body = json!({"status": status, "delivered_at": delivered, "read_at": null});
+            let polled = read_answer(code, body.to_string().as_bytes());
+            let at = OffsetDateTime::from_unix_timestamp(secs.rem_euclid(253_402_300_799)).unwrap_or(SOON);
+            let d = decide(&check(Stage::Sent, polls), &polled, at, &config());
+            proptest::prop_assert!(d.events.len() <= 2);
+            if let Some((next, _)) = d.next {
+                proptest::prop_assert_eq!(next.polls, polls.saturating_add(1));
+            }
+        }
+    }
+
     #[test]
     fn a_check_starts_from_the_sent_event() {
         let e = json!({"event": "sent", "job_id": "j", "channel": "c", "message_id": "m",

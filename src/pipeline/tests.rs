@@ -156,13 +156,19 @@ fn stamp() -> impl Strategy<Value = serde_json::Value> {
 }
 
 fn body() -> impl Strategy<Value = Vec<u8>> {
+    let fallback = proptest::option::of((
+        any::<u64>(),
+        proptest::collection::vec(text(), 0..3),
+        text(),
+    ));
     let job = (
         text(),
         proptest::option::of(stamp()),
         proptest::option::of(stamp()),
         any::<bool>(),
+        fallback,
     )
-        .prop_map(|(id, last, exp, meta)| {
+        .prop_map(|(id, last, exp, meta, fallback)| {
             let mut j = json!({"job_id": id, "destination_phone": "+15551234567",
                                "waba_interactive_message": crate::job::delivery_confirmation()});
             if let Some(v) = last {
@@ -173,6 +179,10 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             }
             if meta {
                 j["metadata"] = json!({"order": "1234"});
+            }
+            if let Some((template_id, vars, name)) = fallback {
+                j["fallback_template"] = json!({"template_id": template_id,
+                    "message_variables": vars, "destination_user_name": name});
             }
             serde_json::to_vec(&j).unwrap()
         });
@@ -238,7 +248,7 @@ proptest! {
         let settlement = rt.block_on(decide_with(delivered, channel, shared, &stop, &Answer(answer)));
         let now = OffsetDateTime::now_utc();
         match settlement {
-            Settlement::Sent { job_id, event } => {
+            Settlement::Sent { job_id, event, .. } => {
                 prop_assert!(serde_json::from_slice::<serde_json::Value>(&event).is_ok());
                 prop_assert!(fits(&event_properties(&props, Some(&job_id))));
             }
@@ -263,7 +273,10 @@ proptest! {
                 prop_assert_eq!(trust, headers::Trust::Signed);
                 prop_assert_eq!(read.attempts, history.attempts);
             }
-            Settlement::GiveBack { .. } | Settlement::Panicked { .. } => {}
+            Settlement::GiveBack { .. }
+            | Settlement::Panicked { .. }
+            | Settlement::Status { .. }
+            | Settlement::Return => {}
         }
     }
 }
