@@ -48,28 +48,28 @@ pub enum Routed {
 /// Confirm-mode channels for publishing. Cheap to clone; safe to share.
 ///
 /// A publish whose return is a failure (a dead letter, a delayed retry: it
-/// must reach its queue) goes through one of a few *lanes*, each with at most
+/// must reach its queue) goes through one of a few single-file channels, each with at most
 /// one publish outstanding: lapin hands a returned message to whichever
 /// confirm completes next on the channel, so with concurrent mandatory
 /// publishes a returned message could be reported routed and its job acked
-/// and lost (seen in `hostile::deleting_the_dead_letter_queue…`). On a lane
+/// and lost (seen in `hostile::deleting_the_dead_letter_queue…`). On a single-file channel
 /// the return can only be its own. Publishes that may be unroutable (result
 /// events) share one channel, concurrently.
 #[derive(Clone)]
 pub struct Publisher {
     channel: Channel,
-    lanes: std::sync::Arc<[Lane]>,
+    single_file: std::sync::Arc<[SingleFile]>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     timeout: Duration,
 }
 
-struct Lane {
+struct SingleFile {
     channel: Channel,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
-/// Lanes for publishes that must be routed.
-const LANES: usize = 8;
+/// Single-file channels for publishes that must be routed.
+const SINGLE_FILE_CHANNELS: usize = 8;
 
 impl Publisher {
     /// Opens a confirm-mode channel whose publishes fail after `timeout`
@@ -79,18 +79,20 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let mut lanes = Vec::with_capacity(LANES);
-        for _ in 0..LANES {
-            let lane = conn.create_channel().await?;
-            lane.confirm_select(ConfirmSelectOptions::default()).await?;
-            lanes.push(Lane {
-                channel: lane,
+        let mut single_file = Vec::with_capacity(SINGLE_FILE_CHANNELS);
+        for _ in 0..SINGLE_FILE_CHANNELS {
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            single_file.push(SingleFile {
+                channel,
                 one_at_a_time: tokio::sync::Mutex::new(()),
             });
         }
         Ok(Self {
             channel,
-            lanes: lanes.into(),
+            single_file: single_file.into(),
             next: Default::default(),
             timeout,
         })
@@ -115,18 +117,18 @@ impl Publisher {
                 routing_key: routing_key.chars().take(64).collect(),
             });
         };
-        // Must be routed: a lane of its own for the time of the publish.
-        let lane = if allow_unroutable {
+        // Must be routed: a channel of its own for the time of the publish.
+        let single = if allow_unroutable {
             None
         } else {
             let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.lanes.get(i % self.lanes.len().max(1))
+            self.single_file.get(i % self.single_file.len().max(1))
         };
-        let _turn = match lane {
+        let _turn = match single {
             Some(l) => Some(l.one_at_a_time.lock().await),
             None => None,
         };
-        let channel = lane.map_or(&self.channel, |l| &l.channel);
+        let channel = single.map_or(&self.channel, |l| &l.channel);
         let publish = async {
             channel
                 .basic_publish(
@@ -164,13 +166,16 @@ impl Publisher {
     /// broker close the channel that published to it).
     pub fn is_open(&self) -> bool {
         self.channel.status().connected()
-            && self.lanes.iter().all(|l| l.channel.status().connected())
+            && self
+                .single_file
+                .iter()
+                .all(|l| l.channel.status().connected())
     }
 
     /// Closes every channel.
     pub async fn close(&self) {
         drop(self.channel.close(200, "OK".into()).await);
-        for l in self.lanes.iter() {
+        for l in self.single_file.iter() {
             drop(l.channel.close(200, "OK".into()).await);
         }
     }
