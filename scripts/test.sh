@@ -5,6 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-rabbitmq.sh
+# A run killed during the memory-alarm test (which sets a tiny watermark and
+# restores it when it ends) would leave the broker blocking every publisher.
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  mark=$(rabbitmqctl -q eval 'vm_memory_monitor:get_vm_memory_high_watermark().' 2>/dev/null || true)
+  if [[ "$mark" == *e-* || "$mark" =~ ^0\.000 ]]; then
+    echo "memory watermark $mark left by an interrupted alarm test; restoring 0.4" >&2
+    rabbitmqctl -q set_vm_memory_high_watermark 0.4
+  fi
+fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 # Property tests over job parsing run a bounded number of cases here.
