@@ -3,7 +3,7 @@
 //! bound to its backup. Dead letters are written straight to the dead-letter
 //! exchange, as the worker writes them, so thousands take a second.
 
-use std::process::Output;
+use std::{process::Output, time::Duration};
 
 use lapin::{
     BasicProperties,
@@ -133,32 +133,72 @@ async fn a_second_operator_waits_or_refuses_never_works_on_a_part() {
             stderr(&out)
         );
     }
-    // Without --wait, the one that finds the lock taken refuses and does nothing.
-    let a = run(&["dlq", "export"]);
-    let b = run(&["dlq", "purge", "--yes"]);
-    let (a, b) = (a.join().unwrap(), b.join().unwrap());
-    let refused = [&a, &b].iter().filter(|o| !o.status.success()).count();
-    if refused == 1 {
-        let loser = if a.status.success() { &b } else { &a };
-        assert!(
-            stderr(loser).contains("another dlq command is working on"),
-            "{}",
-            stderr(loser)
-        );
-    }
-    // Whoever won did the whole queue: either everything was purged, or the
-    // export saw all of it and the purge was refused.
-    if b.status.success() {
-        assert!(
-            stderr(&b).contains(&format!("purged {N}")),
-            "{}",
-            stderr(&b)
-        );
-        assert_eq!(app.depth("dead").await, 0);
-    } else {
-        assert_eq!(a.stdout.iter().filter(|b| **b == b'\n').count(), N);
-        assert_eq!(app.depth("dead").await, N as u32);
-    }
+    // Another operator holds the lock (here: the test, as a dlq command
+    // would): without --wait a purge refuses and deletes nothing; with --wait
+    // it waits for the lock and then purges the whole queue.
+    let holder = broker().await;
+    let lock_ch = holder.create_channel().await.unwrap();
+    let lock = format!("{}.lock", app.queue("dead"));
+    lock_ch
+        .queue_declare(
+            lock.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let refused = app.cli(&["dlq", "purge", "--yes"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("another dlq command is working on")
+            && stderr(&refused).contains("nothing was done"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        app.depth("dead").await,
+        N as u32,
+        "the refused purge deleted nothing"
+    );
+    let waiting = run(&["dlq", "purge", "--yes", "--wait", "60s"]);
+    // Its connection is up: it is at the lock (it tries it right away).
+    let prefix = app.prefix.clone();
+    eventually(
+        Duration::from_secs(15),
+        "the waiting purge to connect",
+        || {
+            let prefix = prefix.clone();
+            async move {
+                let out = std::process::Command::new("rabbitmqctl")
+                    .args(["-q", "list_connections", "client_properties"])
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                text.contains(&format!("octopods-worker dlq prefix={prefix} "))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(holder.close(200, "OK".into()).await);
+    let purged = waiting.join().unwrap();
+    assert!(purged.status.success(), "{}", stderr(&purged));
+    assert!(
+        stderr(&purged).contains("waiting up to 1m"),
+        "it waited: {}",
+        stderr(&purged)
+    );
+    assert!(
+        stderr(&purged).contains(&format!("purged {N}")),
+        "{}",
+        stderr(&purged)
+    );
+    assert_eq!(app.depth("dead").await, 0);
     app.shutdown().await;
 }
 
