@@ -24,11 +24,11 @@ pub(crate) fn quota(rate_per_second: f64, burst: u32) -> Quota {
 }
 
 /// Counts a waiting send while alive.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+struct Waiting<'a>(&'a tokio::sync::watch::Sender<usize>);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -38,8 +38,8 @@ pub(crate) struct Limiter {
     governor: RwLock<Arc<DefaultDirectRateLimiter>>,
     /// Bumped on each change, to wake jobs waiting on the old limiter.
     changed: tokio::sync::watch::Sender<u64>,
-    /// Sends waiting for a slot: status polls wait for none.
-    sends_waiting: std::sync::atomic::AtomicUsize,
+    /// Sends waiting for a slot: status polls wait until there are none.
+    sends_waiting: tokio::sync::watch::Sender<usize>,
     /// Optional per-recipient pacing, keyed by phone number.
     recipients: Option<DefaultKeyedRateLimiter<String>>,
     paused_until: Mutex<Option<Instant>>,
@@ -50,7 +50,7 @@ impl Limiter {
         Self {
             governor: RwLock::new(Arc::new(RateLimiter::direct(quota(rate_per_second, burst)))),
             changed: tokio::sync::watch::Sender::new(0),
-            sends_waiting: std::sync::atomic::AtomicUsize::new(0),
+            sends_waiting: tokio::sync::watch::Sender::new(0),
             recipients: None,
             paused_until: Mutex::new(None),
         }
@@ -68,9 +68,9 @@ impl Limiter {
     /// A slot for a status poll: only while no send waits, so sends go first
     /// on the channel's one budget.
     pub(crate) async fn ready_low_priority(&self) {
-        while self.sends_waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut waiting = self.sends_waiting.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        drop(waiting.wait_for(|n| *n == 0).await);
         self.slot().await;
     }
 
@@ -78,8 +78,7 @@ impl Limiter {
     /// returns how long it waited.
     pub(crate) async fn ready(&self, recipient: &str) -> Duration {
         let started = Instant::now();
-        self.sends_waiting
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sends_waiting.send_modify(|n| *n = n.saturating_add(1));
         let _waiting = Waiting(&self.sends_waiting);
         if let Some(recipients) = &self.recipients {
             recipients.until_key_ready(&recipient.to_owned()).await;
@@ -221,5 +220,20 @@ mod tests {
             admitted <= 1,
             "{admitted} admitted at once after the change"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_status_poll_waits_while_a_send_waits() {
+        let l = Limiter::new(1_000_000.0, 1000);
+        l.sends_waiting.send_modify(|n| *n += 1);
+        let send = Waiting(&l.sends_waiting);
+        let poll = l.ready_low_priority();
+        tokio::pin!(poll);
+        let waited = tokio::time::timeout(Duration::from_secs(60), &mut poll).await;
+        assert!(waited.is_err(), "the poll took a slot while a send waited");
+        drop(send);
+        tokio::time::timeout(Duration::from_secs(1), poll)
+            .await
+            .expect("the poll goes once no send waits");
     }
 }

@@ -89,10 +89,16 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
             Begin::Sent(event) => {
                 info!("already sent by this worker; re-publishing its sent event instead");
                 shared.metrics.duplicate_suppressed(name);
+                // Only the bytes are remembered: the check is read back from them.
+                let check = channel
+                    .config
+                    .track_status
+                    .then(|| Check::from_sent_event(&event))
+                    .flatten();
                 return Settlement::Sent {
                     job_id: job.id.as_str().to_owned(),
                     event,
-                    track: channel.config.track_status,
+                    check,
                 };
             }
             // The same job is in flight on another delivery: wait for it.
@@ -131,6 +137,7 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
                 via,
                 OffsetDateTime::now_utc(),
             );
+            let check = channel.config.track_status.then(|| Check::from(&event));
             let event = serde_json::to_vec(&event).unwrap_or_default();
             // Remember before publishing: if the broker goes away now, the
             // redelivered job re-publishes this event instead of re-sending.
@@ -138,7 +145,7 @@ pub(crate) async fn decide_with<S: crate::retry::Sender>(
             Settlement::Sent {
                 job_id: job.id.as_str().to_owned(),
                 event,
-                track: channel.config.track_status,
+                check,
             }
         }
         Final::DeadLetter(reason, failure) => Settlement::DeadLetter {

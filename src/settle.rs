@@ -49,7 +49,7 @@ pub(crate) enum Settlement {
     Sent {
         job_id: String,
         event: Vec<u8>,
-        track: bool,
+        check: Option<Check>,
     },
     /// A status check was made: publish its new status events and the next
     /// check, ack.
@@ -145,13 +145,12 @@ impl Settler {
             Settlement::Sent {
                 job_id,
                 event,
-                track,
+                check,
             } => {
-                let first_check = track.then(|| Check::from_sent_event(&event)).flatten();
                 let sent = self
                     .publish_event(EventKind::Sent, name, &event, delivery, Some(&job_id))
                     .await;
-                match (sent, first_check, self.status.schedule.first()) {
+                match (sent, check, self.status.schedule.first()) {
                     (Ok(()), Some(check), Some(delay)) => {
                         self.schedule_check(name, &check, *delay).await
                     }

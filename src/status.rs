@@ -48,7 +48,8 @@ pub struct Check {
 }
 
 impl Check {
-    /// The first check of a message, from its `sent` event.
+    /// The first check of a message, from its `sent` event's bytes (the
+    /// dedup memory keeps only those).
     pub fn from_sent_event(event: &[u8]) -> Option<Check> {
         let v: Value = serde_json::from_slice(event).ok()?;
         Some(Check {
@@ -64,6 +65,22 @@ impl Check {
             published: Stage::Sent,
             metadata: v.get("metadata").filter(|m| m.is_object()).cloned(),
         })
+    }
+}
+
+impl From<&crate::events::SentEvent> for Check {
+    /// The first check of a message, from its `sent` event.
+    fn from(e: &crate::events::SentEvent) -> Check {
+        Check {
+            message_id: e.message_id.clone(),
+            job_id: e.job_id.clone(),
+            channel: e.channel.clone(),
+            channel_message_id: e.channel_message_id.clone(),
+            sent_at: e.sent_at.clone(),
+            polls: 0,
+            published: Stage::Sent,
+            metadata: e.metadata.clone(),
+        }
     }
 }
 
