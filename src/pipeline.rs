@@ -181,17 +181,17 @@ pub(crate) async fn poll(
     let name = channel.config.name.as_str();
     tokio::select! {
         biased;
-        () = stop.cancelled() => return Settlement::Return,
+        () = stop.cancelled() => return Settlement::GiveBack { why: "stopping before its poll" },
         () = shared.flow.until_open() => {}
     }
     let permit = tokio::select! {
         biased;
-        () = stop.cancelled() => return Settlement::Return,
+        () = stop.cancelled() => return Settlement::GiveBack { why: "stopping before its poll" },
         p = shared.open.acquire() => p.ok(),
     };
     tokio::select! {
         biased;
-        () = stop.cancelled() => return Settlement::Return,
+        () = stop.cancelled() => return Settlement::GiveBack { why: "stopping before its poll" },
         () = channel.limiter.ready_low_priority() => {}
     }
     let (status, polled) = shared.client.status(&channel.key, &check.message_id).await;

@@ -57,8 +57,6 @@ pub(crate) enum Settlement {
         events: Vec<(EventKind, serde_json::Value)>,
         next: Option<(Check, Duration)>,
     },
-    /// Put a status check back untouched (stopping before its poll).
-    Return,
     /// Copy the job to the dead-letter queue and publish `dead_lettered`, ack.
     DeadLetter {
         reason: Reason,
@@ -73,7 +71,8 @@ pub(crate) enum Settlement {
         cause: RetryCause,
         failure: Failure,
     },
-    /// Return the delivery to its queue untouched (stopping before its turn).
+    /// Return the delivery to its queue untouched (stopping before its turn,
+    /// a job's request or a status check's poll).
     GiveBack { why: &'static str },
     /// The pipeline panicked on this delivery.
     Panicked { message: String },
@@ -162,7 +161,6 @@ impl Settler {
                 .status_checked(delivery, name, events, next)
                 .await
                 .map(|()| Done::Polled),
-            Settlement::Return => return nack(delivery).await,
             Settlement::DeadLetter {
                 reason,
                 failure,

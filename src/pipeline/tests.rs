@@ -275,8 +275,7 @@ proptest! {
             }
             Settlement::GiveBack { .. }
             | Settlement::Panicked { .. }
-            | Settlement::Status { .. }
-            | Settlement::Return => {}
+            | Settlement::Status { .. } => {}
         }
     }
 }
