@@ -65,9 +65,27 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// AMQP URL. Default `amqp://guest:guest@127.0.0.1:5672/%2f`; the `AMQP_URL`
-    /// environment variable overrides it.
-    pub url: String,
+    /// AMQP URL of a single broker. Default
+    /// `amqp://guest:guest@127.0.0.1:5672/%2f`. Set this or `urls`, not both.
+    pub url: Option<String>,
+    /// AMQP URLs of a cluster's nodes (CONTRACT §14). The worker connects to
+    /// the first that answers and, when a connection is lost, tries the
+    /// others in turn, starting after the one it lost. The `AMQP_URL`
+    /// environment variable (one URL or a comma-separated list) overrides
+    /// `url` and `urls`.
+    pub urls: Vec<String>,
+    /// How long connecting to one node may take before the next is tried.
+    /// Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Replicas of each quorum queue when it is first declared
+    /// (`x-quorum-initial-group-size`). Default: unset, which lets RabbitMQ
+    /// place one on every node of the cluster. The control stream always has
+    /// one on every node: each replica reads it from its own node. RabbitMQ
+    /// compares this argument on every declare, so it cannot be changed for
+    /// queues that exist: grow or shrink them with `rabbitmq-queues
+    /// add_member` / `delete_member` instead.
+    pub replicas: Option<u16>,
     /// Prefix of every exchange and queue name. Default `octopods`.
     pub prefix: String,
     /// Unacknowledged deliveries per channel queue. Default 64. Capped per channel
@@ -92,13 +110,83 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            url: None,
+            urls: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            replicas: None,
             prefix: "octopods".into(),
             prefetch: 64,
             consumer_timeout: Duration::from_secs(30 * 60),
             delivery_limit: 20,
             publish_timeout: Duration::from_secs(15),
         }
+    }
+}
+
+/// The broker URL used when neither `url` nor `urls` is set.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// At most this many broker URLs: a cluster, not a scan.
+const MAX_BROKER_URLS: usize = 16;
+
+impl BrokerConfig {
+    /// The nodes to connect to, in order of preference.
+    pub fn nodes(&self) -> Vec<&str> {
+        if !self.urls.is_empty() {
+            self.urls.iter().map(String::as_str).collect()
+        } else {
+            vec![self.url.as_deref().unwrap_or(DEFAULT_BROKER_URL)]
+        }
+    }
+
+    /// `AMQP_URL`: one URL or a comma-separated list replaces `url` and
+    /// `urls`. Blank entries are ignored; an all-blank value changes nothing.
+    pub fn set_urls_from_env(&mut self, list: &str) {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !urls.is_empty() {
+            self.url = None;
+            self.urls = urls;
+        }
+    }
+
+    fn check_urls(&self) -> Result<(), ConfigError> {
+        if self.url.is_some() && !self.urls.is_empty() {
+            return Err(invalid(
+                "broker.urls",
+                "set broker.url (one node) or broker.urls (a cluster), not both",
+            ));
+        }
+        if self.urls.len() > MAX_BROKER_URLS {
+            return Err(invalid(
+                "broker.urls",
+                format!("at most {MAX_BROKER_URLS} nodes"),
+            ));
+        }
+        let field = if self.urls.is_empty() {
+            "broker.url"
+        } else {
+            "broker.urls"
+        };
+        for url in self.nodes() {
+            if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{}: must start with amqp:// or amqps://",
+                        crate::broker::redact_url(url)
+                    ),
+                ));
+            }
+            if url.chars().any(char::is_control) {
+                return Err(invalid(field, "must not contain control characters"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -431,18 +519,14 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
         })?;
-        if let Ok(url) = std::env::var("AMQP_URL")
-            && !url.trim().is_empty()
-        {
-            config.broker.url = url;
+        if let Ok(list) = std::env::var("AMQP_URL") {
+            config.broker.set_urls_from_env(&list);
         }
+        config.check()?;
         Ok(config)
     }
 
@@ -457,8 +541,12 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        if !self.broker.url.starts_with("amqp://") && !self.broker.url.starts_with("amqps://") {
-            return Err(invalid("broker.url", "must start with amqp:// or amqps://"));
+        self.broker.check_urls()?;
+        if self.broker.replicas == Some(0) {
+            return Err(invalid("broker.replicas", "must be at least 1 (or unset)"));
+        }
+        if self.broker.connect_timeout.is_zero() {
+            return Err(invalid("broker.connect_timeout", "must be above 0"));
         }
         check_name("broker.prefix", &self.broker.prefix, 100)?;
         if self.broker.prefetch == 0 {
@@ -688,6 +776,41 @@ api_key_env = "SOME_VAR"
 rate_per_second = 20
 burst = 5
 "#;
+
+    #[test]
+    fn broker_nodes_from_url_urls_or_the_environment() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.broker.nodes(), vec![DEFAULT_BROKER_URL]);
+        let c = Config::from_toml(&format!(
+            "[broker]\nurls = [\"amqp://a:5681/%2f\", \"amqps://b/%2f\"]\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.broker.nodes(), vec!["amqp://a:5681/%2f", "amqps://b/%2f"]);
+        let mut b = c.broker.clone();
+        b.set_urls_from_env(" amqp://x:1/ , ,amqp://y:2/ ");
+        assert_eq!(b.nodes(), vec!["amqp://x:1/", "amqp://y:2/"]);
+        b.set_urls_from_env(" , ");
+        assert_eq!(
+            b.nodes(),
+            vec!["amqp://x:1/", "amqp://y:2/"],
+            "blank changes nothing"
+        );
+
+        let both = Config::from_toml(&format!(
+            "[broker]\nurl = \"amqp://a/\"\nurls = [\"amqp://b/\"]\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+        let bad = Config::from_toml(&format!(
+            "[broker]\nurls = [\"amqp://a/\", \"http://u:secret@b/\"]\n{MINIMAL}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(bad.starts_with("broker.urls: http://u:***@b/"), "{bad}");
+        assert!(!bad.contains("secret"), "{bad}");
+        let zero = Config::from_toml(&format!("[broker]\nreplicas = 0\n{MINIMAL}")).unwrap_err();
+        assert!(zero.to_string().starts_with("broker.replicas"), "{zero}");
+    }
 
     #[test]
     fn minimal_config_gets_documented_defaults() {

@@ -71,14 +71,8 @@ impl ChannelState {
             return;
         }
         let name = self.config.name.as_str();
-        let rate = |o: &Override| {
-            o.rate.map_or(
-                (self.config.rate_per_second, self.config.burst),
-                |(r, b)| (r, b.unwrap_or(self.config.burst)),
-            )
-        };
-        let (new_rate, new_burst) = rate(&after);
-        if rate(&before) != (new_rate, new_burst) {
+        let (new_rate, new_burst) = self.rate(&after);
+        if self.rate(&before) != (new_rate, new_burst) {
             self.limiter.set_rate(new_rate, new_burst);
             metrics.rate_budget(name, new_rate);
             info!(
@@ -90,6 +84,23 @@ impl ChannelState {
         }
         metrics.channel_paused(name, after.paused.is_some());
         self.control.send_replace(after);
+    }
+
+    /// The rate and burst in force under `o`.
+    fn rate(&self, o: &Override) -> (f64, u32) {
+        o.rate.map_or(
+            (self.config.rate_per_second, self.config.burst),
+            |(r, b)| (r, b.unwrap_or(self.config.burst)),
+        )
+    }
+
+    /// This replica just became the channel's active consumer (the first
+    /// delivery of a subscription): its budget starts empty. The replica it
+    /// takes over from may have spent its burst a moment ago, so a handover
+    /// (a failover, a restart) never lets the channel see two bursts.
+    fn became_active(&self) {
+        let (rate, burst) = self.rate(&self.control.borrow());
+        self.limiter.set_rate(rate, burst);
     }
 }
 
@@ -254,6 +265,7 @@ pub(crate) async fn consume(
         }
         // Cancelled on a pause: jobs not yet at their request go back.
         let hold = stop.child_token();
+        let mut first = lane == Lane::Jobs;
         loop {
             tokio::select! {
                 () = stop.cancelled() => {
@@ -270,6 +282,9 @@ pub(crate) async fn consume(
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
+                        if std::mem::take(&mut first) {
+                            channel.became_active();
+                        }
                         let (ch, sh, st, hold) = (channel.clone(), shared.clone(), settler.clone(), hold.clone());
                         tracker.spawn(async move { handle(delivery, lane, &ch, &sh, &st, &hold).await });
                     }

@@ -44,6 +44,7 @@ pub struct Metrics {
     settle_failing: IntGauge,
     broker_blocked: IntGauge,
     paused: IntGaugeVec,
+    node: IntGaugeVec,
 }
 
 const API_BUCKETS: &[f64] = &[
@@ -146,8 +147,17 @@ impl Metrics {
             &["channel"],
         )
         .unwrap_or_else(|e| panic!("paused: {e}"));
+        let node = IntGaugeVec::new(
+            Opts::new(
+                "octopods_broker_node",
+                "1 for the broker node (host:port) the worker is connected to, 0 for the other configured nodes.",
+            ),
+            &["node"],
+        )
+        .unwrap_or_else(|e| panic!("node: {e}"));
         for c in [
             Box::new(paused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(node.clone()),
             Box::new(settle_failing.clone()),
             Box::new(broker_blocked.clone()),
             Box::new(in_flight.clone()),
@@ -273,6 +283,7 @@ impl Metrics {
             settle_failing,
             broker_blocked,
             paused,
+            node,
             in_flight,
             budget,
             broker_connected,
@@ -433,6 +444,29 @@ impl Metrics {
 
     pub fn broker_connected(&self, up: bool) {
         self.broker_connected.set(i64::from(up));
+    }
+
+    /// The configured nodes, all at 0 until one is connected.
+    pub fn broker_nodes(&self, nodes: &[String]) {
+        for n in nodes {
+            self.node.with_label_values(&[n]);
+        }
+    }
+
+    /// Connected to `node` (or, `None`, to none).
+    pub fn broker_node(&self, node: Option<&str>) {
+        use prometheus::core::Collector;
+        for m in self.node.collect().iter().flat_map(|f| f.get_metric()) {
+            if let Some(label) = m.get_label().first() {
+                let up = Some(label.value()) == node;
+                self.node
+                    .with_label_values(&[label.value()])
+                    .set(i64::from(up));
+            }
+        }
+        if let Some(n) = node {
+            self.node.with_label_values(&[n]).set(1);
+        }
     }
 
     pub fn broker_reconnected(&self) {

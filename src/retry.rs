@@ -231,41 +231,42 @@ fn deadlines(job: &Job, via: &mut Via) -> Result<(), Final> {
 }
 
 /// Waits for the job's turn: the broker accepting publishes, a request
-/// permit, the rate slot, and the broker still accepting publishes. `None`
-/// when the replica stops first.
+/// permit, the rate slot, and the broker still accepting publishes. A slot
+/// that came while the broker blocked is not kept: after the block the job
+/// waits for a new one, so jobs that queued up during a block go out at the
+/// channel's rate, not all at once. `None` when the replica stops first.
 async fn turn<'a>(
     job: &Job,
     target: &'a Target<'_>,
 ) -> Option<(Option<tokio::sync::SemaphorePermit<'a>>, Duration)> {
     let stop = target.stop;
-    tokio::select! {
-        biased;
-        () = stop.cancelled() => return None,
-        () = target.flow.until_open() => {}
+    let mut waited = Duration::ZERO;
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => return None,
+            () = target.flow.until_open() => {}
+        }
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => return None,
+            p = target.open.acquire() => p.ok(),
+        };
+        waited = waited.saturating_add(tokio::select! {
+            biased;
+            () = stop.cancelled() => return None,
+            w = target.limiter.ready(job.phone.as_str()) => w,
+        });
+        // A slot and a stop at once: the stop wins.
+        if stop.is_cancelled() {
+            return None;
+        }
+        // The broker may have blocked while the job waited for its slot.
+        // (The semaphore is never closed; without a permit sending is still correct.)
+        if target.flow.is_open() {
+            return Some((permit, waited));
+        }
     }
-    let permit = tokio::select! {
-        biased;
-        () = stop.cancelled() => return None,
-        p = target.open.acquire() => p.ok(),
-    };
-    let waited = tokio::select! {
-        biased;
-        () = stop.cancelled() => return None,
-        w = target.limiter.ready(job.phone.as_str()) => w,
-    };
-    // The broker may have blocked while the job waited for its slot: the
-    // last gate before the request is the flow again.
-    tokio::select! {
-        biased;
-        () = stop.cancelled() => return None,
-        () = target.flow.until_open() => {}
-    }
-    // A slot and a stop at once: the stop wins.
-    if stop.is_cancelled() {
-        return None;
-    }
-    // (The semaphore is never closed; without a permit sending is still correct.)
-    Some((permit, waited))
 }
 
 /// The delay queue for the job's next durable retry: the configured delay for

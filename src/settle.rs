@@ -95,7 +95,8 @@ pub(crate) struct Settler {
     pub(crate) status: crate::config::StatusConfig,
     /// Woken when a publish was refused: the session declares the topology again.
     pub(crate) repair: Arc<Notify>,
-    /// Cancelled when the replica stops: waits before a give-back end at once.
+    /// Cancelled when this broker session ends (the replica stops, or the
+    /// connection is lost): waits before a give-back end at once.
     pub(crate) stop: CancellationToken,
     /// Settlements that failed in a row (for the give-back backoff).
     failures: AtomicU32,
@@ -198,7 +199,7 @@ impl Settler {
                 self.ack(delivery, name, received, done).await;
             }
             Err(e) => {
-                if reports_a_send {
+                if reports_a_send && !self.session_over() {
                     // What was sent cannot be reported: send nothing more
                     // until a publish goes through again (this job's own
                     // re-publish, from the dedup memory, will).
@@ -208,6 +209,16 @@ impl Settler {
                     .await;
             }
         }
+    }
+
+    /// This settler's broker session has ended (its connection was lost or
+    /// the worker stops): its publishes fail for that reason, not because
+    /// the broker refuses them, and the next session must not inherit a
+    /// "refused" state it would only clear by settling (a replica waiting
+    /// as a single-active-consumer settles nothing, so it would stay
+    /// unready; an active one would send nothing).
+    fn session_over(&self) -> bool {
+        self.stop.is_cancelled()
     }
 
     /// A job that leaves this worker's hands unsettled (status checks are
@@ -290,7 +301,9 @@ impl Settler {
         e: &PublishError,
     ) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed);
-        self.health.set_settle_failing(true);
+        if !self.session_over() {
+            self.health.set_settle_failing(true);
+        }
         self.metrics.settle_failed(channel, e.kind());
         self.abandoned(channel, received);
         self.repair.notify_one();

@@ -77,6 +77,14 @@ impl Worker {
             .iter()
             .map(|d| topology::delay_label(*d))
             .collect();
+        metrics.broker_nodes(
+            &config
+                .broker
+                .nodes()
+                .into_iter()
+                .map(broker::node_label)
+                .collect::<Vec<_>>(),
+        );
         for c in &config.channels {
             metrics.register_channel(&c.name, c.rate_per_second, &delays);
         }
@@ -129,7 +137,7 @@ impl Worker {
         let tracker = TaskTracker::new();
         let config = &self.shared.config;
         info!(
-            broker = %broker::redact_url(&config.broker.url),
+            broker = %config.broker.nodes().into_iter().map(broker::redact_url).collect::<Vec<_>>().join(","),
             prefix = %config.broker.prefix,
             channels = config.channels.len(),
             octopods = %config.octopods.base_url,
@@ -143,6 +151,8 @@ impl Worker {
             ..ExponentialBackoff::default()
         };
         let mut connected_before = false;
+        // Which node to try first: after a lost session, the next one.
+        let mut node = 0;
         while !shutdown.is_cancelled() {
             let result = self
                 .session(
@@ -151,8 +161,10 @@ impl Worker {
                     &deadline,
                     &mut connected_before,
                     &mut reconnect,
+                    &mut node,
                 )
                 .await;
+            self.shared.metrics.broker_node(None);
             self.health.set_consuming(false);
             match result {
                 Ok(()) => break,
@@ -201,10 +213,17 @@ impl Worker {
         deadline: &Deadline,
         connected_before: &mut bool,
         reconnect: &mut ExponentialBackoff,
+        node: &mut usize,
     ) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        let conn = broker::connect(&config.broker, "worker").await?;
-        let publishing = broker::connect(&config.broker, "worker-publish").await?;
+        let consuming = broker::connect_from(&config.broker, "worker", *node).await?;
+        // The next session starts after this node, whatever ends this one.
+        *node = consuming.index.wrapping_add(1);
+        let conn = consuming.connection;
+        let publishing =
+            broker::connect_from(&config.broker, "worker-publish", consuming.index).await?;
+        let publishing_node = publishing.node;
+        let publishing = publishing.connection;
         let mut events = Box::pin(futures_util::stream::select(
             conn.events_listener(),
             publishing.events_listener(),
@@ -220,9 +239,11 @@ impl Worker {
             repair.clone(),
             stop.clone(),
         ));
+        // A new session starts clean: what the last one saw died with it.
         self.shared.flow.set_blocked(false);
         self.shared.flow.set_settle_failing(false);
         self.health.set_blocked(false);
+        self.health.set_settle_failing(false);
         // Operators' commands first: a channel paused before this replica
         // started must not be consumed for a moment.
         let (_control_ch, mut commands) = control::subscribe(&conn, &names).await?;
@@ -263,7 +284,12 @@ impl Worker {
         }
         *connected_before = true;
         reconnect.reset();
-        info!("connected; subscribing to the channel queues");
+        self.shared.metrics.broker_node(Some(&consuming.node));
+        info!(
+            node = %consuming.node,
+            publishing = %publishing_node,
+            "connected; subscribing to the channel queues"
+        );
         // Ready once every channel queue has our consumer; then keep waiting.
         let channels = u32::try_from(lanes.len()).unwrap_or(u32::MAX);
         let all_subscribed = async {
@@ -433,6 +459,13 @@ async fn repair_topology(
         }
         match declare(conn, config).await {
             Ok(()) => {
+                match settler.publisher.renew(conn).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(channels = n, "replaced publishing channels that saw a nack"),
+                    Err(e) => {
+                        return anyhow::Error::new(e).context("cannot open a publishing channel");
+                    }
+                }
                 info!("topology declared again after a refused publish");
                 settler.recovered();
             }

@@ -14,31 +14,85 @@ use crate::config::BrokerConfig;
 pub use publish::{PublishError, Publisher, Routed};
 pub use topology::Names;
 
-/// The broker could not be reached; the URL is shown without its password.
+/// No node could be reached; each URL is shown without its password.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to {url}: {source}")]
+#[error("cannot connect to the broker: {}", tried.join("; "))]
 pub struct ConnectError {
-    url: String,
-    #[source]
-    source: lapin::Error,
+    tried: Vec<String>,
 }
 
-/// Opens a connection to the configured broker, named for `rabbitmqctl
-/// list_connections`, e.g. `octopods-worker worker prefix=octopods pid=4242 v0.1.0`.
+/// A connection and the node it reached.
+pub struct Connected {
+    pub connection: Connection,
+    /// Index of the node in [`BrokerConfig::nodes`].
+    pub index: usize,
+    /// The node as `host:port`, for logs and the `octopods_broker_node` metric.
+    pub node: String,
+}
+
+/// Opens a connection to the first configured node that answers, named for
+/// `rabbitmqctl list_connections`, e.g. `octopods-worker worker
+/// prefix=octopods pid=4242 v0.1.0`.
 pub async fn connect(config: &BrokerConfig, role: &str) -> Result<Connection, ConnectError> {
+    connect_from(config, role, 0).await.map(|c| c.connection)
+}
+
+/// Like [`connect`], trying the nodes in turn from the one at `first`
+/// (wrapping around), each within `broker.connect_timeout`.
+pub async fn connect_from(
+    config: &BrokerConfig,
+    role: &str,
+    first: usize,
+) -> Result<Connected, ConnectError> {
     let name = format!(
         "octopods-worker {role} prefix={} pid={} v{}",
         config.prefix,
         std::process::id(),
         env!("CARGO_PKG_VERSION")
     );
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(&config.url, props)
-        .await
-        .map_err(|source| ConnectError {
-            url: redact_url(&config.url),
-            source,
-        })
+    let nodes = config.nodes();
+    let mut tried = Vec::with_capacity(nodes.len());
+    for offset in 0..nodes.len() {
+        let index = first.wrapping_add(offset) % nodes.len();
+        let Some(url) = nodes.get(index) else {
+            continue;
+        };
+        let props = ConnectionProperties::default().with_connection_name(name.clone().into());
+        let attempt = tokio::time::timeout(config.connect_timeout, Connection::connect(url, props));
+        match attempt.await {
+            Ok(Ok(connection)) => {
+                return Ok(Connected {
+                    connection,
+                    index,
+                    node: node_label(url),
+                });
+            }
+            Ok(Err(e)) => tried.push(format!("{}: {e}", redact_url(url))),
+            Err(_) => tried.push(format!(
+                "{}: no answer within {:?}",
+                redact_url(url),
+                config.connect_timeout
+            )),
+        }
+    }
+    Err(ConnectError { tried })
+}
+
+/// `host:port` of an AMQP URL (default port by scheme), never the
+/// credentials or the vhost.
+pub fn node_label(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<invalid url>".into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host: String = host.chars().filter(|c| !c.is_control()).take(200).collect();
+    if host.contains(':') && !host.ends_with(']') {
+        host
+    } else {
+        let port = if scheme == "amqps" { 5671 } else { 5672 };
+        format!("{host}:{port}")
+    }
 }
 
 /// Whether the worker can publish results: not while RabbitMQ blocks the
@@ -85,6 +139,11 @@ impl Flow {
             .send_if_modified(|b| std::mem::replace(b, blocked) != blocked);
     }
 
+    /// Whether publishing is not blocked now.
+    pub(crate) fn is_open(&self) -> bool {
+        !*self.state.borrow()
+    }
+
     /// Returns once publishing is not blocked.
     pub(crate) async fn until_open(&self) {
         let mut rx = self.state.subscribe();
@@ -116,5 +175,20 @@ mod tests {
             "amqp://guest:***@10.0.0.1:5672/%2f"
         );
         assert_eq!(super::redact_url("amqp://host/"), "amqp://host/");
+    }
+
+    #[test]
+    fn node_label_is_host_and_port_only() {
+        use super::node_label;
+        assert_eq!(node_label("amqp://u:p@10.0.0.1:5682/%2f"), "10.0.0.1:5682");
+        assert_eq!(node_label("amqp://rabbit"), "rabbit:5672");
+        assert_eq!(
+            node_label("amqps://u:p@rabbit/vh?heartbeat=5"),
+            "rabbit:5671"
+        );
+        assert_eq!(node_label("amqp://u:p@a@b:1/x"), "b:1");
+        assert_eq!(node_label("amqp://[::1]/"), "[::1]:5672");
+        assert_eq!(node_label("amqp://[::1]:5681/"), "[::1]:5681");
+        assert_eq!(node_label("nonsense"), "<invalid url>");
     }
 }

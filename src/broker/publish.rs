@@ -55,47 +55,101 @@ pub enum Routed {
 /// and lost (seen in `hostile::deleting_the_dead_letter_queue…`). On a single-file channel
 /// the return can only be its own. Publishes that may be unroutable (result
 /// events) share one channel, concurrently.
+///
+/// A channel that saw a nack is marked stale and replaced by
+/// [`Publisher::renew`]: RabbitMQ 3.10 can leave a channel nacking every
+/// publish to a quorum queue whose leader died while the channel first
+/// published to it, for as long as the channel lives, while a fresh channel
+/// publishes at once (seen on the three-node test cluster; `cluster::` tests).
 #[derive(Clone)]
 pub struct Publisher {
-    channel: Channel,
-    single_file: std::sync::Arc<[SingleFile]>,
+    shared: std::sync::Arc<Slot>,
+    single_file: std::sync::Arc<[Slot]>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     timeout: Duration,
 }
 
-struct SingleFile {
-    channel: Channel,
+struct Slot {
+    channel: std::sync::RwLock<Channel>,
+    /// Saw a nack: replace at the next [`Publisher::renew`].
+    stale: std::sync::atomic::AtomicBool,
     one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    async fn open(conn: &Connection) -> Result<Self, lapin::Error> {
+        Ok(Self {
+            channel: std::sync::RwLock::new(confirm_channel(conn).await?),
+            stale: false.into(),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn channel(&self) -> Channel {
+        match self.channel.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace(&self, fresh: Channel) -> Channel {
+        match self.channel.write() {
+            Ok(mut c) => std::mem::replace(&mut *c, fresh),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), fresh),
+        }
+    }
+}
+
+async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
 }
 
 /// Single-file channels for publishes that must be routed.
 const SINGLE_FILE_CHANNELS: usize = 8;
 
 impl Publisher {
-    /// Opens a confirm-mode channel whose publishes fail after `timeout`
+    /// Opens confirm-mode channels whose publishes fail after `timeout`
     /// without a confirm (a blocked connection, a lost node).
     pub async fn open(conn: &Connection, timeout: Duration) -> Result<Self, lapin::Error> {
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let shared = Slot::open(conn).await?;
         let mut single_file = Vec::with_capacity(SINGLE_FILE_CHANNELS);
         for _ in 0..SINGLE_FILE_CHANNELS {
-            let channel = conn.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            single_file.push(SingleFile {
-                channel,
-                one_at_a_time: tokio::sync::Mutex::new(()),
-            });
+            single_file.push(Slot::open(conn).await?);
         }
         Ok(Self {
-            channel,
+            shared: std::sync::Arc::new(shared),
             single_file: single_file.into(),
             next: Default::default(),
             timeout,
         })
+    }
+
+    /// Replaces every channel that saw a nack with a fresh one on `conn`;
+    /// returns how many. A replaced channel closes once publishes still
+    /// outstanding on it had their time to be confirmed.
+    pub async fn renew(&self, conn: &Connection) -> Result<usize, lapin::Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut renewed = 0;
+        for slot in std::iter::once(&*self.shared).chain(self.single_file.iter()) {
+            if !slot.stale.load(SeqCst) {
+                continue;
+            }
+            let fresh = confirm_channel(conn).await?;
+            let _turn = slot.one_at_a_time.lock().await;
+            slot.stale.store(false, SeqCst);
+            let old = slot.replace(fresh);
+            let wait = self.timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                drop(old.close(200, "replaced after a nack".into()).await);
+            });
+            renewed += 1;
+        }
+        Ok(renewed)
     }
 
     /// Publishes `mandatory` and waits for the broker's confirm. A returned
@@ -128,7 +182,8 @@ impl Publisher {
             Some(l) => Some(l.one_at_a_time.lock().await),
             None => None,
         };
-        let channel = single.map_or(&self.channel, |l| &l.channel);
+        let slot = single.unwrap_or(&self.shared);
+        let channel = slot.channel();
         let publish = async {
             channel
                 .basic_publish(
@@ -154,29 +209,30 @@ impl Publisher {
                 exchange: exchange.to_owned(),
                 routing_key: routing_key.to_owned(),
             }),
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::Nack(_) => {
+                slot.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(PublishError::Nacked)
+            }
         }
     }
 
-    pub fn channel(&self) -> &Channel {
-        &self.channel
+    /// The channel of publishes that may be unroutable.
+    pub fn channel(&self) -> Channel {
+        self.shared.channel()
     }
 
     /// Whether every channel is still open (a missing exchange makes the
     /// broker close the channel that published to it).
     pub fn is_open(&self) -> bool {
-        self.channel.status().connected()
-            && self
-                .single_file
-                .iter()
-                .all(|l| l.channel.status().connected())
+        std::iter::once(&*self.shared)
+            .chain(self.single_file.iter())
+            .all(|l| l.channel().status().connected())
     }
 
     /// Closes every channel.
     pub async fn close(&self) {
-        drop(self.channel.close(200, "OK".into()).await);
-        for l in self.single_file.iter() {
-            drop(l.channel.close(200, "OK".into()).await);
+        for l in std::iter::once(&*self.shared).chain(self.single_file.iter()) {
+            drop(l.channel().close(200, "OK".into()).await);
         }
     }
 }

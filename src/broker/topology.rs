@@ -121,9 +121,16 @@ const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
     nowait: false,
 };
 
-/// A quorum queue's arguments: `extra` after the type.
-fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
+/// A quorum queue's arguments: the type, the initial number of replicas if
+/// configured (else RabbitMQ puts one on every node), then `extra`.
+fn quorum(replicas: Option<u16>, extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut pairs = vec![("x-queue-type", text("quorum"))];
+    if let Some(r) = replicas {
+        pairs.push((
+            "x-quorum-initial-group-size",
+            AMQPValue::LongLongInt(i64::from(r)),
+        ));
+    }
     pairs.extend(extra.iter().cloned());
     args(&pairs)
 }
@@ -183,6 +190,7 @@ pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
 /// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
     let retry_delays = &config.delay_queues();
+    let replicas = config.broker.replicas;
     let n = Names::new(&config.broker.prefix);
     let none = FieldTable::default;
 
@@ -194,7 +202,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         none(),
     )
     .await?;
-    ch.queue_declare(n.unroutable().into(), DURABLE_QUEUE, quorum(&[]))
+    ch.queue_declare(n.unroutable().into(), DURABLE_QUEUE, quorum(replicas, &[]))
         .await?;
     ch.queue_bind(
         n.unroutable().into(),
@@ -223,7 +231,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         none(),
     )
     .await?;
-    ch.queue_declare(n.dead().into(), DURABLE_QUEUE, quorum(&[]))
+    ch.queue_declare(n.dead().into(), DURABLE_QUEUE, quorum(replicas, &[]))
         .await?;
     ch.queue_bind(
         n.dead().into(),
@@ -243,7 +251,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
     )
     .await?;
     if config.results.declare_queue {
-        ch.queue_declare(n.results().into(), DURABLE_QUEUE, quorum(&[]))
+        ch.queue_declare(n.results().into(), DURABLE_QUEUE, quorum(replicas, &[]))
             .await?;
         ch.queue_bind(
             n.results().into(),
@@ -259,6 +267,10 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
     ch.queue_declare(
         n.control().into(),
         DURABLE_QUEUE,
+        // A stream is read from the replica on the reader's own node
+        // ("does not have a running local replica" otherwise), so the
+        // control stream keeps RabbitMQ's default: a replica on every node,
+        // whatever `broker.replicas` says.
         args(&[("x-queue-type", text("stream"))]),
     )
     .await?;
@@ -279,7 +291,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
         let mut qargs = vec![("x-message-ttl", AMQPValue::LongLongInt(ttl))];
         qargs.extend(at_least_once(""));
-        let qargs = quorum(&qargs);
+        let qargs = quorum(replicas, &qargs);
         ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
             .await?;
         let bind = args(&[
@@ -311,7 +323,7 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
             ),
         ];
         qargs.extend(at_least_once(&n.dead()));
-        let qargs = quorum(&qargs);
+        let qargs = quorum(replicas, &qargs);
         ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
             .await?;
         ch.queue_bind(
@@ -326,7 +338,10 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         // sends for the channel also polls for it, on the same budget.
         if c.track_status {
             let q = n.status_queue(&c.name);
-            let sargs = quorum(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+            let sargs = quorum(
+                replicas,
+                &[("x-single-active-consumer", AMQPValue::Boolean(true))],
+            );
             ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, sargs)
                 .await?;
         }

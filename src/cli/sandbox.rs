@@ -281,6 +281,11 @@ impl Sandbox {
         format!("http://{}", self.state.addr)
     }
 
+    /// Milliseconds since the sandbox started: the clock of [`Recorded::at_ms`].
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.state.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     pub fn script(&self, script: Script) {
         self.state.add_script(script);
     }

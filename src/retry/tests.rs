@@ -100,7 +100,12 @@ impl Fixture {
         }
     }
 
-    async fn run(&self, script: &Script, history: History, retry: &RetryConfig) -> (Final, u32) {
+    async fn run(
+        &self,
+        script: &impl Sender,
+        history: History,
+        retry: &RetryConfig,
+    ) -> (Final, u32) {
         let target = Target {
             channel: "store-eu",
             limiter: &self.limiter,
@@ -308,6 +313,59 @@ async fn no_request_while_the_broker_blocks_publishing() {
     f.flow.set_blocked(false);
     let (result, _) = run.await;
     assert!(matches!(result, Final::Sent(..)));
+}
+
+/// Accepts every request; notes when each came.
+#[derive(Default)]
+struct Clocked(Mutex<Vec<Instant>>);
+
+impl Sender for Clocked {
+    async fn send(&self, _endpoint: Endpoint, _body: bytes::Bytes) -> Attempt {
+        self.0.lock().unwrap().push(Instant::now());
+        Attempt {
+            status: None,
+            outcome: sent(),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// Real time: governor keeps its own clock, not tokio's paused one.
+#[tokio::test]
+async fn slots_that_came_while_the_broker_blocked_are_not_spent_at_once_after() {
+    let mut f = Fixture::new();
+    f.limiter = Limiter::new(20.0, 1);
+    let clock = Clocked::default();
+    let retry = config(2, &[10]);
+    let runs =
+        futures_util::future::join_all((0..5).map(|_| f.run(&clock, History::default(), &retry)));
+    tokio::pin!(runs);
+    // The first job takes the burst; four wait for their slots (one per 50 ms)...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), &mut runs)
+            .await
+            .is_err()
+    );
+    assert_eq!(clock.0.lock().unwrap().len(), 1);
+    // ...while the broker blocks for longer than all four slots take.
+    f.flow.set_blocked(true);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut runs)
+            .await
+            .is_err()
+    );
+    assert_eq!(clock.0.lock().unwrap().len(), 1, "no request while blocked");
+    f.flow.set_blocked(false);
+    for (result, _) in runs.await {
+        assert!(matches!(result, Final::Sent(..)));
+    }
+    let at = clock.0.lock().unwrap().clone();
+    // Four requests after the block at 20/s take at least three intervals.
+    let span = at[4] - at[1];
+    assert!(
+        span >= Duration::from_millis(120),
+        "4 requests within {span:?} after the block: slots from the blocked time were spent at once"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,6 +3,7 @@
 
 mod alarm;
 mod cli;
+mod cluster;
 mod control;
 mod dlq;
 mod dlq_exact;

@@ -7,6 +7,7 @@ pub struct BinaryWorker {
     pub child: std::process::Child,
     pub addr: String,
     log: Option<std::thread::JoinHandle<Vec<String>>>,
+    so_far: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl BinaryWorker {
@@ -22,12 +23,17 @@ impl BinaryWorker {
         // The worker logs its HTTP address; read it, and keep the log.
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = so_far.clone();
         let log = std::thread::spawn(move || {
             let mut log = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let parsed: Option<Value> = serde_json::from_str(&line).ok();
                 if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"]["http"].as_str()) {
                     drop(tx.send(addr.to_owned()));
+                }
+                if let Ok(mut s) = shared.lock() {
+                    s.push(line.clone());
                 }
                 log.push(line);
             }
@@ -50,6 +56,7 @@ impl BinaryWorker {
             child,
             addr,
             log: Some(log),
+            so_far,
         }
     }
 
@@ -74,6 +81,12 @@ impl BinaryWorker {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The last `n` log lines, while the process runs.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self.so_far.lock().map(|l| l.clone()).unwrap_or_default();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// The log lines written so far (call after the process exited).

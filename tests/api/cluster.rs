@@ -1,0 +1,490 @@
+//! CONTRACT §14 on a real three-node RabbitMQ cluster: any node may die
+//! mid-flow and nothing is lost, no budget is broken, and single-active-consumer
+//! holds across the failover.
+//!
+//! The cluster is `scripts/cluster.sh start` (nodes on 127.0.0.1:5681–5683);
+//! these tests kill and restart its nodes, so they are ignored in the main run
+//! and run as their own group, after it, by `scripts/test.sh`:
+//! `cargo nextest run --run-ignored only -E 'test(/^cluster::/)'`.
+//! Without the cluster they fail with a message saying how to start it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::FieldTable,
+};
+use octopods_worker::{
+    broker::topology,
+    config::Config,
+    sandbox::{Sandbox, SandboxConfig},
+};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const PORTS: [u16; 3] = [5681, 5682, 5683];
+const CHANNELS: [&str; 2] = ["store-eu", "store-us"];
+const PER_CHANNEL: usize = 1000;
+const RATE: f64 = 40.0;
+const BURST: u32 = 5;
+
+fn node_url(port: u16) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+/// Runs `scripts/cluster.sh ARGS` off the runtime's threads (the sandbox
+/// shares them: blocking them would bunch its request times up).
+async fn cluster_async(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        cluster(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("cluster.sh task")
+}
+
+/// Runs `scripts/cluster.sh ARGS`, failing the test if it fails.
+fn cluster(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
+    let out = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .expect("run scripts/cluster.sh");
+    assert!(
+        out.status.success(),
+        "scripts/cluster.sh {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A connection to any live node, or a failure saying how to start the cluster.
+async fn any_node() -> Connection {
+    for port in PORTS {
+        let url = node_url(port);
+        let connect = Connection::connect(&url, ConnectionProperties::default());
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
+            return c;
+        }
+    }
+    panic!(
+        "the three-node test cluster does not answer on 127.0.0.1:{PORTS:?}. Start it with \
+         `scripts/cluster.sh start` (scripts/test.sh does); these tests never skip."
+    );
+}
+
+/// The node (1–3) a worker is connected to, from its `octopods_broker_node`.
+async fn connected_node(addr: &str) -> Option<usize> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| l.starts_with("octopods_broker_node{") && l.ends_with(" 1"))
+        .find_map(|l| PORTS.iter().position(|p| l.contains(&format!(":{p}\""))))
+        .map(|i| i + 1)
+}
+
+/// The node (1–3) leading `queue`'s Raft group, as a live node sees it.
+async fn leader_of(queue: &str, ask: usize) -> usize {
+    let out = cluster_async(&["ctl", &ask.to_string(), "list_queues", "name", "leader"]).await;
+    let leader = out
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{queue}\t")))
+        .unwrap_or_else(|| panic!("{queue} not listed by node {ask}:\n{out}"));
+    (1..=3)
+        .find(|n| leader.trim() == format!("octopods-c{n}@localhost"))
+        .unwrap_or_else(|| panic!("leader {leader:?} is not a cluster node"))
+}
+
+/// One replica's config: the nodes in `order`, its own key file per channel
+/// (the sandbox tells the replicas apart by key).
+fn replica_config(
+    dir: &Path,
+    prefix: &str,
+    sandbox: &str,
+    replica: &str,
+    order: [u16; 3],
+) -> PathBuf {
+    let urls: Vec<String> = order
+        .iter()
+        .map(|p| format!("\"{}\"", node_url(*p)))
+        .collect();
+    let mut text = format!(
+        "[broker]\nurls = [{}]\nprefix = \"{prefix}\"\nprefetch = 32\nconnect_timeout = \"2s\"\n\n\
+         [octopods]\nbase_url = \"{sandbox}\"\ntimeout = \"2s\"\n\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"0ms\"\n\n{TEST_RETRY}\n",
+        urls.join(", ")
+    );
+    for c in CHANNELS {
+        let key = dir.join(format!("{replica}-{c}"));
+        std::fs::write(&key, format!("key-{c}-{replica}")).expect("write key");
+        text.push_str(&format!(
+            "[[channels]]\nname = \"{c}\"\napi_key_file = \"{}\"\nrate_per_second = {RATE}\nburst = {BURST}\n\n",
+            key.display()
+        ));
+    }
+    let path = dir.join(format!("{replica}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn phone(channel: usize, i: usize) -> String {
+    format!("+1555{channel}{i:06}")
+}
+
+/// Readiness changes of a replica, with their times.
+type Readiness = Arc<Mutex<Vec<(Instant, bool)>>>;
+
+/// Samples `/readyz` every 20 ms and keeps each change with its time.
+fn watch_readiness(addr: String) -> (Readiness, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .expect("client");
+        let mut last = None;
+        loop {
+            let ready = client
+                .get(format!("http://{addr}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if last != Some(ready) {
+                log.lock().expect("lock").push((Instant::now(), ready));
+                last = Some(ready);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (seen, task)
+}
+
+/// Requests per channel as (time, replica), in time order.
+fn sends(sandbox: &Sandbox) -> Vec<Vec<(u64, char)>> {
+    let mut per = vec![Vec::new(); CHANNELS.len()];
+    for r in sandbox.requests() {
+        let auth = r.auth.unwrap_or_default();
+        if let Some(c) = CHANNELS
+            .iter()
+            .position(|c| auth.starts_with(&format!("key-{c}-")))
+        {
+            let replica = auth.chars().last().unwrap_or('?');
+            per[c].push((r.at_ms, replica));
+        }
+    }
+    for p in &mut per {
+        p.sort_unstable();
+    }
+    per
+}
+
+fn assert_budget(at: &[(u64, char)], channel: &str) {
+    for window in [1000u64, 2000, 3000] {
+        let limit = (RATE * window as f64 / 1000.0).floor() as usize + BURST as usize;
+        for (i, (start, _)) in at.iter().enumerate() {
+            let n = at[i..]
+                .iter()
+                .take_while(|(t, _)| *t < start + window)
+                .count();
+            assert!(
+                n <= limit,
+                "{channel}: {n} requests within {window} ms from request {i} (at {start} ms); the budget allows {limit}: {:?}",
+                &at[i..i + n]
+            );
+        }
+    }
+}
+
+/// Kills `node`, waits for sends to go on without it, restarts it. Returns
+/// the kill's time on the sandbox clock.
+async fn kill_and_recover(
+    sandbox: &Sandbox,
+    node: usize,
+    what: &str,
+    workers: [&BinaryWorker; 2],
+) -> u64 {
+    let before = sandbox.requests().len();
+    let at = sandbox.now_ms();
+    eprintln!("killing node {node} ({what}) at {at} ms, after {before} requests");
+    cluster_async(&["kill", &node.to_string()]).await;
+    // Back even if this test fails: the next run needs all three nodes.
+    let restart = Restart(Some(node));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sandbox.requests().len() < before + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "sends did not go on within 60 s of losing node {node}: {} requests\nA: {}\nB: {}",
+            sandbox.requests().len(),
+            workers[0].tail(30),
+            workers[1].tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    restart.now().await;
+    at
+}
+
+/// Restarts a killed node: now, or when dropped (a failing test).
+struct Restart(Option<usize>);
+
+impl Restart {
+    async fn now(mut self) {
+        if let Some(n) = self.0.take() {
+            cluster_async(&["restart", &n.to_string()]).await;
+        }
+    }
+}
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Some(n) = self.0 {
+            cluster(&["restart", &n.to_string()]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the three-node cluster (scripts/cluster.sh start); run by scripts/test.sh"]
+async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
+    let admin = any_node().await;
+    let prefix = unique_prefix("cluster");
+    let sandbox = Sandbox::start(SandboxConfig {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        latency: Duration::ZERO,
+        api_keys: Vec::new(),
+        rate_limit: None,
+        templates: Vec::new(),
+        delivered_after: Duration::from_secs(1),
+        read_after: Duration::from_secs(2),
+    })
+    .await
+    .expect("sandbox starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Replica A prefers node 1, B node 2: they sit on different nodes.
+    let config_a = replica_config(dir.path(), &prefix, &sandbox.url(), "A", [5681, 5682, 5683]);
+    let config_b = replica_config(dir.path(), &prefix, &sandbox.url(), "B", [5682, 5683, 5681]);
+    let a = BinaryWorker::start(&config_a).await;
+    let b = BinaryWorker::start(&config_b).await;
+    let (readiness, watcher) = watch_readiness(a.addr.clone());
+
+    let ch = admin.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for (c, channel) in CHANNELS.iter().enumerate() {
+        for i in 0..PER_CHANNEL {
+            let mut job = button_job(&format!("{channel}-{i}"));
+            job["destination_phone"] = phone(c, i).into();
+            let body = serde_json::to_vec(&job).expect("json");
+            drop(
+                ch.basic_publish(
+                    format!("{prefix}.jobs").as_str().into(),
+                    (*channel).into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish"),
+            );
+        }
+    }
+    assert!(ch.wait_for_confirms().await.expect("confirms").is_empty());
+    drop(ch.close(200, "published".into()).await);
+    drop(admin.close(200, "published".into()).await);
+
+    // 1. The node replica A is connected to.
+    eventually(Duration::from_secs(30), "200 sends", || async {
+        (sandbox.requests().len() >= 200).then_some(())
+    })
+    .await;
+    let node_a = connected_node(&a.addr)
+        .await
+        .expect("replica A names its node");
+    let first_kill = kill_and_recover(&sandbox, node_a, "replica A's node", [&a, &b]).await;
+    let back = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = reqwest::get(format!("http://{}/readyz", a.addr)).await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            Instant::now() < back,
+            "replica A not ready again within 60 s:\n{}",
+            a.tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 2. The node leading a channel queue's Raft group.
+    let alive = if node_a == 1 { 2 } else { 1 };
+    let queue = format!("{prefix}.jobs.{}", CHANNELS[0]);
+    let leader = leader_of(&queue, alive).await;
+    let second_kill =
+        kill_and_recover(&sandbox, leader, &format!("leader of {queue}"), [&a, &b]).await;
+    let kills = [first_kill, second_kill];
+
+    // Every job ends `sent`; count what came twice.
+    let conn = any_node().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let mut events = ch
+        .basic_consume(
+            format!("{prefix}.results").as_str().into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume results");
+    let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while sent.len() < CHANNELS.len() * PER_CHANNEL {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let next = tokio::time::timeout(left, events.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {} jobs sent within 180 s",
+                    sent.len(),
+                    CHANNELS.len() * PER_CHANNEL
+                )
+            });
+        let d = next.expect("consumer open").expect("delivery");
+        let e: Value = serde_json::from_slice(&d.data).expect("event json");
+        assert_eq!(e["event"], "sent", "{e}");
+        *sent
+            .entry(e["job_id"].as_str().expect("job_id").to_owned())
+            .or_default() += 1;
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    // Late duplicates, if any, arrive within moments of the last event.
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(2), events.next()).await {
+        let e: Value = serde_json::from_slice(&d.data).expect("event json");
+        *sent
+            .entry(e["job_id"].as_str().expect("job_id").to_owned())
+            .or_default() += 1;
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let duplicate_events: usize = sent.values().map(|n| n - 1).sum();
+    for suffix in ["dead", "unroutable"] {
+        let q = ch
+            .queue_declare(
+                format!("{prefix}.{suffix}").as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        assert_eq!(q.message_count(), 0, "{prefix}.{suffix} is not empty");
+    }
+
+    // Requests: every job reached Octopods; count the ones sent twice.
+    let mut per_phone: HashMap<String, usize> = HashMap::new();
+    for r in sandbox.requests() {
+        *per_phone.entry(r.phone.unwrap_or_default()).or_default() += 1;
+    }
+    assert_eq!(
+        per_phone.len(),
+        CHANNELS.len() * PER_CHANNEL,
+        "every job reached Octopods"
+    );
+    let duplicate_sends: usize = per_phone.values().map(|n| n - 1).sum();
+
+    // The budget held and one replica at a time sent for each channel.
+    let per_channel = sends(&sandbox);
+    let mut report = Vec::new();
+    for (c, at) in per_channel.iter().enumerate() {
+        assert_budget(at, CHANNELS[c]);
+        for (i, (t, replica)) in at.iter().enumerate() {
+            let other = at[i.saturating_sub(50)..(i + 50).min(at.len())]
+                .iter()
+                .any(|(u, r)| r != replica && u.abs_diff(*t) < 500);
+            let near_kill = kills.iter().any(|k| *t + 500 >= *k && *t < k + 10_000);
+            assert!(
+                !other || near_kill,
+                "{}: replicas {replica} and the other both sent within 500 ms at {t} ms, \
+                 away from any node loss (kills at {kills:?})",
+                CHANNELS[c]
+            );
+        }
+        let mut runs: Vec<(char, usize)> = Vec::new();
+        for (_, r) in at {
+            match runs.last_mut() {
+                Some((last, n)) if last == r => *n += 1,
+                _ => runs.push((*r, 1)),
+            }
+        }
+        let resume: Vec<u64> = kills
+            .iter()
+            .map(|k| {
+                let mut after = at.iter().map(|(t, _)| *t).filter(|t| t > k);
+                let first = after.next().unwrap_or(*k);
+                // The longest pause in the 10 s after the loss.
+                let mut prev = first;
+                let mut gap = first - k;
+                for t in after.take_while(|t| *t < k + 10_000) {
+                    gap = gap.max(t - prev);
+                    prev = t;
+                }
+                gap
+            })
+            .collect();
+        report.push(format!(
+            "{}: {} requests, senders in turn {runs:?}, longest pause after each loss {resume:?} ms",
+            CHANNELS[c],
+            at.len()
+        ));
+    }
+    let seen = readiness.lock().expect("lock").clone();
+    watcher.abort();
+    let went_down = seen.iter().any(|(_, r)| !r);
+    assert!(
+        went_down,
+        "replica A's readiness never went false: {seen:?}"
+    );
+    assert!(
+        seen.last().is_some_and(|(_, r)| *r),
+        "replica A not ready at the end"
+    );
+    eprintln!(
+        "cluster: {} jobs sent, {duplicate_events} duplicate events, {duplicate_sends} duplicate \
+         requests; kills at {kills:?} ms (sandbox clock)\n  {}",
+        sent.len(),
+        report.join("\n  ")
+    );
+    // A duplicate is a job whose request was made by the replica that lost
+    // its node, but whose `sent` event could not be confirmed before the
+    // connection went: the job came back, and the other replica (which has
+    // no memory of it) sent it again. Only jobs in flight at a loss can.
+    assert!(
+        duplicate_sends <= 2 * 32 && duplicate_events <= 2 * 32,
+        "more duplicates than jobs in flight at the two losses"
+    );
+
+    for mut w in [a, b] {
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
+    }
+    let config = Config::load(&config_a).expect("config");
+    topology::delete(&ch, &config)
+        .await
+        .expect("delete topology");
+    drop(conn.close(200, "done".into()).await);
+}
