@@ -25,14 +25,27 @@ leftovers() {
     | grep -E '^t-' | sort || true
 }
 before=$(leftovers)
+# The cluster tests (CONTRACT §14) kill nodes of a three-node cluster of their
+# own (scripts/cluster.sh, ports 5681-5683), started here and removed after.
+cluster_up=0
+stop_cluster() { if [ "$cluster_up" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi; }
+trap stop_cluster EXIT
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast
   # Tests that raise broker-wide alarms run alone, after the rest.
-  cargo nextest run --locked --no-fail-fast --run-ignored only
+  cargo nextest run --locked --no-fail-fast --run-ignored only -E 'not test(/^cluster::/)'
+  cluster_up=1
+  scripts/cluster.sh start
+  cargo nextest run --locked --no-fail-fast --run-ignored only -E 'test(/^cluster::/)' --no-capture
 else
   cargo test --locked --no-fail-fast
-  cargo test --locked --no-fail-fast -- --ignored
+  cargo test --locked --no-fail-fast -- --ignored --skip cluster::
+  cluster_up=1
+  scripts/cluster.sh start
+  cargo test --locked --no-fail-fast -- --ignored cluster:: --nocapture
 fi
+stop_cluster
+cluster_up=0
 left=$(comm -13 <(echo "$before") <(leftovers))
 if [ -n "$left" ]; then
   echo "the test suite left queues or exchanges of test prefixes on the broker:" >&2
