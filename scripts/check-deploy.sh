@@ -79,29 +79,32 @@ if ! promtool check metrics <"$work/metrics.txt"; then
 fi
 echo "live scrape: $(grep -c '^octopods_' "$work/metrics.txt") octopods_* samples, promtool check metrics clean"
 
-# deploy/rabbitmq/definitions.json matches the code: import it into a scratch
-# vhost, then let the worker declare its topology over it (any argument that
-# differs fails with PRECONDITION_FAILED).
+# deploy/rabbitmq/definitions.json is generated, and checked both ways:
+# 1. it is what `octopods-worker definitions` writes for the compose config
+#    (so a change to the code's topology without regenerating fails here);
+# 2. what the worker really declares on RabbitMQ — `topology` into an empty
+#    scratch vhost, then `rabbitmqctl export_definitions` — has exactly the
+#    file's exchanges, queues (with arguments) and bindings: nothing missing,
+#    nothing extra.
+"$bin" definitions --config deploy/compose/worker.toml >"$work/definitions.json"
+if ! diff -u deploy/rabbitmq/definitions.json "$work/definitions.json" >"$work/definitions.diff"; then
+  head -40 "$work/definitions.diff" >&2
+  echo "deploy/rabbitmq/definitions.json is not what the code generates; run:" >&2
+  echo "  octopods-worker definitions --config deploy/compose/worker.toml --out deploy/rabbitmq/definitions.json" >&2
+  exit 1
+fi
 vhost="octopods-defs-check-$$"
 rabbitmqctl -q add_vhost "$vhost"
 rabbitmqctl -q set_permissions -p "$vhost" guest ".*" ".*" ".*"
-# rabbitmqctl reads the file as the rabbitmq user: a readable file in /tmp.
-defs=$(mktemp /tmp/octopods-defs.XXXXXX)
-chmod 644 "$defs"
-python3 - "$vhost" "$defs" <<'PY'
-import json, sys
-vhost, out = sys.argv[1], sys.argv[2]
-d = json.load(open("deploy/rabbitmq/definitions.json"))
-for k in ("exchanges", "queues", "bindings", "policies"):
-    for x in d[k]:
-        x["vhost"] = vhost
-d["vhosts"] = [{"name": vhost}]
-json.dump(d, open(out, "w"))
-PY
-rabbitmqctl -q import_definitions "$defs"
-rm -f "$defs"
 status=0
-AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" "$bin" topology --config deploy/compose/worker.toml || status=$?
+AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" "$bin" topology --config deploy/compose/worker.toml >/dev/null || status=$?
+# rabbitmqctl writes the file as the rabbitmq user: a writable file in /tmp.
+export_file=$(mktemp /tmp/octopods-export.XXXXXX)
+chmod 666 "$export_file"
+[ "$status" = 0 ] && { rabbitmqctl -q export_definitions "$export_file" || status=$?; }
 rabbitmqctl -q delete_vhost "$vhost"
-[ "$status" = 0 ] || { echo "deploy/rabbitmq/definitions.json differs from the worker's topology" >&2; exit 1; }
+[ "$status" = 0 ] || { rm -f "$export_file"; echo "cannot declare or export the topology" >&2; exit 1; }
+python3 scripts/compare-definitions.py deploy/rabbitmq/definitions.json "$export_file" "$vhost" || status=$?
+rm -f "$export_file"
+[ "$status" = 0 ] || exit 1
 echo "deploy/rabbitmq/definitions.json: matches the worker's topology"

@@ -18,70 +18,27 @@
 set -euo pipefail
 
 dir=${OCTOPODS_CLUSTER_DIR:-/tmp/octopods-cluster}
-bin=/usr/lib/rabbitmq/bin
 nodes=(1 2 3)
+RABBIT_HOME=$dir
+# shellcheck source=scripts/lib-rabbit.sh
+. "$(dirname "$0")/lib-rabbit.sh"
 
 node_name() { echo "octopods-c$1@localhost"; }
 amqp_port() { echo "568$1"; }
-
-cookie() {
-  if [ ! -s "$dir/.erlang.cookie" ]; then
-    mkdir -p "$dir"
-    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr a-f A-F >"$dir/.erlang.cookie"
-    chmod 400 "$dir/.erlang.cookie"
-  fi
-  cat "$dir/.erlang.cookie"
-}
-
-ctl() {
-  local n=$1
-  shift
-  HOME="$dir" RABBITMQ_CONF_ENV_FILE=/dev/null ERL_EPMD_ADDRESS=127.0.0.1 \
-    "$bin/rabbitmqctl" -q -n "$(node_name "$n")" --erlang-cookie "$(cookie)" "$@"
-}
+ctl() { local n=$1; shift; rabbit_ctl "$(node_name "$n")" "$@"; }
 
 start_node() {
   local n=$1 base="$dir/node$1"
-  mkdir -p "$base/log" "$base/mnesia"
-  cookie >/dev/null
-  cat >"$base/rabbitmq.conf" <<EOF
+  mkdir -p "$base"
+  cat >"$base/rabbitmq.conf" <<CONF
 listeners.tcp.local = 127.0.0.1:$(amqp_port "$n")
 # guest may connect from loopback only (RabbitMQ's default); this cluster
 # listens on loopback only.
 log.file.level = warning
 cluster_partition_handling = pause_minority
-EOF
-  echo "[]." >"$base/enabled_plugins"
-  if ctl "$n" status >/dev/null 2>&1; then
-    echo "node $n already running"
-    return 0
-  fi
-  HOME="$dir" \
-    RABBITMQ_CONF_ENV_FILE=/dev/null \
-    RABBITMQ_NODENAME="$(node_name "$n")" \
-    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
-    RABBITMQ_NODE_PORT="$(amqp_port "$n")" \
-    RABBITMQ_DIST_PORT="2568$n" \
-    RABBITMQ_CONFIG_FILE="$base/rabbitmq.conf" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" \
-    RABBITMQ_MNESIA_BASE="$base/mnesia" \
-    RABBITMQ_LOG_BASE="$base/log" \
-    RABBITMQ_PID_FILE="$base/pid" \
-    ERL_EPMD_ADDRESS=127.0.0.1 \
-    ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}" \
-    "$bin/rabbitmq-server" >"$base/log/startup.log" 2>&1 &
-  for _ in $(seq 1 120); do
-    if ctl "$n" await_startup >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 1
-  done
-  tail -30 "$base/log/startup.log" >&2
-  echo "node $n did not start within 120 s" >&2
-  return 1
+CONF
+  rabbit_start "$(node_name "$n")" "$(amqp_port "$n")" "2568$n" "$base" "$base/rabbitmq.conf"
 }
-
-joined() { ctl 1 cluster_status --formatter json 2>/dev/null | grep -q "$(node_name "$1")"; }
 
 case ${1:-} in
   start)
@@ -103,10 +60,7 @@ sys.exit(0 if sys.argv[1] in status.get("running_nodes", []) else 1)' "$(node_na
     echo "cluster up: $("$0" urls)"
     ;;
   stop)
-    for n in "${nodes[@]}"; do
-      ctl "$n" shutdown >/dev/null 2>&1 || true
-      if [ -s "$dir/node$n/pid" ]; then kill -9 "$(cat "$dir/node$n/pid")" 2>/dev/null || true; fi
-    done
+    for n in "${nodes[@]}"; do rabbit_stop "$(node_name "$n")" "$dir/node$n"; done
     rm -rf "$dir"
     echo "cluster stopped"
     ;;

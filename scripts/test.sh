@@ -54,6 +54,7 @@ if [ -n "$left" ]; then
 fi
 echo "no test topology left on the broker"
 scripts/check-deploy.sh
+scripts/check-fresh-node.sh
 scripts/check-producers.sh
 # The README's main command, as a newcomer runs it: four sent events (one
 # through the fallback template: its window closed long ago) and the

@@ -93,16 +93,81 @@ pub fn delay_label(d: Duration) -> String {
     }
 }
 
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s))
+/// A queue or exchange argument, as both AMQP and definitions JSON spell it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+    Bool(bool),
 }
 
-fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+impl Arg {
+    fn amqp(&self) -> AMQPValue {
+        match self {
+            Arg::Text(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            Arg::Int(i) => AMQPValue::LongLongInt(*i),
+            Arg::Bool(b) => AMQPValue::Boolean(*b),
+        }
+    }
+
+    /// The value as RabbitMQ's definitions file writes it.
+    pub fn json(&self) -> serde_json::Value {
+        match self {
+            Arg::Text(s) => s.as_str().into(),
+            Arg::Int(i) => (*i).into(),
+            Arg::Bool(b) => (*b).into(),
+        }
+    }
+}
+
+/// Named arguments, in declaration order.
+pub type Args = Vec<(&'static str, Arg)>;
+
+fn text(s: &str) -> Arg {
+    Arg::Text(s.to_owned())
+}
+
+fn table(args: &Args) -> FieldTable {
     let mut t = FieldTable::default();
-    for (k, v) in pairs {
-        t.insert((*k).into(), v.clone());
+    for (k, v) in args {
+        t.insert((*k).into(), v.amqp());
     }
     t
+}
+
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exchange {
+    pub name: String,
+    /// `direct`, `topic`, `fanout` or `headers`.
+    pub kind: &'static str,
+    pub arguments: Args,
+}
+
+/// A durable queue (quorum or stream: see `x-queue-type`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    pub name: String,
+    pub arguments: Args,
+}
+
+/// A binding of a queue to an exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    pub exchange: String,
+    pub queue: String,
+    pub routing_key: String,
+    pub arguments: Args,
+}
+
+/// The whole topology for a config: what [`declare`] declares, what
+/// [`delete`] deletes and what `octopods-worker definitions` writes — one
+/// list, so the broker, the deploy files and the code cannot disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub exchanges: Vec<Exchange>,
+    pub queues: Vec<Queue>,
+    pub bindings: Vec<Binding>,
 }
 
 const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
@@ -123,64 +188,158 @@ const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
 
 /// A quorum queue's arguments: the type, the initial number of replicas if
 /// configured (else RabbitMQ puts one on every node), then `extra`.
-fn quorum(replicas: Option<u16>, extra: &[(&str, AMQPValue)]) -> FieldTable {
+fn quorum(replicas: Option<u16>, extra: Args) -> Args {
     let mut pairs = vec![("x-queue-type", text("quorum"))];
     if let Some(r) = replicas {
-        pairs.push((
-            "x-quorum-initial-group-size",
-            AMQPValue::LongLongInt(i64::from(r)),
-        ));
+        pairs.push(("x-quorum-initial-group-size", Arg::Int(i64::from(r))));
     }
-    pairs.extend(extra.iter().cloned());
-    args(&pairs)
+    pairs.extend(extra);
+    pairs
 }
 
 /// At-least-once dead-lettering to `exchange` (RabbitMQ ≥ 3.10).
-fn at_least_once(exchange: &str) -> [(&'static str, AMQPValue); 3] {
-    [
+fn at_least_once(exchange: &str) -> Args {
+    vec![
         ("x-dead-letter-exchange", text(exchange)),
         ("x-dead-letter-strategy", text("at-least-once")),
         ("x-overflow", text("reject-publish")),
     ]
 }
 
+impl Plan {
+    /// The topology `config` needs.
+    pub fn new(config: &Config) -> Self {
+        let n = Names::new(&config.broker.prefix);
+        let replicas = config.broker.replicas;
+        let exchange = |name: String, kind, arguments| Exchange {
+            name,
+            kind,
+            arguments,
+        };
+        let queue = |name: String, arguments| Queue { name, arguments };
+        let bind = |exchange: String, queue: String, routing_key: &str, arguments| Binding {
+            exchange,
+            queue,
+            routing_key: routing_key.to_owned(),
+            arguments,
+        };
+        let mut plan = Plan {
+            exchanges: vec![
+                // Jobs no channel queue takes land in the unroutable queue.
+                exchange(n.unroutable(), "fanout", vec![]),
+                exchange(
+                    n.jobs_exchange(),
+                    "direct",
+                    vec![("alternate-exchange", text(&n.unroutable()))],
+                ),
+                exchange(n.dead(), "topic", vec![]),
+                exchange(n.results(), "topic", vec![]),
+                // Delayed retries: a headers exchange picks the delay queue by
+                // the `octopods-retry-delay` header; the queue's TTL expires
+                // the message back through the default exchange to the routing
+                // key it was published with, the channel queue's name.
+                exchange(n.retry_exchange(), "headers", vec![]),
+            ],
+            queues: vec![
+                queue(n.unroutable(), quorum(replicas, vec![])),
+                queue(n.dead(), quorum(replicas, vec![])),
+            ],
+            bindings: vec![
+                bind(n.unroutable(), n.unroutable(), "", vec![]),
+                bind(n.dead(), n.dead(), "#", vec![]),
+            ],
+        };
+        if config.results.declare_queue {
+            plan.queues
+                .push(queue(n.results(), quorum(replicas, vec![])));
+            plan.bindings
+                .push(bind(n.results(), n.results(), "#", vec![]));
+        }
+        // Runtime control: a stream every replica reads whole, then follows.
+        // A stream is read from the replica on the reader's own node ("does
+        // not have a running local replica" otherwise), so it keeps
+        // RabbitMQ's default of a replica on every node, whatever
+        // `broker.replicas` says.
+        plan.queues
+            .push(queue(n.control(), vec![("x-queue-type", text("stream"))]));
+        for delay in config.delay_queues() {
+            let q = n.retry_queue(delay);
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            let mut extra = vec![("x-message-ttl", Arg::Int(ttl))];
+            extra.extend(at_least_once(""));
+            plan.queues.push(queue(q.clone(), quorum(replicas, extra)));
+            plan.bindings.push(bind(
+                n.retry_exchange(),
+                q,
+                "",
+                vec![
+                    ("x-match", text("all")),
+                    (super::headers::DELAY, text(&delay_label(delay))),
+                ],
+            ));
+        }
+        // One quorum queue per channel, one consumer active at a time.
+        for c in &config.channels {
+            let q = n.channel_queue(&c.name);
+            let mut extra = vec![
+                ("x-single-active-consumer", Arg::Bool(true)),
+                (
+                    "x-delivery-limit",
+                    Arg::Int(i64::from(config.broker.delivery_limit)),
+                ),
+                (
+                    "x-dead-letter-routing-key",
+                    text(&format!("poison.{}", c.name)),
+                ),
+            ];
+            extra.extend(at_least_once(&n.dead()));
+            plan.queues.push(queue(q.clone(), quorum(replicas, extra)));
+            plan.bindings
+                .push(bind(n.jobs_exchange(), q, &c.name, vec![]));
+        }
+        // Pending status checks: one active consumer too, so the replica
+        // that sends for the channel also polls for it, on the same budget.
+        for c in config.channels.iter().filter(|c| c.track_status) {
+            plan.queues.push(queue(
+                n.status_queue(&c.name),
+                quorum(
+                    replicas,
+                    vec![("x-single-active-consumer", Arg::Bool(true))],
+                ),
+            ));
+        }
+        plan
+    }
+}
+
 /// Every queue of the topology, in declaration order.
 pub fn queues(config: &Config) -> Vec<String> {
-    let n = Names::new(&config.broker.prefix);
-    let mut q = vec![n.unroutable(), n.dead(), n.results(), n.control()];
-    q.extend(config.delay_queues().iter().map(|d| n.retry_queue(*d)));
-    q.extend(config.channels.iter().map(|c| n.channel_queue(&c.name)));
-    q.extend(
-        config
-            .channels
-            .iter()
-            .filter(|c| c.track_status)
-            .map(|c| n.status_queue(&c.name)),
-    );
-    q
+    Plan::new(config)
+        .queues
+        .into_iter()
+        .map(|q| q.name)
+        .collect()
 }
 
 /// Every exchange of the topology.
 pub fn exchanges(config: &Config) -> Vec<String> {
-    let n = Names::new(&config.broker.prefix);
-    vec![
-        n.unroutable(),
-        n.jobs_exchange(),
-        n.dead(),
-        n.results(),
-        n.retry_exchange(),
-    ]
+    Plan::new(config)
+        .exchanges
+        .into_iter()
+        .map(|e| e.name)
+        .collect()
 }
 
 /// Deletes every queue and exchange of the topology (what `declare` made),
 /// with whatever they hold. A name that does not exist is not an error.
 pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
-    for q in queues(config) {
-        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+    let plan = Plan::new(config);
+    for q in &plan.queues {
+        ch.queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
-    for e in exchanges(config) {
-        ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+    for e in &plan.exchanges {
+        ch.exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
             .await?;
     }
     Ok(())
@@ -189,162 +348,35 @@ pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
 /// Declares the whole topology. Safe to run any number of times; a queue
 /// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
 pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
-    let retry_delays = &config.delay_queues();
-    let replicas = config.broker.replicas;
-    let n = Names::new(&config.broker.prefix);
-    let none = FieldTable::default;
-
-    // Unroutable jobs: fanout exchange + queue.
-    ch.exchange_declare(
-        n.unroutable().into(),
-        ExchangeKind::Fanout,
-        DURABLE_EXCHANGE,
-        none(),
-    )
-    .await?;
-    ch.queue_declare(n.unroutable().into(), DURABLE_QUEUE, quorum(replicas, &[]))
-        .await?;
-    ch.queue_bind(
-        n.unroutable().into(),
-        n.unroutable().into(),
-        "".into(),
-        QueueBindOptions::default(),
-        none(),
-    )
-    .await?;
-
-    // Jobs exchange, falling back to the unroutable exchange.
-    let alt = args(&[("alternate-exchange", text(&n.unroutable()))]);
-    ch.exchange_declare(
-        n.jobs_exchange().into(),
-        ExchangeKind::Direct,
-        DURABLE_EXCHANGE,
-        alt,
-    )
-    .await?;
-
-    // Dead letters.
-    ch.exchange_declare(
-        n.dead().into(),
-        ExchangeKind::Topic,
-        DURABLE_EXCHANGE,
-        none(),
-    )
-    .await?;
-    ch.queue_declare(n.dead().into(), DURABLE_QUEUE, quorum(replicas, &[]))
-        .await?;
-    ch.queue_bind(
-        n.dead().into(),
-        n.dead().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        none(),
-    )
-    .await?;
-
-    // Results.
-    ch.exchange_declare(
-        n.results().into(),
-        ExchangeKind::Topic,
-        DURABLE_EXCHANGE,
-        none(),
-    )
-    .await?;
-    if config.results.declare_queue {
-        ch.queue_declare(n.results().into(), DURABLE_QUEUE, quorum(replicas, &[]))
-            .await?;
-        ch.queue_bind(
-            n.results().into(),
-            n.results().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            none(),
+    let plan = Plan::new(config);
+    for e in &plan.exchanges {
+        let kind = match e.kind {
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            _ => ExchangeKind::Direct,
+        };
+        ch.exchange_declare(
+            e.name.as_str().into(),
+            kind,
+            DURABLE_EXCHANGE,
+            table(&e.arguments),
         )
         .await?;
     }
-
-    // Runtime control: a stream every replica reads whole, then follows.
-    ch.queue_declare(
-        n.control().into(),
-        DURABLE_QUEUE,
-        // A stream is read from the replica on the reader's own node
-        // ("does not have a running local replica" otherwise), so the
-        // control stream keeps RabbitMQ's default: a replica on every node,
-        // whatever `broker.replicas` says.
-        args(&[("x-queue-type", text("stream"))]),
-    )
-    .await?;
-
-    // Delayed retries: a headers exchange picks the delay queue by the
-    // `octopods-retry-delay` header; the queue's TTL expires the message back
-    // through the default exchange to the routing key it was published with,
-    // which is the channel queue's name.
-    ch.exchange_declare(
-        n.retry_exchange().into(),
-        ExchangeKind::Headers,
-        DURABLE_EXCHANGE,
-        none(),
-    )
-    .await?;
-    for delay in retry_delays {
-        let q = n.retry_queue(*delay);
-        let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-        let mut qargs = vec![("x-message-ttl", AMQPValue::LongLongInt(ttl))];
-        qargs.extend(at_least_once(""));
-        let qargs = quorum(replicas, &qargs);
-        ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
+    for q in &plan.queues {
+        ch.queue_declare(q.name.as_str().into(), DURABLE_QUEUE, table(&q.arguments))
             .await?;
-        let bind = args(&[
-            ("x-match", text("all")),
-            (super::headers::DELAY, text(&delay_label(*delay))),
-        ]);
-        ch.queue_bind(
-            q.as_str().into(),
-            n.retry_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            bind,
-        )
-        .await?;
     }
-
-    // One quorum queue per channel.
-    for c in &config.channels {
-        let q = n.channel_queue(&c.name);
-        let mut qargs = vec![
-            ("x-single-active-consumer", AMQPValue::Boolean(true)),
-            (
-                "x-delivery-limit",
-                AMQPValue::LongLongInt(i64::from(config.broker.delivery_limit)),
-            ),
-            (
-                "x-dead-letter-routing-key",
-                text(&format!("poison.{}", c.name)),
-            ),
-        ];
-        qargs.extend(at_least_once(&n.dead()));
-        let qargs = quorum(replicas, &qargs);
-        ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, qargs)
-            .await?;
+    for b in &plan.bindings {
         ch.queue_bind(
-            q.as_str().into(),
-            n.jobs_exchange().into(),
-            c.name.as_str().into(),
+            b.queue.as_str().into(),
+            b.exchange.as_str().into(),
+            b.routing_key.as_str().into(),
             QueueBindOptions::default(),
-            none(),
+            table(&b.arguments),
         )
         .await?;
-        // Pending status checks: one active consumer too, so the replica that
-        // sends for the channel also polls for it, on the same budget.
-        if c.track_status {
-            let q = n.status_queue(&c.name);
-            let sargs = quorum(
-                replicas,
-                &[("x-single-active-consumer", AMQPValue::Boolean(true))],
-            );
-            ch.queue_declare(q.as_str().into(), DURABLE_QUEUE, sargs)
-                .await?;
-        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 pub mod channel;
+pub mod definitions;
 pub mod dlq;
 pub mod enqueue;
 pub mod events;
@@ -52,6 +53,9 @@ pub enum Command {
     CheckConfig(ConfigArg),
     /// Declare the broker topology and exit.
     Topology(ConfigArg),
+    /// Print RabbitMQ definitions (load_definitions / import_definitions):
+    /// the topology, and with --users the worker's and an admin user.
+    Definitions(DefinitionsArgs),
     /// Run a stand-in Octopods server for tests and demos.
     Sandbox(SandboxArgs),
     /// Publish jobs (a JSON object or JSON lines) with confirms.
@@ -73,6 +77,32 @@ pub enum Command {
     /// Pause, resume or re-rate a channel on every replica, or show them all.
     #[command(subcommand)]
     Channel(channel::ChannelCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DefinitionsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The vhost; default: the one in the broker URL.
+    #[arg(long)]
+    pub vhost: Option<String>,
+    /// Also write the users: the worker's (configure/write/read only on the
+    /// prefix's names) and an administrator for operators. Passwords come
+    /// from the files given, else from OCTOPODS_RABBITMQ_WORKER_PASSWORD and
+    /// OCTOPODS_RABBITMQ_ADMIN_PASSWORD; only salted hashes are written.
+    #[arg(long)]
+    pub users: bool,
+    #[arg(long, default_value = "octopods-worker")]
+    pub worker_user: String,
+    #[arg(long)]
+    pub worker_password_file: Option<PathBuf>,
+    #[arg(long, default_value = "octopods-admin")]
+    pub admin_user: String,
+    #[arg(long)]
+    pub admin_password_file: Option<PathBuf>,
+    /// Write here (atomically) instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -246,6 +276,22 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
                 .context("cannot declare the topology")?;
             drop(conn.close(200, "OK".into()).await);
             println!("topology declared with prefix {:?}", config.broker.prefix);
+        }
+        Command::Definitions(a) => {
+            let config = Config::load(&a.config.config)?;
+            let users = a.users.then_some(definitions::Users {
+                worker: a.worker_user,
+                worker_password: definitions::Secret {
+                    file: a.worker_password_file,
+                    env: "OCTOPODS_RABBITMQ_WORKER_PASSWORD",
+                },
+                admin: a.admin_user,
+                admin_password: definitions::Secret {
+                    file: a.admin_password_file,
+                    env: "OCTOPODS_RABBITMQ_ADMIN_PASSWORD",
+                },
+            });
+            definitions::run(&config, a.vhost, users, a.out.as_deref())?;
         }
         Command::Sandbox(a) if a.constant => {
             sandbox::constant(a.listen, shutdown)

@@ -36,6 +36,7 @@ use crate::{
 };
 use backup::Exported;
 use snapshot::Snapshot;
+use snapshot::acked;
 
 /// What to do with matching messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,7 +266,7 @@ impl Pass<'_> {
                     summary.skipped_over_limit += 1;
                 } else {
                     if !dry_run {
-                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                        acked(delivery.acker.ack(BasicAckOptions::default()).await?)?;
                     }
                     summary.acted += 1;
                 }
@@ -303,7 +304,7 @@ async fn replay(
         )
         .await
         .with_context(|| format!("replay to channel {channel} failed; the dead copy was kept"))?;
-    delivery.acker.ack(BasicAckOptions::default()).await?;
+    acked(delivery.acker.ack(BasicAckOptions::default()).await?)?;
     Ok(())
 }
 

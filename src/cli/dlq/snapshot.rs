@@ -193,13 +193,13 @@ impl Snapshot {
             match h.and_then(|t| t.inner().get(MARKER)) {
                 None => return Ok(Some(delivery)),
                 Some(AMQPValue::LongString(id)) if id.as_bytes() == self.marker.as_bytes() => {
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    acked(delivery.acker.ack(BasicAckOptions::default()).await?)?;
                     self.done = true;
                     return Ok(None);
                 }
                 Some(_) => {
                     // A marker of a command that died: remove it.
-                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    acked(delivery.acker.ack(BasicAckOptions::default()).await?)?;
                     self.stale_markers = self.stale_markers.saturating_add(1);
                 }
             }
@@ -223,6 +223,18 @@ impl Snapshot {
         drop(self.conn.close(200, "OK".into()).await);
         closed?;
         Ok(())
+    }
+}
+
+/// lapin answers `false` for an ack it did not send (the delivery's channel
+/// failed): the message is not deleted, and the command must not count it.
+pub(crate) fn acked(sent: bool) -> anyhow::Result<()> {
+    if sent {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "an acknowledgement could not be sent (the channel failed); the message stays in the queue"
+        )
     }
 }
 
