@@ -15,6 +15,7 @@ fi
 
 promtool check rules deploy/prometheus/alerts.yml
 promtool test rules deploy/prometheus/alerts_test.yml
+python3 scripts/gen-prometheusrule.py --check
 promtool check config --syntax-only deploy/prometheus/prometheus.yml
 promtool check config --syntax-only deploy/compose/prometheus.yml
 
@@ -55,6 +56,27 @@ hadolint Dockerfile && echo "Dockerfile: hadolint clean"
 cargo build --quiet --locked
 bin=target/debug/octopods-worker
 . scripts/lib.sh
+# Kubernetes schemas (kubeconform's job; kubernetes-validate carries the
+# schemas in its PyPI package, so no download at check time). --strict
+# refuses unknown fields. The CRDs (KEDA, Prometheus Operator) have no schema
+# there: the PrometheusRule is the promtool-checked alerts.yml, and the
+# ScaledObject is checked for what KEDA needs below.
+command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q kubernetes-validate
+kubectl kustomize deploy/k8s >"$work/k8s.yaml"
+kubernetes-validate --strict --quiet --no-warn -k 1.30 "$work/k8s.yaml"
+python3 - "$work/k8s.yaml" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = {d["kind"] for d in docs}
+so = next(d for d in docs if d["kind"] == "ScaledObject")
+assert so["spec"]["scaleTargetRef"]["name"] == "octopods-worker"
+t = so["spec"]["triggers"][0]["metadata"]
+assert t["useRegex"] == "true" and t["operation"] == "sum" and t["protocol"] == "http", t
+dep = next(d for d in docs if d["kind"] == "Deployment")
+assert "replicas" not in dep["spec"], "a fixed replicas fights the KEDA scaler"
+assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+print(f"deploy/k8s: {len(docs)} objects ({', '.join(sorted(kinds))}) valid against Kubernetes 1.30 schemas (strict)")
+PY
 prefix="ci-scrape"   # fixed: re-running reuses the same small topology
 echo "k" >"$work/key"
 cat >"$work/worker.toml" <<TOML

@@ -325,6 +325,9 @@ async fn handle(
         let (received, decided) = match lane {
             Lane::Jobs => {
                 shared.metrics.received(name);
+                if let Some(waited) = queue_wait(&delivery) {
+                    shared.metrics.queue_wait(name, waited);
+                }
                 let d = Box::pin(pipeline::decide(input, channel, shared, stop));
                 (Some(Instant::now()), futures_util::future::Either::Left(d))
             }
@@ -350,6 +353,30 @@ async fn handle(
     }
     .instrument(span)
     .await;
+}
+
+/// How long a job waited in its queue: now less the producer's AMQP
+/// `timestamp` (seconds), for a job's first delivery only (a retry copy
+/// keeps the timestamp, and its wait is the retry's). A timestamp in the
+/// future counts as no wait; more than 30 days as 30 days, so one producer's
+/// clock cannot wreck the histogram's sum.
+fn queue_wait(delivery: &Delivery) -> Option<Duration> {
+    if delivery.redelivered
+        || crate::broker::headers::count(
+            delivery.properties.headers().as_ref(),
+            crate::broker::headers::ATTEMPTS,
+        )
+        .is_some()
+    {
+        return None;
+    }
+    let sent = (*delivery.properties.timestamp())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let waited = Duration::from_secs(now.saturating_sub(sent));
+    Some(waited.min(Duration::from_secs(30 * 24 * 3600)))
 }
 
 /// A panic's message, bounded, for the log and the dead-letter header.

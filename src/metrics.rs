@@ -45,6 +45,7 @@ pub struct Metrics {
     broker_blocked: IntGauge,
     paused: IntGaugeVec,
     node: IntGaugeVec,
+    queue_wait: HistogramVec,
 }
 
 const API_BUCKETS: &[f64] = &[
@@ -52,6 +53,9 @@ const API_BUCKETS: &[f64] = &[
 ];
 const JOB_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+];
+const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 10800.0, 43200.0, 86400.0,
 ];
 const WAIT_BUCKETS: &[f64] = &[
     0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -280,6 +284,13 @@ impl Metrics {
                 "Deliveries whose retry headers were not signed by this deployment (ignored).",
                 &["channel"],
             ),
+            queue_wait: histogram(
+                r,
+                "octopods_job_queue_wait_seconds",
+                "Time a job waited in its queue before this worker received it, from the producer's AMQP `timestamp` (first delivery only; jobs without one are not counted).",
+                &["channel"],
+                QUEUE_WAIT_BUCKETS,
+            ),
             settle_failing,
             broker_blocked,
             paused,
@@ -309,6 +320,7 @@ impl Metrics {
         }
         self.in_flight.with_label_values(&[channel]);
         self.paused.with_label_values(&[channel]);
+        self.queue_wait.with_label_values(&[channel]);
         self.api_duration.with_label_values(&[channel]);
         self.limit_wait.with_label_values(&[channel]);
         for k in EventKind::OUTCOMES {
@@ -392,6 +404,12 @@ impl Metrics {
 
     pub fn forged_history(&self, channel: &str) {
         self.forged.with_label_values(&[channel]).inc();
+    }
+
+    pub fn queue_wait(&self, channel: &str, waited: Duration) {
+        self.queue_wait
+            .with_label_values(&[channel])
+            .observe(waited.as_secs_f64());
     }
 
     pub fn received(&self, channel: &str) {
