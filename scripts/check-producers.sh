@@ -34,19 +34,27 @@ run="$(date +%s)$$"
 echo "== Python (pika)"
 python3 -c 'import pika' 2>/dev/null || python3 -m pip install -q -r examples/producers/python/requirements.txt
 py=examples/producers/python
-python3 $py/results.py --prefix "$OCTOPODS_PREFIX" --setup
-job=$(python3 $py/publish.py --prefix "$OCTOPODS_PREFIX" --channel store-eu --order "py-$run")
+# The publisher waits for its own job's event on a private queue; the shop's
+# handler reads its durable queue with a prefetch and acks after handling.
 # Capture, then look: grep -q reading a pipe would close it under the writer.
-out=$(python3 $py/results.py --prefix "$OCTOPODS_PREFIX" --job-id "$job" --timeout 30)
+out=$(python3 $py/publish.py --prefix "$OCTOPODS_PREFIX" --channel store-eu --order "py-$run" --wait 30)
+job="order-py-$run/delivery-confirm"
 grep -qF "\"event\": \"sent\", \"job_id\": \"$job\"" <<<"$out"
-echo "python: $job sent"
+handled=$(python3 $py/results.py --prefix "$OCTOPODS_PREFIX" --queue "ci-producers.shop-$run" --idle-exit 2 &
+  sleep 2; python3 $py/publish.py --prefix "$OCTOPODS_PREFIX" --channel store-eu --order "py2-$run" >/dev/null; wait)
+grep -qF "\"job_id\": \"order-py2-$run/delivery-confirm\"" <<<"$handled"
+python3 -c "
+import pika, os, sys
+c = pika.BlockingConnection(pika.URLParameters(os.environ.get('AMQP_URL', 'amqp://guest:guest@127.0.0.1:5672/%2f')))
+c.channel().queue_delete('ci-producers.shop-$run')
+c.close()"
+echo "python: $job sent (publisher waited on a private queue; the shop's handler handled the next one)"
 
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   echo "== Node (amqplib)"
   (cd examples/producers/node && npm install --silent --no-audit --no-fund >/dev/null)
-  node examples/producers/node/results.js --setup
-  job=$(node examples/producers/node/publish.js store-eu "node-$run")
-  out=$(node examples/producers/node/results.js "$job")
+  out=$(WAIT_SECONDS=30 node examples/producers/node/publish.js store-eu "node-$run")
+  job="order-node-$run/delivery-confirm"
   grep -qF "\"event\":\"sent\",\"job_id\":\"$job\"" <<<"$out"
   echo "node: $job sent"
 else

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import pika
 
@@ -40,13 +41,21 @@ def main() -> int:
     p.add_argument("--order", default="1234")
     p.add_argument("--phone", default="+15551234567")
     p.add_argument("--prefix", default="octopods")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="then wait this long for the job's result event and print it (exit 1 if none)")
     args = p.parse_args()
 
     url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
-    channel.confirm_delivery()  # basic_publish now raises unless the broker confirms
     job = delivery_confirmation(args.order, args.phone, args.channel)
+    if args.wait:
+        # A private queue (exclusive, gone when we disconnect), bound before
+        # publishing: it gets copies of the channel's events, so acking other
+        # jobs' events here takes nothing from the shop's results queue.
+        private = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+        channel.queue_bind(queue=private, exchange=f"{args.prefix}.results", routing_key=f"*.{args.channel}")
+    channel.confirm_delivery()  # basic_publish now raises unless the broker confirms
     try:
         channel.basic_publish(
             exchange=f"{args.prefix}.jobs",
@@ -56,16 +65,37 @@ def main() -> int:
                 content_type="application/json",
                 delivery_mode=pika.DeliveryMode.Persistent,
                 correlation_id=job["job_id"],
+                # The worker measures queue wait (octopods_job_queue_wait_seconds)
+                # from the timestamp; message_id identifies the message in tools.
+                message_id=job["job_id"],
+                timestamp=int(time.time()),
             ),
             mandatory=True,
         )
     except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as e:
         print(f"the broker did not take the job: {e}", file=sys.stderr)
-        return 1
-    finally:
         connection.close()
+        return 1
     print(job["job_id"])
-    return 0
+    if not args.wait:
+        connection.close()
+        return 0
+    channel.basic_qos(prefetch_count=50)
+    deadline = time.monotonic() + args.wait
+    # Consume with a timeout: no polling loop around basic_get.
+    for method, _properties, body in channel.consume(private, inactivity_timeout=1.0):
+        if method is not None:
+            event = json.loads(body)
+            channel.basic_ack(method.delivery_tag)
+            if event.get("job_id") == job["job_id"]:
+                print(json.dumps(event))
+                connection.close()
+                return 0
+        if time.monotonic() > deadline:
+            break
+    connection.close()
+    print(f"no event for {job['job_id']} within {args.wait} s", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

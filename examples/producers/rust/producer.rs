@@ -37,18 +37,24 @@ async fn main() -> Result<()> {
     let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
 
-    // Your own queue for result events; routing keys are `<event>.<channel>`.
-    let queue = "shop.delivery-confirmations.rust";
-    let durable = QueueDeclareOptions {
-        durable: true,
+    // To wait for this one job's event, a private queue of our own (exclusive,
+    // gone when we disconnect), bound before publishing: the events it gets
+    // are copies, so acking the other jobs' events here takes nothing from
+    // the shop's own results queue. Routing keys are `<event>.<channel>`.
+    let private = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
         ..QueueDeclareOptions::default()
     };
-    ch.queue_declare(queue.into(), durable, FieldTable::default())
-        .await?;
+    let queue = ch
+        .queue_declare("".into(), private, FieldTable::default())
+        .await?
+        .name()
+        .clone();
     ch.queue_bind(
-        queue.into(),
+        queue.clone(),
         format!("{prefix}.results").as_str().into(),
-        "#".into(),
+        format!("*.{channel}").as_str().into(),
         QueueBindOptions::default(),
         FieldTable::default(),
     )
@@ -83,7 +89,15 @@ async fn main() -> Result<()> {
             BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
-                .with_correlation_id(job_id.as_str().into()),
+                .with_correlation_id(job_id.as_str().into())
+                // message_id and timestamp: the worker measures queue wait
+                // (octopods_job_queue_wait_seconds) from the timestamp.
+                .with_message_id(job_id.as_str().into())
+                .with_timestamp(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)?
+                        .as_secs(),
+                ),
         )
         .await?
         .await?;
@@ -92,9 +106,10 @@ async fn main() -> Result<()> {
     }
     println!("published {job_id}");
 
+    ch.basic_qos(50, Default::default()).await?;
     let mut events = ch
         .basic_consume(
-            queue.into(),
+            queue,
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
