@@ -16,6 +16,15 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# Supply chain: licenses, duplicate versions, sources (deny.toml says why each
+# exception is there). Advisories need RustSec's database from github.com.
+command -v cargo-deny >/dev/null 2>&1 || cargo install --locked --quiet cargo-deny
+cargo deny --log-level error check bans licenses sources
+if timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
+  cargo deny --log-level error check advisories
+else
+  echo "cargo deny advisories: github.com (RustSec advisory-db) is not reachable from this machine; not checked here" >&2
+fi
 # Property tests over job parsing run a bounded number of cases here.
 export PROPTEST_CASES="${PROPTEST_CASES:-20000}"
 # Test topologies (prefix t-…) already on the broker before the suite: the
