@@ -35,6 +35,8 @@ rabbit_start() {
     echo "$node already running"
     return 0
   fi
+  # A killed node leaves its pid file behind.
+  rm -f "$base/pid"
   HOME="$RABBIT_HOME" \
     RABBITMQ_CONF_ENV_FILE=/dev/null \
     RABBITMQ_NODENAME="$node" \
@@ -49,12 +51,13 @@ rabbit_start() {
     ERL_EPMD_ADDRESS=127.0.0.1 \
     ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}" \
     "$rabbit_bin/rabbitmq-server" >"$base/log/startup.log" 2>&1 &
+  local server=$!
   for _ in $(seq 1 120); do
     if rabbit_ctl "$node" await_startup >/dev/null 2>&1; then
       return 0
     fi
     # A node that failed to boot (bad config, bad definitions) has exited.
-    if [ -s "$base/pid" ] && ! kill -0 "$(cat "$base/pid")" 2>/dev/null; then
+    if ! kill -0 "$server" 2>/dev/null; then
       break
     fi
     sleep 1

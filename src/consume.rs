@@ -266,10 +266,17 @@ pub(crate) async fn consume(
         // Cancelled on a pause: jobs not yet at their request go back.
         let hold = stop.child_token();
         let mut first = lane == Lane::Jobs;
+        // A task per delivery, up to `tasks_cap`: deliveries beyond it wait
+        // in the consumer's buffer as bytes, not as tasks (CONTRACT §10's
+        // memory bound; see `tasks_cap`).
+        let tasks = Arc::new(Semaphore::new(tasks_cap(channel.prefetch, &shared.config)));
+        let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => {
-                    // Stop taking jobs; those in flight still settle on this channel.
+                    // Stop taking jobs; those in flight still settle on this
+                    // channel, and what is still buffered goes back when the
+                    // channel closes.
                     drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
                     return Stopped::Cancelled;
                 }
@@ -277,22 +284,49 @@ pub(crate) async fn consume(
                     if changed.is_err() || control.borrow_and_update().paused.is_some() {
                         drop(amqp.basic_cancel(tag_name.clone(), BasicCancelOptions::default()).await);
                         hold.cancel();
+                        // The channel stays open while paused: return what
+                        // was delivered but never started.
+                        return_buffered(&mut consumer).await;
                         break;
                     }
                 }
-                next = consumer.next() => match next {
+                permit = tasks.clone().acquire_owned(), if turn.is_none() => turn = permit.ok(),
+                next = consumer.next(), if turn.is_some() => match next {
                     Some(Ok(delivery)) => {
                         if std::mem::take(&mut first) {
                             channel.became_active();
                         }
                         let (ch, sh, st, hold) = (channel.clone(), shared.clone(), settler.clone(), hold.clone());
-                        tracker.spawn(async move { handle(delivery, lane, &ch, &sh, &st, &hold).await });
+                        let permit = turn.take();
+                        tracker.spawn(async move {
+                            handle(delivery, lane, &ch, &sh, &st, &hold).await;
+                            drop(permit);
+                        });
                     }
                     Some(Err(e)) => return Stopped::Broker(e),
                     None => return Stopped::ConsumerEnded,
                 }
             }
         }
+    }
+}
+
+/// Deliveries a consumer runs as tasks at once. Each task holds its parsed
+/// job and its pipeline's state (a few KiB); a delivery waiting in the
+/// consumer's buffer holds only its bytes. Beyond twice the request permits
+/// a task would only wait for a permit, so more tasks buy nothing.
+fn tasks_cap(prefetch: u16, config: &Config) -> usize {
+    usize::from(prefetch)
+        .min(config.octopods.max_concurrent_requests.saturating_mul(2))
+        .max(1)
+}
+
+/// After a cancel, hands back the deliveries the consumer received but never
+/// started, until the broker's cancel has gone through the buffer.
+async fn return_buffered(consumer: &mut lapin::Consumer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
+        settle::return_unstarted(&delivery).await;
     }
 }
 

@@ -588,6 +588,12 @@ async fn nack(delivery: &Delivery) {
     }
 }
 
+/// A delivery the consumer received but never started (its channel was
+/// paused first): back to the queue untouched.
+pub(crate) async fn return_unstarted(delivery: &Delivery) {
+    nack(delivery).await;
+}
+
 /// The last resort when settling itself panicked: give the delivery back.
 pub(crate) async fn give_back_after_panic(delivery: &Delivery) {
     nack(delivery).await;

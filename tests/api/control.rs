@@ -191,3 +191,52 @@ async fn a_new_rate_applies_within_two_seconds_and_survives_a_restart() {
     assert!(!out.status.success());
     app.shutdown().await;
 }
+
+/// A consumer runs at most twice the request permits as tasks; the rest of
+/// its prefetch waits in the consumer's buffer. A pause must hand back both:
+/// the jobs waiting for their turn and those never started.
+#[tokio::test]
+async fn a_pause_returns_started_and_buffered_jobs_alike() {
+    const N: usize = 30;
+    let mut eu = TestChannel::new("store-eu");
+    eu.rate = 2.0;
+    eu.burst = 1;
+    let app = spawn_with(
+        "control-pause-buffered",
+        Options {
+            channels: vec![eu],
+            // Two permits: four tasks; the other 28 of the 32 prefetched
+            // deliveries wait in the buffer.
+            max_concurrent_requests: Some(2),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.publish_many("store-eu", (0..N).map(|i| button_job(&format!("pb-{i}"))))
+        .await;
+    let first = app.next_event().await;
+    assert_eq!(first["event"], "sent");
+    let first = first["job_id"].as_str().unwrap().to_owned();
+    ok(&app.cli(&["channel", "pause", "store-eu", "--reason", "test"]));
+    let sent_before = eventually(
+        Duration::from_secs(10),
+        "every unsent job back in the queue, ready",
+        || async {
+            let sent = app.requests().len();
+            (app.depth("jobs.store-eu").await as usize + sent == N).then_some(sent)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.requests().len(), sent_before, "no request while paused");
+    assert_eq!(app.depth("jobs.store-eu").await as usize, N - sent_before);
+    ok(&app.cli(&["channel", "resume", "store-eu"]));
+    let mut ids = std::collections::BTreeSet::from([first]);
+    while ids.len() < N {
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent");
+        ids.insert(e["job_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(app.requests().len(), N, "each job sent once");
+    app.shutdown().await;
+}
