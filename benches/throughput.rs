@@ -12,6 +12,7 @@
 //!     min(sum of budgets, prefetch × channels / 0.2 s);
 //! (d) the release binary with 5,000 jobs in flight: peak RSS and CPU per job.
 //!
+//! `BENCH_WRAP=heaptrack` runs (d)'s worker under that command (a profiler).
 //! `BENCH_ONLY=ab` runs (a) and (b) only, `cd` (c) and (d) only, `d` (d) only.
 //! `BENCH_JOBS` sets the job count of (a) and (b) (default 30000),
 //! `BENCH_ROUNDS` the rounds (default 3), `BENCH_PREFETCH` the prefetch
@@ -339,7 +340,16 @@ async fn memory(
     topology::declare(&ch, &config).await?;
     let names = Names::new(&prefix);
     publish_jobs(&ch, &names.jobs_exchange(), &["mem".to_owned()], N).await?;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+    // BENCH_WRAP runs the worker under a profiler, e.g. `heaptrack`.
+    let mut command = match std::env::var("BENCH_WRAP") {
+        Ok(wrap) if !wrap.is_empty() => {
+            let mut c = std::process::Command::new(wrap);
+            c.arg(env!("CARGO_BIN_EXE_octopods-worker"));
+            c
+        }
+        _ => std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker")),
+    };
+    let mut child = command
         .args(["run", "--config"])
         .arg(&path)
         .env("RUST_LOG", "warn")

@@ -313,11 +313,12 @@ pub(crate) async fn consume(
 
 /// Deliveries a consumer runs as tasks at once. Each task holds its parsed
 /// job and its pipeline's state (a few KiB); a delivery waiting in the
-/// consumer's buffer holds only its bytes. Beyond twice the request permits
-/// a task would only wait for a permit, so more tasks buy nothing.
+/// consumer's buffer holds only its bytes. One channel can use at most all
+/// the request permits, so beyond them (and a few being parsed or settled)
+/// a task would only wait for a permit: more tasks buy nothing.
 fn tasks_cap(prefetch: u16, config: &Config) -> usize {
     usize::from(prefetch)
-        .min(config.octopods.max_concurrent_requests.saturating_mul(2))
+        .min(config.octopods.max_concurrent_requests.saturating_add(16))
         .max(1)
 }
 

@@ -205,7 +205,7 @@ async fn a_pause_returns_started_and_buffered_jobs_alike() {
         "control-pause-buffered",
         Options {
             channels: vec![eu],
-            // Two permits: four tasks; the other 28 of the 32 prefetched
+            // Two permits: 18 tasks; the other 14 of the 32 prefetched
             // deliveries wait in the buffer.
             max_concurrent_requests: Some(2),
             ..Options::default()
