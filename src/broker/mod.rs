@@ -58,7 +58,20 @@ pub async fn connect_from(
             continue;
         };
         let props = ConnectionProperties::default().with_connection_name(name.clone().into());
-        let attempt = tokio::time::timeout(config.connect_timeout, Connection::connect(url, props));
+        let mut uri = match url.parse::<lapin::uri::AMQPUri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                tried.push(format!("{}: not an AMQP URL: {e}", redact_url(url)));
+                continue;
+            }
+        };
+        // lapin keeps 32 frames of buffer each way per connection, zeroed:
+        // at RabbitMQ's default frame_max (128 KiB) that is 8 MiB resident
+        // per connection. The worker's messages are small; a URL's own
+        // `?frame_max=` still wins.
+        uri.query.frame_max = uri.query.frame_max.or(Some(config.frame_max));
+        let attempt =
+            tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props));
         match attempt.await {
             Ok(Ok(connection)) => {
                 return Ok(Connected {
