@@ -86,11 +86,14 @@ pub struct BrokerConfig {
     /// queues that exist: grow or shrink them with `rabbitmq-queues
     /// add_member` / `delete_member` instead.
     pub replicas: Option<u16>,
-    /// Largest AMQP frame the worker proposes (bytes; a message body larger
-    /// than this travels in several frames). Default 32768; RabbitMQ's own
-    /// default is 131072. The AMQP client keeps 32 frames of buffer each way
-    /// per connection, so this sets 2 MiB of the worker's resident memory
-    /// (two connections) instead of 16 MiB. A URL's `?frame_max=` wins.
+    /// Largest AMQP frame the worker proposes (bytes). Default 131072,
+    /// RabbitMQ's own default: a message's headers must fit in one frame, so
+    /// a worker with a smaller frame_max than its producers could not receive
+    /// a job whose headers are larger (a 100 KB header stalled the hostile-
+    /// headers test at 32 KiB). Lower it only where producers are held to the
+    /// same: the AMQP client keeps 32 frames of buffer each way per
+    /// connection (16 MiB resident for two connections at the default, 4 MiB
+    /// at 32768). A URL's `?frame_max=` wins.
     pub frame_max: u32,
     /// Prefix of every exchange and queue name. Default `octopods`.
     pub prefix: String,
@@ -120,7 +123,7 @@ impl Default for BrokerConfig {
             urls: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             replicas: None,
-            frame_max: 32 * 1024,
+            frame_max: 128 * 1024,
             prefix: "octopods".into(),
             prefetch: 64,
             consumer_timeout: Duration::from_secs(30 * 60),

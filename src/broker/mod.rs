@@ -65,10 +65,8 @@ pub async fn connect_from(
                 continue;
             }
         };
-        // lapin keeps 32 frames of buffer each way per connection, zeroed:
-        // at RabbitMQ's default frame_max (128 KiB) that is 8 MiB resident
-        // per connection. The worker's messages are small; a URL's own
-        // `?frame_max=` still wins.
+        // `broker.frame_max` (see there: it sizes lapin's buffers and must
+        // not be below the producers'); a URL's own `?frame_max=` wins.
         uri.query.frame_max = uri.query.frame_max.or(Some(config.frame_max));
         let attempt =
             tokio::time::timeout(config.connect_timeout, Connection::connect_uri(uri, props));
