@@ -128,7 +128,12 @@ pub async fn run(
     } = pass;
     summary.stale_markers = snap.stale_markers;
     // Whatever happened, hand back everything still held.
-    let closed = snap.close().await;
+    let acked_some = summary.acted > 0
+        && matches!(
+            req.op,
+            Op::Replay { dry_run: false, .. } | Op::Purge { dry_run: false, .. }
+        );
+    let closed = snap.close(acked_some).await;
     if let Err(e) = scanned {
         return Err(e.context(format!(
             "stopped early; {}",

@@ -214,9 +214,20 @@ impl Snapshot {
     /// Hands back everything still held (including what arrived after the
     /// marker), unchanged, and closes — which cancels the consumers and
     /// releases the lock.
-    pub(crate) async fn close(self) -> anyhow::Result<()> {
+    ///
+    /// `acked_some`: the command acked messages (purged or replayed them).
+    /// A quorum queue applies acks as low-priority commands, while the end of
+    /// a channel's consumers is handled at once: closing right after the last
+    /// acks returned acked messages to the queue (seen in CI: "purged 5000",
+    /// then 118 and 132 of them back). The channel therefore stays open a
+    /// moment for the acks to be applied before it closes. A mitigation,
+    /// not a proof: RabbitMQ offers no way to see that a settle was applied.
+    pub(crate) async fn close(self, acked_some: bool) -> anyhow::Result<()> {
         drop(self.early);
         drop(self.consumers);
+        if acked_some {
+            tokio::time::sleep(SETTLE_GRACE).await;
+        }
         // Closing the channel returns every unacknowledged message to the
         // queue (before the connection, and with it the lock, goes).
         let closed = self.channel.close(200, "OK".into()).await;
@@ -225,6 +236,9 @@ impl Snapshot {
         Ok(())
     }
 }
+
+/// How long the channel stays open after the last ack (see [`Snapshot::close`]).
+const SETTLE_GRACE: Duration = Duration::from_secs(1);
 
 /// lapin answers `false` for an ack it did not send (the delivery's channel
 /// failed): the message is not deleted, and the command must not count it.
