@@ -40,8 +40,11 @@ py=examples/producers/python
 out=$(python3 $py/publish.py --prefix "$OCTOPODS_PREFIX" --channel store-eu --order "py-$run" --wait 30)
 job="order-py-$run/delivery-confirm"
 grep -qF "\"event\": \"sent\", \"job_id\": \"$job\"" <<<"$out"
-handled=$(python3 $py/results.py --prefix "$OCTOPODS_PREFIX" --queue "ci-producers.shop-$run" --idle-exit 2 &
-  sleep 2; python3 $py/publish.py --prefix "$OCTOPODS_PREFIX" --channel store-eu --order "py2-$run" >/dev/null; wait)
+# The shop's handler: its queue declared and bound first (a run with nothing
+# to handle yet), then a job, then the handler reads its event.
+python3 $py/results.py --prefix "$OCTOPODS_PREFIX" --queue "ci-producers.shop-$run" --idle-exit 0 >/dev/null
+python3 $py/publish.py --prefix "$OCTOPODS_PREFIX" --channel store-eu --order "py2-$run" >/dev/null
+handled=$(python3 $py/results.py --prefix "$OCTOPODS_PREFIX" --queue "ci-producers.shop-$run" --idle-exit 5)
 grep -qF "\"job_id\": \"order-py2-$run/delivery-confirm\"" <<<"$handled"
 python3 -c "
 import pika, os, sys

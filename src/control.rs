@@ -272,39 +272,12 @@ mod tests {
 
     #[test]
     fn a_record_is_checked_like_any_input() {
-        assert!(
-            cmd(
-                Change::SetRate {
-                    rate: f64::NAN,
-                    burst: None
-                },
-                "t"
-            )
-            .check()
-            .is_err()
-        );
-        assert!(
-            cmd(
-                Change::SetRate {
-                    rate: -1.0,
-                    burst: None
-                },
-                "t"
-            )
-            .check()
-            .is_err()
-        );
-        assert!(
-            cmd(
-                Change::SetRate {
-                    rate: 1.0,
-                    burst: Some(0)
-                },
-                "t"
-            )
-            .check()
-            .is_err()
-        );
+        for (rate, burst) in [(f64::NAN, None), (-1.0, None), (1.0, Some(0))] {
+            assert!(
+                cmd(Change::SetRate { rate, burst }, "t").check().is_err(),
+                "rate {rate}, burst {burst:?} must be refused"
+            );
+        }
         let json = serde_json::to_string(&cmd(
             Change::SetRate {
                 rate: 20.0,

@@ -84,13 +84,9 @@ async fn any_node() -> Connection {
 
 /// The node (1–3) a worker is connected to, from its `octopods_broker_node`.
 async fn connected_node(addr: &str) -> Option<usize> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
+    metrics_text(addr)
+        .await?
+        .lines()
         .filter(|l| l.starts_with("octopods_broker_node{") && l.ends_with(" 1"))
         .find_map(|l| PORTS.iter().position(|p| l.contains(&format!(":{p}\""))))
         .map(|i| i + 1)
@@ -381,18 +377,8 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
     }
     let duplicate_events: usize = sent.values().map(|n| n - 1).sum();
     for suffix in ["dead", "unroutable"] {
-        let q = ch
-            .queue_declare(
-                format!("{prefix}.{suffix}").as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue exists");
-        assert_eq!(q.message_count(), 0, "{prefix}.{suffix} is not empty");
+        let q = format!("{prefix}.{suffix}");
+        assert_eq!(queue_depth(&ch, &q).await, 0, "{q} is not empty");
     }
 
     // Requests: every job reached Octopods; count the ones sent twice.

@@ -18,13 +18,9 @@ fn ok(out: &std::process::Output) -> String {
 }
 
 async fn metric_at(addr: &str, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
+    metrics_text(addr)
+        .await?
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 

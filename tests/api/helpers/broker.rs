@@ -66,3 +66,28 @@ pub fn close_worker_connection(prefix: &str) {
         .expect("rabbitmqctl close_connection");
     assert!(status.success());
 }
+
+/// Messages ready in `queue`, read through `ch` without taking them.
+pub async fn queue_depth(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{queue}: {e}"))
+    .message_count()
+}
+
+/// A worker's `/metrics` text, or `None` while it does not answer.
+pub async fn metrics_text(addr: &str) -> Option<String> {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}

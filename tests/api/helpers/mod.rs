@@ -451,19 +451,7 @@ impl TestApp {
 
     /// Messages waiting in `<prefix>.<suffix>`, without taking them.
     pub async fn depth(&self, suffix: &str) -> u32 {
-        let q = self
-            .ch
-            .queue_declare(
-                self.queue(suffix).as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue exists");
-        q.message_count()
+        queue_depth(&self.ch, &self.queue(suffix)).await
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
