@@ -186,10 +186,7 @@ impl BrokerConfig {
             if !url.starts_with("amqp://") && !url.starts_with("amqps://") {
                 return Err(invalid(
                     field,
-                    format!(
-                        "{}: must start with amqp:// or amqps://",
-                        crate::broker::redact_url(url)
-                    ),
+                    format!("{}: must start with amqp:// or amqps://", redact_url(url)),
                 ));
             }
             if url.chars().any(char::is_control) {
@@ -267,21 +264,6 @@ pub struct RetryConfig {
     /// are cut to this, for the job and for the channel's pause. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub max_retry_after: Duration,
-}
-
-impl Config {
-    /// Every delay queue: the retry schedule, the paused-template delay, and
-    /// the status schedule when a channel tracks status.
-    pub fn delay_queues(&self) -> Vec<Duration> {
-        let mut all = self.retry.delays.clone();
-        all.push(self.retry.paused_delay);
-        if self.channels.iter().any(|c| c.track_status) {
-            all.extend(self.status.schedule.iter().copied());
-        }
-        all.sort_unstable();
-        all.dedup_by_key(|d| crate::broker::topology::delay_label(*d));
-        all
-    }
 }
 
 impl Default for RetryConfig {
@@ -781,8 +763,32 @@ fn check_name(key: &str, value: &str, max: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `amqp://user:***@host/…`: a broker URL fit for logs and errors (the
+/// password never leaves the config).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<invalid url>".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(
+            super::redact_url("amqp://guest:s3cret@10.0.0.1:5672/%2f"),
+            "amqp://guest:***@10.0.0.1:5672/%2f"
+        );
+        assert_eq!(super::redact_url("amqp://host/"), "amqp://host/");
+    }
+
     use super::*;
 
     const MINIMAL: &str = r#"

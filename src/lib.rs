@@ -18,6 +18,7 @@
 //! - [`settle`]: the only acks — confirmed publishes (events, dead letters, delayed retries), then ack.
 //!
 //! Around it:
+//! - [`channel`]: a channel at run time (key, limiter, override) and what tasks share.
 //! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop.
 //! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
 //! - [`config`]: the TOML file and the API keys.
@@ -39,6 +40,7 @@
 )]
 
 pub mod broker;
+mod channel;
 pub mod classify;
 pub mod cli;
 pub mod config;

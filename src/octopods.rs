@@ -11,7 +11,6 @@ use crate::{
     classify::{self, Family, Transport, classify},
     config::{ApiKey, OctopodsConfig},
     outcome::Outcome,
-    retry::Sender,
 };
 
 pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";
@@ -67,6 +66,15 @@ impl From<Endpoint> for Family {
             Endpoint::Template(_) => Family::Template,
         }
     }
+}
+
+/// Sends one request for a job: the Octopods client, or a fake in tests.
+pub(crate) trait Sender {
+    fn send(
+        &self,
+        endpoint: Endpoint,
+        body: bytes::Bytes,
+    ) -> impl std::future::Future<Output = Attempt> + Send;
 }
 
 /// The client with one channel's key: what the retry loop sends through.

@@ -13,7 +13,7 @@ use tracing::{Span, info, warn};
 
 use crate::{
     broker::headers::{History, Trust},
-    consume::{ChannelState, Shared},
+    channel::{ChannelState, Shared},
     dedup::Begin,
     events::SentEvent,
     job::Job,
@@ -46,8 +46,8 @@ pub(crate) async fn decide(
     decide_with(delivery, channel, shared, stop, &sender).await
 }
 
-/// [`decide`] with any [`Sender`](crate::retry::Sender) (a fake in tests).
-pub(crate) async fn decide_with<S: crate::retry::Sender>(
+/// [`decide`] with any [`Sender`](crate::octopods::Sender) (a fake in tests).
+pub(crate) async fn decide_with<S: crate::octopods::Sender>(
     delivery: Delivered<'_>,
     channel: &ChannelState,
     shared: &Shared,

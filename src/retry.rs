@@ -11,7 +11,7 @@
 //! Generic over [`Sender`], so every exit is unit-tested with a fake sender
 //! under paused time.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use backoff::{ExponentialBackoff, backoff::Backoff};
 use time::OffsetDateTime;
@@ -26,15 +26,10 @@ use crate::{
     job::{Job, Via},
     limit::Limiter,
     metrics::Metrics,
-    octopods::{Attempt, Endpoint},
+    octopods::{Endpoint, Sender},
     outcome::{Failure, Outcome, Reason, Receipt, RetryCause},
     telemetry::escape,
 };
-
-/// Sends one request for a job: the Octopods client, or a fake in tests.
-pub(crate) trait Sender {
-    fn send(&self, endpoint: Endpoint, body: bytes::Bytes) -> impl Future<Output = Attempt> + Send;
-}
 
 /// How a delivery's attempts ended.
 #[derive(Debug)]

@@ -30,7 +30,7 @@ use crate::{
         Flow, Names, PublishError, Publisher, Routed,
         headers::{self, History},
     },
-    consume::ChannelState,
+    channel::ChannelState,
     events::{DeadLetteredEvent, timestamp},
     health::Health,
     job::Echo,
@@ -110,7 +110,7 @@ impl Settler {
     /// A settler publishing on `publisher`, reporting to what `shared` has.
     pub(crate) fn new(
         publisher: Publisher,
-        shared: &crate::consume::Shared,
+        shared: &crate::channel::Shared,
         health: Arc<Health>,
         repair: Arc<Notify>,
         stop: CancellationToken,

@@ -24,8 +24,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     broker::{self, Flow, Names, Publisher, topology},
+    channel::{ChannelState, Shared},
     config::Config,
-    consume::{self, ChannelState, Lane, Session, Shared, Stopped},
+    consume::{self, Lane, Session, Stopped},
     control::{self, Change, Command, Override},
     dedup::Dedup,
     health::Health,
@@ -72,8 +73,7 @@ impl Worker {
             .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
         let client = Client::new(&config.octopods).context("cannot build the HTTP client")?;
         let metrics = Arc::new(Metrics::new());
-        let delays: Vec<String> = config
-            .delay_queues()
+        let delays: Vec<String> = topology::delay_queues(&config)
             .iter()
             .map(|d| topology::delay_label(*d))
             .collect();
@@ -137,7 +137,7 @@ impl Worker {
         let tracker = TaskTracker::new();
         let config = &self.shared.config;
         info!(
-            broker = %config.broker.nodes().into_iter().map(broker::redact_url).collect::<Vec<_>>().join(","),
+            broker = %config.broker.nodes().into_iter().map(crate::config::redact_url).collect::<Vec<_>>().join(","),
             prefix = %config.broker.prefix,
             channels = config.channels.len(),
             octopods = %config.octopods.base_url,

@@ -61,7 +61,10 @@ pub async fn connect_from(
         let mut uri = match url.parse::<lapin::uri::AMQPUri>() {
             Ok(uri) => uri,
             Err(e) => {
-                tried.push(format!("{}: not an AMQP URL: {e}", redact_url(url)));
+                tried.push(format!(
+                    "{}: not an AMQP URL: {e}",
+                    crate::config::redact_url(url)
+                ));
                 continue;
             }
         };
@@ -78,10 +81,10 @@ pub async fn connect_from(
                     node: node_label(url),
                 });
             }
-            Ok(Err(e)) => tried.push(format!("{}: {e}", redact_url(url))),
+            Ok(Err(e)) => tried.push(format!("{}: {e}", crate::config::redact_url(url))),
             Err(_) => tried.push(format!(
                 "{}: no answer within {:?}",
-                redact_url(url),
+                crate::config::redact_url(url),
                 config.connect_timeout
             )),
         }
@@ -163,31 +166,8 @@ impl Flow {
     }
 }
 
-/// The broker URL with any password replaced, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<invalid url>".into();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn password_is_redacted() {
-        assert_eq!(
-            super::redact_url("amqp://guest:s3cret@10.0.0.1:5672/%2f"),
-            "amqp://guest:***@10.0.0.1:5672/%2f"
-        );
-        assert_eq!(super::redact_url("amqp://host/"), "amqp://host/");
-    }
-
     #[test]
     fn node_label_is_host_and_port_only() {
         use super::node_label;

@@ -79,6 +79,19 @@ impl Names {
     }
 }
 
+/// Every delay queue: the retry schedule, the paused-template delay, and
+/// the status schedule when a channel tracks status.
+pub fn delay_queues(config: &Config) -> Vec<Duration> {
+    let mut all = config.retry.delays.clone();
+    all.push(config.retry.paused_delay);
+    if config.channels.iter().any(|c| c.track_status) {
+        all.extend(config.status.schedule.iter().copied());
+    }
+    all.sort_unstable();
+    all.dedup_by_key(|d| delay_label(*d));
+    all
+}
+
 /// `10s`, `1m`, `5m`, `30m`, `1h`: the delay as the queue-name suffix.
 pub fn delay_label(d: Duration) -> String {
     let s = d.as_secs();
@@ -262,7 +275,7 @@ impl Plan {
         // `broker.replicas` says.
         plan.queues
             .push(queue(n.control(), vec![("x-queue-type", text("stream"))]));
-        for delay in config.delay_queues() {
+        for delay in delay_queues(config) {
             let q = n.retry_queue(delay);
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
             let mut extra = vec![("x-message-ttl", Arg::Int(ttl))];

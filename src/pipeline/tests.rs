@@ -42,7 +42,7 @@ burst = 1000
 
 struct Answer(Outcome);
 
-impl crate::retry::Sender for Answer {
+impl crate::octopods::Sender for Answer {
     async fn send(&self, _endpoint: crate::octopods::Endpoint, _body: bytes::Bytes) -> Attempt {
         Attempt {
             status: Some(200),

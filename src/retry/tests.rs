@@ -9,7 +9,7 @@ use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::{broker::Flow, config::Provider, metrics::Metrics};
+use crate::{broker::Flow, config::Provider, metrics::Metrics, octopods::Attempt};
 
 /// Answers from a script, one per request; counts the requests.
 struct Script(Mutex<VecDeque<Outcome>>);
