@@ -30,12 +30,13 @@ pub(crate) struct ChannelState {
 impl ChannelState {
     /// Applies an operator's command to this channel: pause or resume its
     /// consumption, or put a new rate in force.
-    pub(crate) fn apply(&self, command: &Command, metrics: &Metrics) {
+    /// A record that cannot be applied changes nothing and says why.
+    pub(crate) fn apply(&self, command: &Command, metrics: &Metrics) -> Result<(), String> {
         let before = self.control.borrow().clone();
         let mut after = before.clone();
-        after.apply(command);
+        after.apply(command)?;
         if after == before {
-            return;
+            return Ok(());
         }
         let name = self.config.name.as_str();
         let (new_rate, new_burst) = self.rate(&after);
@@ -51,6 +52,7 @@ impl ChannelState {
         }
         metrics.channel_paused(name, after.paused.is_some());
         self.control.send_replace(after);
+        Ok(())
     }
 
     /// The rate and burst in force under `o`.

@@ -203,7 +203,9 @@ fn by_meta_code(text: &str) -> Option<Verdict> {
     let has = |code: &str| {
         text.match_indices(code).any(|(i, _)| {
             let before = text[..i].chars().next_back();
-            let after = text[i + code.len()..].chars().next();
+            let after = text
+                .get(i.saturating_add(code.len())..)
+                .and_then(|t| t.chars().next());
             !before.is_some_and(|c| c.is_ascii_digit())
                 && !after.is_some_and(|c| c.is_ascii_digit())
         })

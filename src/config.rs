@@ -636,7 +636,7 @@ impl Config {
             .timeout
             .saturating_add(self.retry.max_interval)
             .saturating_mul(per_delivery);
-        if worst >= self.broker.consumer_timeout / 2 {
+        if worst >= self.broker.consumer_timeout.div_f64(2.0) {
             return Err(invalid(
                 "retry",
                 format!(
@@ -659,17 +659,11 @@ impl Config {
                     format!("channel {} is configured twice", ch.name),
                 ));
             }
-            if !(ch.rate_per_second.is_finite() && ch.rate_per_second > 0.0) {
-                return Err(invalid(
-                    format!("channels[{i}].rate_per_second"),
-                    "must be a number above zero",
-                ));
+            if let Err(why) = crate::limit::check_budget(ch.rate_per_second, 1) {
+                return Err(invalid(format!("channels[{i}].rate_per_second"), why));
             }
-            if ch.burst == 0 {
-                return Err(invalid(
-                    format!("channels[{i}].burst"),
-                    "must be at least 1",
-                ));
+            if let Err(why) = crate::limit::check_budget(crate::limit::MIN_RATE, ch.burst) {
+                return Err(invalid(format!("channels[{i}].burst"), why));
             }
             if ch.api_key_env.is_some() == ch.api_key_file.is_some() {
                 return Err(invalid(
@@ -706,7 +700,7 @@ impl Config {
     pub fn publish_timeout(&self) -> Duration {
         self.broker
             .publish_timeout
-            .min(self.worker.grace_period / 2)
+            .min(self.worker.grace_period.div_f64(2.0))
             .max(Duration::from_millis(1))
     }
 

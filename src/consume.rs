@@ -250,7 +250,7 @@ fn tasks_cap(prefetch: u16, config: &Config) -> usize {
 /// After a cancel, hands back the deliveries the consumer received but never
 /// started, until the broker's cancel has gone through the buffer.
 async fn return_buffered(consumer: &mut lapin::Consumer) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = crate::clock::after(Duration::from_secs(5));
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
         settle::return_unstarted(&delivery).await;
     }
@@ -300,11 +300,11 @@ async fn handle(
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| Settlement::Panicked {
-                message: panic_message(panic.as_ref()),
+                message: crate::telemetry::panic_message(panic.as_ref()),
             });
         let settled = Box::pin(settler.settle(&delivery, channel, received, settlement));
         if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
-            error!(panic = %escape(&panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
+            error!(panic = %escape(&crate::telemetry::panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
             if received.is_some() {
                 shared.metrics.abandoned(name);
             }
@@ -337,16 +337,6 @@ fn queue_wait(delivery: &Delivery) -> Option<Duration> {
         .as_secs();
     let waited = Duration::from_secs(now.saturating_sub(sent));
     Some(waited.min(Duration::from_secs(30 * 24 * 3600)))
-}
-
-/// A panic's message, bounded, for the log and the dead-letter header.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic with a non-text payload".into());
-    crate::broker::headers::truncate(text, 500)
 }
 
 #[cfg(test)]

@@ -80,10 +80,17 @@ pub struct Paused {
     pub by: String,
 }
 
+/// The longest text a record may carry in any field (a reason, who, when).
+pub const MAX_TEXT: usize = 1000;
+/// The largest record a replica reads; a longer one is skipped unread.
+const MAX_RECORD: usize = 16 * 1024;
+
 impl Override {
-    /// Applies one command; a repeated command changes nothing (a second
-    /// pause keeps the first one's time).
-    pub fn apply(&mut self, command: &Command) {
+    /// Applies one command, checked first: a record that does not pass
+    /// [`Command::check`] changes nothing and says why. A repeated command
+    /// changes nothing (a second pause keeps the first one's time).
+    pub fn apply(&mut self, command: &Command) -> Result<(), String> {
+        command.check()?;
         match &command.change {
             Change::Pause { reason } => {
                 if self.paused.is_none() {
@@ -99,6 +106,7 @@ impl Override {
             Change::Clear => *self = Override::default(),
             Change::Marker { .. } => {}
         }
+        Ok(())
     }
 }
 
@@ -115,14 +123,26 @@ impl Command {
     }
 
     /// Checks what a command may carry (a record from the stream is input).
+    /// Every replica checks a record here before it folds it, whoever
+    /// wrote it; the `channel` command refuses the same values up front.
     pub fn check(&self) -> Result<(), String> {
+        let reason = match &self.change {
+            Change::Pause { reason } => reason.as_deref(),
+            _ => None,
+        };
+        for (field, text) in [
+            ("channel", Some(self.channel.as_str())),
+            ("at", Some(self.at.as_str())),
+            ("by", Some(self.by.as_str())),
+            ("reason", reason),
+        ] {
+            let len = text.map_or(0, str::len);
+            if len > MAX_TEXT {
+                return Err(format!("{field}: {len} bytes, at most {MAX_TEXT}"));
+            }
+        }
         if let Change::SetRate { rate, burst } = &self.change {
-            if !(rate.is_finite() && *rate > 0.0) {
-                return Err(format!("rate {rate}: must be a number above zero"));
-            }
-            if *burst == Some(0) {
-                return Err("burst: must be at least 1".into());
-            }
+            crate::limit::check_budget(*rate, burst.unwrap_or(1))?;
         }
         Ok(())
     }
@@ -180,6 +200,12 @@ pub async fn subscribe(
 /// keeps it; the ack only gives credit for the next).
 pub async fn read(delivery: lapin::message::Delivery) -> Result<Command, String> {
     drop(delivery.acker.ack(BasicAckOptions::default()).await);
+    if delivery.data.len() > MAX_RECORD {
+        return Err(format!(
+            "a record of {} bytes (at most {MAX_RECORD})",
+            delivery.data.len()
+        ));
+    }
     let command: Command = serde_json::from_slice(&delivery.data)
         .map_err(|e| format!("not a control command: {e}"))?;
     command.check()?;
@@ -218,10 +244,13 @@ pub async fn snapshot(
         if command.change == (Change::Marker { id: id.clone() }) {
             break;
         }
-        state
-            .entry(command.channel.clone())
-            .or_default()
-            .apply(&command);
+        // `read` checked it: folding it cannot fail.
+        drop(
+            state
+                .entry(command.channel.clone())
+                .or_default()
+                .apply(&command),
+        );
     }
     drop(ch.close(200, "OK".into()).await);
     Ok(state)
@@ -248,8 +277,9 @@ mod tests {
                 reason: Some("number suspended".into()),
             },
             "t1",
-        ));
-        o.apply(&cmd(Change::Pause { reason: None }, "t2"));
+        ))
+        .unwrap();
+        o.apply(&cmd(Change::Pause { reason: None }, "t2")).unwrap();
         assert_eq!(o.paused.as_ref().map(|p| p.since.as_str()), Some("t1"));
         o.apply(&cmd(
             Change::SetRate {
@@ -257,8 +287,9 @@ mod tests {
                 burst: Some(2),
             },
             "t3",
-        ));
-        o.apply(&cmd(Change::Resume, "t4"));
+        ))
+        .unwrap();
+        o.apply(&cmd(Change::Resume, "t4")).unwrap();
         assert_eq!(
             o,
             Override {
@@ -266,13 +297,23 @@ mod tests {
                 rate: Some((5.0, Some(2)))
             }
         );
-        o.apply(&cmd(Change::Clear, "t5"));
+        o.apply(&cmd(Change::Clear, "t5")).unwrap();
         assert_eq!(o, Override::default());
     }
 
     #[test]
     fn a_record_is_checked_like_any_input() {
-        for (rate, burst) in [(f64::NAN, None), (-1.0, None), (1.0, Some(0))] {
+        for (rate, burst) in [
+            (f64::NAN, None),
+            (-1.0, None),
+            (1.0, Some(0)),
+            (f64::INFINITY, None),
+            (0.0001, None),
+            (1_000_001.0, None),
+            // Took every replica down once: governor's burst window overflowed.
+            (0.01, Some(4_000_000_000)),
+            (1.0, Some(100_001)),
+        ] {
             assert!(
                 cmd(Change::SetRate { rate, burst }, "t").check().is_err(),
                 "rate {rate}, burst {burst:?} must be refused"
@@ -287,5 +328,43 @@ mod tests {
         ))
         .unwrap();
         assert!(json.contains("\"op\":\"set_rate\""), "{json}");
+    }
+
+    #[test]
+    fn a_record_out_of_range_changes_nothing_when_folded() {
+        let mut o = Override::default();
+        let bad = cmd(
+            Change::SetRate {
+                rate: 0.01,
+                burst: Some(4_000_000_000),
+            },
+            "t",
+        );
+        assert!(o.apply(&bad).unwrap_err().contains("burst 4000000000"));
+        let long = cmd(
+            Change::Pause {
+                reason: Some("x".repeat(MAX_TEXT + 1)),
+            },
+            "t",
+        );
+        assert!(o.apply(&long).unwrap_err().starts_with("reason"));
+        assert_eq!(o, Override::default());
+    }
+
+    #[test]
+    fn every_budget_in_bounds_builds_a_quota_without_panicking() {
+        for rate in [
+            crate::limit::MIN_RATE,
+            0.5,
+            1.0,
+            999.9,
+            crate::limit::MAX_RATE,
+        ] {
+            for burst in [1, 7, crate::limit::MAX_BURST] {
+                assert!(crate::limit::check_budget(rate, burst).is_ok());
+                let l = crate::limit::Limiter::new(rate, burst);
+                l.set_rate(rate, burst);
+            }
+        }
     }
 }

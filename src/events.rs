@@ -15,8 +15,14 @@ const MILLIS: &[FormatItem<'static>] =
 
 /// `2026-11-24T10:00:01.234Z`.
 pub fn timestamp(t: OffsetDateTime) -> String {
-    let utc = t.to_offset(time::UtcOffset::UTC);
-    utc.format(MILLIS).unwrap_or_else(|_| utc.to_string())
+    // `to_offset` panics past the calendar's ends (9999-12-31T23:59-23:59
+    // is in UTC next year): such a time is written in its own offset.
+    match t.checked_to_offset(time::UtcOffset::UTC) {
+        Some(utc) => utc.format(MILLIS).unwrap_or_else(|_| utc.to_string()),
+        None => t
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

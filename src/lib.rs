@@ -18,6 +18,7 @@
 //! - [`settle`]: the only acks — confirmed publishes (events, dead letters, delayed retries), then ack.
 //!
 //! Around it:
+//! - [`clock`]: time arithmetic on outside values, checked.
 //! - [`channel`]: a channel at run time (key, limiter, override) and what tasks share.
 //! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop.
 //! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
@@ -36,13 +37,16 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    clippy::indexing_slicing
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
 )]
+#![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
 pub mod broker;
 mod channel;
 pub mod classify;
 pub mod cli;
+mod clock;
 pub mod config;
 mod consume;
 pub mod control;

@@ -14,12 +14,42 @@ use std::{
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-/// Builds the quota for `rate_per_second` (fractions allowed) and `burst`.
+/// The slowest rate a channel may have: one send per 1,000 s.
+pub(crate) const MIN_RATE: f64 = 0.001;
+/// The fastest rate a channel may have, in sends per second.
+pub(crate) const MAX_RATE: f64 = 1_000_000.0;
+/// The largest burst a channel may have.
+pub(crate) const MAX_BURST: u32 = 100_000;
+
+/// Checks a rate and burst against the bounds every source (config, the
+/// `channel` command, a control record) must keep. Within them governor's
+/// arithmetic cannot overflow: its burst window is the period times the
+/// burst, at most 1,000 s × 100,000 = 10^17 ns, well under `u64::MAX` ns.
+pub(crate) fn check_budget(rate_per_second: f64, burst: u32) -> Result<(), String> {
+    if !(rate_per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate_per_second)) {
+        return Err(format!(
+            "rate {rate_per_second}: must be from {MIN_RATE} to {MAX_RATE} per second"
+        ));
+    }
+    if !(1..=MAX_BURST).contains(&burst) {
+        return Err(format!("burst {burst}: must be from 1 to {MAX_BURST}"));
+    }
+    Ok(())
+}
+
+/// Builds the quota for `rate_per_second` (fractions allowed) and `burst`,
+/// clamped to the bounds of [`check_budget`] (which every caller has
+/// already applied), with checked conversions only: no value can panic here.
 pub(crate) fn quota(rate_per_second: f64, burst: u32) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / rate_per_second.max(1e-6));
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let rate = if rate_per_second.is_finite() {
+        rate_per_second.clamp(MIN_RATE, MAX_RATE)
+    } else {
+        MIN_RATE
+    };
+    let period = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::from_secs(1000));
+    let burst = NonZeroU32::new(burst.clamp(1, MAX_BURST)).unwrap_or(NonZeroU32::MIN);
     Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
         .allow_burst(burst)
 }
 
@@ -133,7 +163,7 @@ impl Limiter {
 
     /// Holds every job of the channel back for `pause` (from a 429's `Retry-After`).
     pub(crate) fn pause(&self, pause: Duration) {
-        let until = Instant::now() + pause;
+        let until = crate::clock::after(pause);
         if let Ok(mut p) = self.paused_until.lock() {
             *p = Some(p.map_or(until, |cur| cur.max(until)));
         }

@@ -46,6 +46,8 @@ pub struct Metrics {
     paused: IntGaugeVec,
     node: IntGaugeVec,
     queue_wait: HistogramVec,
+    control_rejected: IntCounterVec,
+    session_panics: IntCounterVec,
 }
 
 const API_BUCKETS: &[f64] = &[
@@ -178,7 +180,7 @@ impl Metrics {
             // Process metrics are a bonus; a registry without them still works.
             drop(r.register(Box::new(pc)));
         }
-        Self {
+        let metrics = Self {
             received: counter(
                 r,
                 "octopods_jobs_received_total",
@@ -291,6 +293,18 @@ impl Metrics {
                 &["channel"],
                 QUEUE_WAIT_BUCKETS,
             ),
+            control_rejected: counter(
+                r,
+                "octopods_control_rejected_total",
+                "Records of the control stream skipped: unreadable, out of range, or panicked while applied.",
+                &["reason"],
+            ),
+            session_panics: counter(
+                r,
+                "octopods_session_panics_total",
+                "Broker sessions that ended in a panic (caught; the session started again).",
+                &[],
+            ),
             settle_failing,
             broker_blocked,
             paused,
@@ -300,7 +314,12 @@ impl Metrics {
             broker_connected,
             broker_reconnects,
             registry,
+        };
+        for reason in ["unreadable", "out_of_range", "panicked"] {
+            metrics.control_rejected.with_label_values(&[reason]);
         }
+        metrics.session_panics.with_label_values::<&str>(&[]);
+        metrics
     }
 
     /// Makes every per-channel series whose labels are known (the channel ×
@@ -382,6 +401,14 @@ impl Metrics {
         self.sent_via
             .with_label_values(&[channel, via.as_str()])
             .inc();
+    }
+
+    pub fn control_rejected(&self, reason: &'static str) {
+        self.control_rejected.with_label_values(&[reason]).inc();
+    }
+
+    pub fn session_panicked(&self) {
+        self.session_panics.with_label_values::<&str>(&[]).inc();
     }
 
     pub fn panicked(&self, channel: &str) {

@@ -100,7 +100,7 @@ pub(crate) async fn attempt<S: Sender>(
     // Time already spent by earlier deliveries; never negative.
     let before: Duration = history
         .first_attempt_at
-        .map(|first| (now - first).try_into().unwrap_or_default())
+        .map(|first| crate::clock::between(first, now))
         .unwrap_or_default();
     let prior = history.attempts;
     let mut attempts = prior;

@@ -168,7 +168,7 @@ pub fn decide(
         }
     }
     let sent_at = OffsetDateTime::parse(&check.sent_at, &Rfc3339).unwrap_or(now);
-    let age: Duration = (now - sent_at).try_into().unwrap_or_default();
+    let age = crate::clock::between(sent_at, now);
     if !done && age >= config.horizon {
         let last = match polled {
             Polled::Status(a) => a.clone(),

@@ -51,7 +51,7 @@ pub fn mask_phone(phone: &str) -> String {
     let tail = 4;
     let head = n.saturating_sub(tail + 3).min(4);
     let head: String = digits.iter().take(head).collect();
-    let tail: String = digits.iter().skip(n - tail).collect();
+    let tail: String = digits.iter().skip(n.saturating_sub(tail)).collect();
     format!("+{head}***{tail}")
 }
 
@@ -71,7 +71,7 @@ pub fn redact_phones(text: &str) -> String {
             .skip(digits_at)
             .take_while(u8::is_ascii_digit)
             .count();
-        let run = digits_at + digits;
+        let run = digits_at.saturating_add(digits);
         let glued = before
             .chars()
             .next_back()
@@ -102,7 +102,7 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(unsafe_char) {
         return std::borrow::Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(text.len() + 8);
+    let mut out = String::with_capacity(text.len().saturating_add(8));
     for c in text.chars() {
         if unsafe_char(c) {
             out.extend(c.escape_default());
@@ -111,6 +111,16 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// A panic's message, bounded, for the log and the dead-letter header.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".into());
+    crate::broker::headers::truncate(text, 500)
 }
 
 #[cfg(test)]

@@ -5,13 +5,14 @@
 
 use std::{
     net::SocketAddr,
+    panic::AssertUnwindSafe,
     sync::{Arc, OnceLock},
     time::Duration,
 };
 
 use anyhow::Context;
 use backoff::{ExponentialBackoff, backoff::Backoff};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{Connection, Event};
 use tokio::{
     net::TcpListener,
@@ -154,16 +155,26 @@ impl Worker {
         // Which node to try first: after a lost session, the next one.
         let mut node = 0;
         while !shutdown.is_cancelled() {
-            let result = self
-                .session(
-                    &tracker,
-                    &shutdown,
-                    &deadline,
-                    &mut connected_before,
-                    &mut reconnect,
-                    &mut node,
-                )
-                .await;
+            // A panic anywhere in a session (a dependency's API on a value
+            // from outside) ends that session, not the replica: it is
+            // logged, counted, and the session starts again after a backoff.
+            let session = self.session(
+                &tracker,
+                &shutdown,
+                &deadline,
+                &mut connected_before,
+                &mut reconnect,
+                &mut node,
+            );
+            let result = match AssertUnwindSafe(session).catch_unwind().await {
+                Ok(result) => result,
+                Err(panic) => {
+                    self.shared.metrics.session_panicked();
+                    let message = crate::telemetry::panic_message(panic.as_ref());
+                    error!(panic = %crate::telemetry::escape(&message), "the broker session panicked; starting it again");
+                    Err(anyhow::anyhow!("the session panicked"))
+                }
+            };
             self.shared.metrics.broker_node(None);
             self.health.set_consuming(false);
             match result {
@@ -181,7 +192,7 @@ impl Worker {
         // Jobs in flight from a lost connection are redelivered by the broker;
         // wait for stragglers within what is left of the grace period.
         tracker.close();
-        let end = *deadline.get_or_init(|| Instant::now() + config.worker.grace_period);
+        let end = *deadline.get_or_init(|| crate::clock::after(config.worker.grace_period));
         if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             warn!(
                 unfinished = tracker.len(),
@@ -330,7 +341,7 @@ impl Worker {
             "shutting down: no new jobs; finishing those in flight"
         );
         tracker.close();
-        let end = *deadline.get_or_init(|| Instant::now() + config.worker.grace_period);
+        let end = *deadline.get_or_init(|| crate::clock::after(config.worker.grace_period));
         // Keep following the broker while draining (a block ends, a block starts).
         let drained = async {
             tokio::select! {
@@ -393,7 +404,7 @@ impl Worker {
             let command = match control::read(delivery).await {
                 Ok(c) => c,
                 Err(why) => {
-                    warn!(why = %crate::telemetry::escape(&why), "ignored a record of the control stream");
+                    self.reject(&why, "unreadable");
                     continue;
                 }
             };
@@ -403,15 +414,41 @@ impl Worker {
                 }
                 continue;
             }
-            if let Some(ch) = self
-                .channels
-                .iter()
-                .find(|c| c.config.name == command.channel)
-            {
-                ch.apply(&command, &self.shared.metrics);
+            // A record is input: one that cannot be applied (or panics in a
+            // dependency while it is) is skipped, and the replica goes on.
+            let applied = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&command)));
+            match applied {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => self.reject(&why, "out_of_range"),
+                Err(panic) => {
+                    self.reject(&crate::telemetry::panic_message(panic.as_ref()), "panicked")
+                }
             }
         }
         Followed::Ended(anyhow::anyhow!("the control stream ended"))
+    }
+}
+
+impl Worker {
+    /// Applies one operator's command to the channel it names (a channel
+    /// this replica does not serve ignores it).
+    fn apply(&self, command: &Command) -> Result<(), String> {
+        if let Some(hook) = self.shared.fault {
+            hook(&format!("control:{}", command.channel));
+        }
+        match self
+            .channels
+            .iter()
+            .find(|c| c.config.name == command.channel)
+        {
+            Some(ch) => ch.apply(command, &self.shared.metrics),
+            None => Ok(()),
+        }
+    }
+
+    fn reject(&self, why: &str, reason: &'static str) {
+        warn!(why = %crate::telemetry::escape(why), reason, "skipped a record of the control stream");
+        self.shared.metrics.control_rejected(reason);
     }
 }
 

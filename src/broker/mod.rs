@@ -53,7 +53,10 @@ pub async fn connect_from(
     let nodes = config.nodes();
     let mut tried = Vec::with_capacity(nodes.len());
     for offset in 0..nodes.len() {
-        let index = first.wrapping_add(offset) % nodes.len();
+        let index = first
+            .wrapping_add(offset)
+            .checked_rem(nodes.len())
+            .unwrap_or_default();
         let Some(url) = nodes.get(index) else {
             continue;
         };

@@ -133,7 +133,7 @@ impl Publisher {
     /// outstanding on it had their time to be confirmed.
     pub async fn renew(&self, conn: &Connection) -> Result<usize, lapin::Error> {
         use std::sync::atomic::Ordering::SeqCst;
-        let mut renewed = 0;
+        let mut renewed: usize = 0;
         for slot in std::iter::once(&*self.shared).chain(self.single_file.iter()) {
             if !slot.stale.load(SeqCst) {
                 continue;
@@ -147,7 +147,7 @@ impl Publisher {
                 tokio::time::sleep(wait).await;
                 drop(old.close(200, "replaced after a nack".into()).await);
             });
-            renewed += 1;
+            renewed = renewed.saturating_add(1);
         }
         Ok(renewed)
     }
@@ -176,7 +176,8 @@ impl Publisher {
             None
         } else {
             let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.single_file.get(i % self.single_file.len().max(1))
+            self.single_file
+                .get(i.checked_rem(self.single_file.len()).unwrap_or_default())
         };
         let _turn = match single {
             Some(l) => Some(l.one_at_a_time.lock().await),

@@ -77,17 +77,17 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         let hex = bytes
-            .get(i + 1..i + 3)
+            .get(i.saturating_add(1)..i.saturating_add(3))
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (b, hex) {
             (b'%', Some(v)) => {
                 out.push(v);
-                i += 3;
+                i = i.saturating_add(3);
             }
             _ => {
                 out.push(b);
-                i += 1;
+                i = i.saturating_add(1);
             }
         }
     }

@@ -32,7 +32,7 @@ pub fn read_jobs(
         input
             .lines()
             .enumerate()
-            .map(|(i, l)| (i + 1, l.trim()))
+            .map(|(i, l)| (i.saturating_add(1), l.trim()))
             .filter(|(_, l)| !l.is_empty())
             .collect()
     };
@@ -70,7 +70,7 @@ pub async fn publish(config: &Config, jobs: &[Pending]) -> anyhow::Result<usize>
         publisher
             .publish(&names.jobs_exchange(), &job.channel, &job.body, props, false)
             .await
-            .with_context(|| format!("job {} of {}: publish failed (is the topology declared? run `octopods-worker topology`)", i + 1, jobs.len()))?;
+            .with_context(|| format!("job {} of {}: publish failed (is the topology declared? run `octopods-worker topology`)", i.saturating_add(1), jobs.len()))?;
     }
     drop(conn.close(200, "OK".into()).await);
     Ok(jobs.len())

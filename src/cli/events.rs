@@ -47,7 +47,7 @@ pub async fn tail(
         out.write_all(b"\n")?;
         out.flush()?;
         delivery.acker.ack(BasicAckOptions::default()).await?;
-        printed += 1;
+        printed = printed.saturating_add(1);
     }
     drop(conn.close(200, "OK".into()).await);
     Ok(printed)

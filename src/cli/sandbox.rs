@@ -7,6 +7,7 @@
 //! - `DELETE /_sandbox/script` clears every script;
 //! - `GET /_sandbox/requests` lists what was received (with the auth header, for tests).
 
+#![allow(clippy::arithmetic_side_effects)] // the stand-in Octopods for tests and demos, not the product's path
 use std::{
     collections::HashMap,
     net::SocketAddr,

@@ -178,7 +178,7 @@ fn list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
     let sections = array_at(action, "sections", "action.sections")?;
     count(sections.len(), "action.sections", "sections", 1, 10)?;
     let mut row_ids = HashSet::new();
-    let mut total_rows = 0;
+    let mut total_rows: usize = 0;
     for (i, s) in sections.iter().enumerate() {
         let p = format!("action.sections[{i}]");
         let s = object(s, &p)?;
@@ -192,7 +192,7 @@ fn list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
         length(title, &format!("{p}.title"), 1, 24)?;
         let rows = array_at(s, "rows", &format!("{p}.rows"))?;
         count(rows.len(), &format!("{p}.rows"), "rows", 1, 10)?;
-        total_rows += rows.len();
+        total_rows = total_rows.saturating_add(rows.len());
         for (j, r) in rows.iter().enumerate() {
             let rp = format!("{p}.rows[{j}]");
             let r = object(r, &rp)?;
@@ -228,7 +228,7 @@ fn product_list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
     non_empty(action, "catalog_id", "action.catalog_id")?;
     let sections = array_at(action, "sections", "action.sections")?;
     count(sections.len(), "action.sections", "sections", 1, 10)?;
-    let mut total = 0;
+    let mut total: usize = 0;
     for (i, s) in sections.iter().enumerate() {
         let p = format!("action.sections[{i}]");
         let s = object(s, &p)?;
@@ -242,7 +242,7 @@ fn product_list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
         length(title, &format!("{p}.title"), 1, 24)?;
         let items = array_at(s, "product_items", &format!("{p}.product_items"))?;
         count(items.len(), &format!("{p}.product_items"), "items", 1, 30)?;
-        total += items.len();
+        total = total.saturating_add(items.len());
         for (j, item) in items.iter().enumerate() {
             let ip = format!("{p}.product_items[{j}]");
             let item = object(item, &ip)?;

@@ -31,21 +31,28 @@ impl Exported {
             .with_context(|| format!("cannot read the export file {}", path.display()))?;
         let mut exported = Exported::default();
         for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+            let line =
+                line.with_context(|| format!("{}: line {}", path.display(), i.saturating_add(1)))?;
             if line.trim().is_empty() {
                 continue;
             }
-            let value: Value = serde_json::from_str(&line)
-                .with_context(|| format!("{}: line {} is not JSON", path.display(), i + 1))?;
+            let value: Value = serde_json::from_str(&line).with_context(|| {
+                format!(
+                    "{}: line {} is not JSON",
+                    path.display(),
+                    i.saturating_add(1)
+                )
+            })?;
             let print = fingerprint(&value).with_context(|| {
                 format!(
                     "{}: line {} is not a `dlq export` line (no routing_key and body)",
                     path.display(),
-                    i + 1
+                    i.saturating_add(1)
                 )
             })?;
-            *exported.left.entry(print).or_default() += 1;
-            exported.lines += 1;
+            let n = exported.left.entry(print).or_default();
+            *n = n.saturating_add(1);
+            exported.lines = exported.lines.saturating_add(1);
         }
         Ok(exported)
     }
@@ -58,7 +65,7 @@ impl Exported {
         };
         match self.left.get_mut(&print) {
             Some(n) if *n > 0 => {
-                *n -= 1;
+                *n = n.saturating_sub(1);
                 true
             }
             _ => false,

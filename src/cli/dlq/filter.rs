@@ -59,7 +59,7 @@ impl Filter {
         if let Some(age) = self.older_than {
             // A message whose failure time is unknown is not known to be old.
             let Some(at) = m.failed_at else { return false };
-            if now - at < age {
+            if crate::clock::between(at, now) < age {
                 return false;
             }
         }

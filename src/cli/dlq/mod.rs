@@ -190,10 +190,11 @@ impl Pass<'_> {
                     None => false,
                 };
                 if keep {
-                    self.summary.not_exported += 1;
+                    self.summary.not_exported = self.summary.not_exported.saturating_add(1);
                 } else {
-                    self.summary.matched += 1;
-                    *self.summary.by_reason.entry(m.why.as_str()).or_default() += 1;
+                    self.summary.matched = self.summary.matched.saturating_add(1);
+                    let n = self.summary.by_reason.entry(m.why.as_str()).or_default();
+                    *n = n.saturating_add(1);
                     self.act(&m, &delivery, snap.publisher(), out).await?;
                 }
             }
@@ -227,12 +228,12 @@ impl Pass<'_> {
                     .groups
                     .entry((m.why, m.channel.clone().unwrap_or_else(|| "?".into())))
                     .or_default();
-                g.count += 1;
+                g.count = g.count.saturating_add(1);
                 if let Some(at) = m.failed_at {
                     g.oldest = Some(g.oldest.map_or(at, |o| o.min(at)));
                     g.newest = Some(g.newest.map_or(at, |n| n.max(at)));
                 }
-                summary.acted += 1;
+                summary.acted = summary.acted.saturating_add(1);
             }
             Op::List { json } => {
                 if json {
@@ -240,13 +241,13 @@ impl Pass<'_> {
                 } else {
                     writeln!(out, "{}", table_row(m))?;
                 }
-                summary.written += 1;
-                summary.acted += 1;
+                summary.written = summary.written.saturating_add(1);
+                summary.acted = summary.acted.saturating_add(1);
             }
             Op::Export => {
                 writeln!(out, "{}", m.export_json(delivery))?;
-                summary.written += 1;
-                summary.acted += 1;
+                summary.written = summary.written.saturating_add(1);
+                summary.acted = summary.acted.saturating_add(1);
             }
             Op::Replay { limit, dry_run } => {
                 let channel = m
@@ -254,26 +255,26 @@ impl Pass<'_> {
                     .as_deref()
                     .filter(|c| self.config.channel(c).is_some());
                 if limit.is_some_and(|l| summary.acted >= l) {
-                    summary.skipped_over_limit += 1;
+                    summary.skipped_over_limit = summary.skipped_over_limit.saturating_add(1);
                 } else if m.replays >= self.config.dlq.max_replays {
-                    summary.skipped_over_cap += 1;
+                    summary.skipped_over_cap = summary.skipped_over_cap.saturating_add(1);
                 } else if let Some(channel) = channel {
                     if !dry_run {
                         replay(publisher, &self.names, channel, m.replays, delivery).await?;
                     }
-                    summary.acted += 1;
+                    summary.acted = summary.acted.saturating_add(1);
                 } else {
-                    summary.skipped_no_channel += 1;
+                    summary.skipped_no_channel = summary.skipped_no_channel.saturating_add(1);
                 }
             }
             Op::Purge { limit, dry_run } => {
                 if limit.is_some_and(|l| summary.acted >= l) {
-                    summary.skipped_over_limit += 1;
+                    summary.skipped_over_limit = summary.skipped_over_limit.saturating_add(1);
                 } else {
                     if !dry_run {
                         acked(delivery.acker.ack(BasicAckOptions::default()).await?)?;
                     }
-                    summary.acted += 1;
+                    summary.acted = summary.acted.saturating_add(1);
                 }
             }
         }
@@ -397,7 +398,7 @@ impl Summary {
             "{}: the whole queue as it stood at the start: {} message(s); matched {}; {verb} {}",
             self.queue, self.scanned, self.matched, self.acted
         );
-        let skipped = self.skipped_over_cap + self.skipped_no_channel + self.skipped_over_limit;
+        let skipped = self.skipped();
         if skipped > 0 {
             s.push_str(&format!(
                 "; skipped {skipped} (replay cap {max_replays} reached: {}, channel not configured: {}, past --limit: {})",
@@ -427,10 +428,16 @@ impl Summary {
         s
     }
 
+    fn skipped(&self) -> usize {
+        self.skipped_over_cap
+            .saturating_add(self.skipped_no_channel)
+            .saturating_add(self.skipped_over_limit)
+    }
+
     /// The counts must add up; a mismatch is an error, never a silent partial.
     fn check(&self, op: Op) -> anyhow::Result<()> {
-        let skipped = self.skipped_over_cap + self.skipped_no_channel + self.skipped_over_limit;
-        if self.acted + skipped != self.matched {
+        let skipped = self.skipped();
+        if self.acted.checked_add(skipped) != Some(self.matched) {
             anyhow::bail!(
                 "{}: matched {} but did {} and skipped {}",
                 self.queue,

@@ -129,7 +129,7 @@ impl Snapshot {
     }
 
     async fn add_consumer(&mut self) -> anyhow::Result<()> {
-        self.consumer_count += 1;
+        self.consumer_count = self.consumer_count.saturating_add(1);
         let tag = format!("octopods-dlq-{}-{}", self.marker, self.consumer_count);
         let consumer = self
             .channel
@@ -147,20 +147,20 @@ impl Snapshot {
     /// The next delivery in queue order (by delivery tag).
     async fn next_in_order(&mut self) -> anyhow::Result<Delivery> {
         // More room once half of the last consumer's is handed out.
-        let room = u64::from(self.consumer_count) * u64::from(PER_CONSUMER);
-        if self.next_tag + u64::from(PER_CONSUMER / 2) > room {
+        let room = u64::from(self.consumer_count).saturating_mul(u64::from(PER_CONSUMER));
+        if self.next_tag.saturating_add(u64::from(PER_CONSUMER / 2)) > room {
             self.add_consumer().await?;
         }
         let started = Instant::now();
         loop {
             if let Some(d) = self.early.remove(&self.next_tag) {
-                self.next_tag += 1;
+                self.next_tag = self.next_tag.saturating_add(1);
                 return Ok(d);
             }
             match tokio::time::timeout(STALL, self.consumers.next()).await {
                 Ok(Some(d)) => {
                     let d = d?;
-                    self.received += 1;
+                    self.received = self.received.saturating_add(1);
                     self.early.insert(d.delivery_tag, d);
                 }
                 Ok(None) => bail!(
@@ -173,7 +173,8 @@ impl Snapshot {
                     self.queue
                 ),
                 Err(_) => {
-                    let room = u64::from(self.consumer_count) * u64::from(PER_CONSUMER);
+                    let room =
+                        u64::from(self.consumer_count).saturating_mul(u64::from(PER_CONSUMER));
                     if self.received >= room.saturating_sub(1) {
                         self.add_consumer().await?;
                     }
