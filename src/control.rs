@@ -208,7 +208,7 @@ pub async fn read(delivery: lapin::message::Delivery) -> Result<Command, String>
     }
     let command: Command = serde_json::from_slice(&delivery.data)
         .map_err(|e| format!("not a control command: {e}"))?;
-    command.check()?;
+    // Its values are checked where it is applied (`Override::apply`).
     Ok(command)
 }
 
@@ -244,7 +244,7 @@ pub async fn snapshot(
         if command.change == (Change::Marker { id: id.clone() }) {
             break;
         }
-        // `read` checked it: folding it cannot fail.
+        // One that cannot be applied changes nothing (checked in `apply`).
         drop(
             state
                 .entry(command.channel.clone())

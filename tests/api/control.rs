@@ -236,3 +236,94 @@ async fn a_pause_returns_started_and_buffered_jobs_alike() {
     assert_eq!(app.requests().len(), N, "each job sent once");
     app.shutdown().await;
 }
+
+/// A record is input wherever it is applied. Written straight to the stream
+/// (past the CLI's checks), a rate whose quota arithmetic overflowed inside
+/// governor took every replica down, and every replica started later too,
+/// since each folds the stream from its first record. Now each such record
+/// is skipped, counted and logged, and the replica keeps serving.
+#[tokio::test]
+async fn records_out_of_range_or_unreadable_are_skipped_and_the_replica_serves_on() {
+    let mut app = spawn_with("control-hostile", two_channels()).await;
+    let budget = "octopods_channel_rate_budget{channel=\"store-eu\"}";
+    let at = "2026-12-02T00:00:00Z";
+    let records: Vec<Vec<u8>> = vec![
+        format!(r#"{{"channel":"store-eu","op":"set_rate","rate":0.01,"burst":4000000000,"at":"{at}"}}"#).into_bytes(),
+        format!(r#"{{"channel":"store-eu","op":"set_rate","rate":1e308,"at":"{at}"}}"#).into_bytes(),
+        format!(r#"{{"channel":"store-eu","op":"set_rate","rate":-3,"at":"{at}"}}"#).into_bytes(),
+        format!(r#"{{"channel":"store-eu","op":"pause","reason":"{}","at":"{at}"}}"#, "x".repeat(5000)).into_bytes(),
+        b"\xff\x00 not json \x1b[31m".to_vec(),
+        vec![b' '; 100_000],
+    ];
+    for r in &records {
+        app.append_control(r).await;
+    }
+    // A good record after them is still applied: the replica is alive.
+    ok(&app.cli(&["channel", "set-rate", "store-eu", "7"]));
+    eventually(Duration::from_secs(5), "the good record applied", || async {
+        (app.metric(budget).await == 7.0).then_some(())
+    })
+    .await;
+    let rejected = |r: &'static str| format!("octopods_control_rejected_total{{reason=\"{r}\"}}");
+    assert_eq!(app.metric(&rejected("out_of_range")).await, 4.0);
+    assert_eq!(app.metric(&rejected("unreadable")).await, 2.0);
+    app.publish_job(&button_job("after-bad-records")).await;
+    assert_eq!(app.next_event().await["event"], "sent");
+    // A replica started later folds the same log and starts.
+    app.stop_worker().await;
+    app.start_worker().await;
+    assert_eq!(app.metric(budget).await, 7.0);
+    assert_eq!(app.metric(&rejected("out_of_range")).await, 4.0);
+    // `channel status` reads the same log and does not fail either.
+    let status = ok(&app.cli(&["channel", "status", "--json"]));
+    assert!(status.contains("\"store-eu\""), "{status}");
+    // The CLI refuses the same values, naming the value and the limit.
+    let out = app.cli(&["channel", "set-rate", "store-eu", "0.01", "--burst", "4000000000"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("burst 4000000000: must be from 1 to 100000"), "{err}");
+    let out = app.cli(&["channel", "set-rate", "store-eu", "2000000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rate 2000000: must be from 0.001 to 1000000 per second"), "{err}");
+    app.shutdown().await;
+}
+
+fn panic_on_boom(id: &str) {
+    if id == "control:boom" {
+        panic!("a deliberately panicking control record");
+    }
+}
+
+/// A panic while a record is applied (here a deliberate one; in life a
+/// dependency's API on a value nobody checked) is caught at that boundary:
+/// the record is skipped and counted, and the replica keeps serving.
+#[tokio::test]
+async fn a_record_that_panics_is_skipped_and_the_replica_serves_on() {
+    let mut app = spawn_with(
+        "control-panic",
+        Options {
+            fault: Some(panic_on_boom),
+            ..two_channels()
+        },
+    )
+    .await;
+    app.append_control(br#"{"channel":"boom","op":"resume","at":"t"}"#)
+        .await;
+    ok(&app.cli(&["channel", "set-rate", "store-eu", "9"]));
+    let budget = "octopods_channel_rate_budget{channel=\"store-eu\"}";
+    eventually(Duration::from_secs(5), "the next record applied", || async {
+        (app.metric(budget).await == 9.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.metric("octopods_control_rejected_total{reason=\"panicked\"}").await,
+        1.0
+    );
+    app.publish_job(&button_job("after-panic")).await;
+    assert_eq!(app.next_event().await["event"], "sent");
+    // Restarting folds the panicking record again: still up.
+    app.stop_worker().await;
+    app.start_worker().await;
+    assert_eq!(app.metric(budget).await, 9.0);
+    app.shutdown().await;
+}

@@ -283,6 +283,25 @@ impl TestApp {
         assert!(confirm.is_ack(), "broker nacked");
     }
 
+    /// Appends raw bytes to the control stream `<prefix>.control`, as anyone
+    /// allowed to write there could, bypassing the CLI's checks.
+    pub async fn append_control(&self, body: &[u8]) {
+        let confirm = self
+            .ch
+            .basic_publish(
+                "".into(),
+                self.queue("control").as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker nacked the record");
+    }
+
     /// Every message in `<prefix>.<suffix>`, left in place.
     pub async fn peek_all(&self, suffix: &str) -> Vec<DeadLetter> {
         self.take_all(suffix, false).await
