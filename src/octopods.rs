@@ -17,17 +17,31 @@ pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";
 /// `/api/v1/whatsapp/messages/{message_id}` (CONTRACT §12).
 pub(crate) const MESSAGES_PATH: &str = "/api/v1/whatsapp/messages";
 
-/// A path segment: everything but RFC 3986's unreserved characters escaped.
-fn path_segment(s: &str) -> String {
+/// An id from outside (Octopods' `message_id`) as one path segment: every
+/// byte but RFC 3986's unreserved characters percent-encoded, so `/`, `?`,
+/// `#`, `%`, `\\` and non-ASCII cannot leave it. `None` for an id that would
+/// be a dot segment (`""`, `.`, `..`): URL parsers collapse those whether
+/// written plain or as `%2E`, which would send the key to another path.
+pub(crate) fn path_segment(s: &str) -> Option<String> {
+    if s.is_empty() || s == "." || s == ".." {
+        return None;
+    }
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            use std::fmt::Write;
+            let _ = write!(out, "%{b:02X}");
         }
     }
-    out
+    Some(out)
+}
+
+/// The status URL of a sent message, or `None` when its id cannot be one
+/// path segment under the configured base.
+pub(crate) fn status_url(base: &str, message_id: &str) -> Option<String> {
+    path_segment(message_id).map(|seg| format!("{base}{MESSAGES_PATH}/{seg}"))
 }
 
 /// `/api/v1/whatsapp/templates/{template_id}/messages` (CONTRACT §11).
@@ -184,7 +198,12 @@ impl Client {
         message_id: &str,
     ) -> (Option<u16>, crate::status::Polled) {
         use crate::status::{Polled, read_answer};
-        let url = format!("{}{MESSAGES_PATH}/{}", self.base, path_segment(message_id));
+        let Some(url) = status_url(&self.base, message_id) else {
+            return (
+                None,
+                Polled::NoAnswer("the message_id cannot be a path segment; not polled".into()),
+            );
+        };
         let Ok(mut auth) = HeaderValue::from_str(key.expose()) else {
             return (
                 None,
@@ -255,8 +274,51 @@ mod tests {
 
     #[test]
     fn a_message_id_cannot_leave_its_path_segment() {
-        assert_eq!(path_segment("msg_01HT"), "msg_01HT");
-        assert_eq!(path_segment("../../admin?x=1"), "..%2F..%2Fadmin%3Fx%3D1");
+        assert_eq!(path_segment("msg_01HT").as_deref(), Some("msg_01HT"));
+        assert_eq!(
+            path_segment("../../admin?x=1").as_deref(),
+            Some("..%2F..%2Fadmin%3Fx%3D1")
+        );
+        for dots in ["", ".", ".."] {
+            assert_eq!(path_segment(dots), None, "{dots:?}");
+        }
+    }
+
+    const BASE: &str = "http://127.0.0.1:8080/octopods";
+
+    fn stays_in_its_segment(id: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert_eq;
+        let Some(url) = status_url(BASE, id) else {
+            proptest::prop_assert!(id.is_empty() || id == "." || id == "..");
+            return Ok(());
+        };
+        let u = reqwest::Url::parse(&url)
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{url}: {e}")))?;
+        prop_assert_eq!(u.host_str(), Some("127.0.0.1"));
+        prop_assert_eq!(u.port(), Some(8080));
+        prop_assert_eq!(u.query(), None);
+        prop_assert_eq!(u.fragment(), None);
+        let segments: Vec<&str> = u.path_segments().into_iter().flatten().collect();
+        prop_assert_eq!(segments.len(), 6, "{}", u.path());
+        prop_assert_eq!(
+            segments.get(..5),
+            Some(&["octopods", "api", "v1", "whatsapp", "messages"][..])
+        );
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// Any id, of any bytes, and ids made of what URL parsers treat
+        /// specially: the request goes to the configured host, port and
+        /// path prefix, one segment below it, or is not made.
+        #[test]
+        fn a_status_url_keeps_the_configured_host_port_and_path(
+            any in proptest::prelude::any::<String>(),
+            tricky in "[./\\\\%?#@:;=&+ Ee2Aa\u{ff0e}\u{2024}]{0,8}",
+        ) {
+            stays_in_its_segment(&any)?;
+            stays_in_its_segment(&tricky)?;
+        }
     }
 
     #[test]

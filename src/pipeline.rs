@@ -94,7 +94,8 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
                     .config
                     .track_status
                     .then(|| Check::from_sent_event(&event))
-                    .flatten();
+                    .flatten()
+                    .filter(|c| crate::octopods::path_segment(&c.message_id).is_some());
                 return Settlement::Sent {
                     job_id: job.id.as_str().to_owned(),
                     event,
@@ -137,7 +138,12 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
                 via,
                 OffsetDateTime::now_utc(),
             );
-            let check = channel.config.track_status.then(|| Check::from(&event));
+            // A message_id that cannot be one path segment is never polled.
+            let check = channel
+                .config
+                .track_status
+                .then(|| Check::from(&event))
+                .filter(|c| crate::octopods::path_segment(&c.message_id).is_some());
             let event = serde_json::to_vec(&event).unwrap_or_default();
             // Remember before publishing: if the broker goes away now, the
             // redelivered job re-publishes this event instead of re-sending.

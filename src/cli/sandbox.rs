@@ -123,6 +123,8 @@ pub enum Fault {
         #[serde(default)]
         failure_reason: Option<String>,
     },
+    /// 200, queued, with this `message_id` (any text: an odd answer).
+    Accepted { message_id: String },
     /// Any status and Octopods-style error body.
     Status {
         status: u16,
@@ -399,6 +401,13 @@ fn fault_answer(fault: Fault) -> Option<Answer> {
     Some(match fault {
         // A scripted status answers a poll; for a send it is a success.
         Fault::Success | Fault::MessageStatus { .. } => return None,
+        Fault::Accepted { message_id } => Answer {
+            status: 200,
+            body: json!({"request_id": request_id(), "message_id": message_id,
+                "channel_message_id": format!("wamid.{}", ulid::Ulid::generate())}),
+            retry_after: None,
+            hang: None,
+        },
         Fault::MissingField => error(400, 1, "ARGUMENT_MISSING: a required argument is missing"),
         Fault::WrongShape => error(400, 2, "TYPE_MISMATCH: an argument has the wrong type"),
         Fault::Validation => error(

@@ -248,10 +248,18 @@ async fn records_out_of_range_or_unreadable_are_skipped_and_the_replica_serves_o
     let budget = "octopods_channel_rate_budget{channel=\"store-eu\"}";
     let at = "2026-12-02T00:00:00Z";
     let records: Vec<Vec<u8>> = vec![
-        format!(r#"{{"channel":"store-eu","op":"set_rate","rate":0.01,"burst":4000000000,"at":"{at}"}}"#).into_bytes(),
-        format!(r#"{{"channel":"store-eu","op":"set_rate","rate":1e308,"at":"{at}"}}"#).into_bytes(),
+        format!(
+            r#"{{"channel":"store-eu","op":"set_rate","rate":0.01,"burst":4000000000,"at":"{at}"}}"#
+        )
+        .into_bytes(),
+        format!(r#"{{"channel":"store-eu","op":"set_rate","rate":1e308,"at":"{at}"}}"#)
+            .into_bytes(),
         format!(r#"{{"channel":"store-eu","op":"set_rate","rate":-3,"at":"{at}"}}"#).into_bytes(),
-        format!(r#"{{"channel":"store-eu","op":"pause","reason":"{}","at":"{at}"}}"#, "x".repeat(5000)).into_bytes(),
+        format!(
+            r#"{{"channel":"store-eu","op":"pause","reason":"{}","at":"{at}"}}"#,
+            "x".repeat(5000)
+        )
+        .into_bytes(),
         b"\xff\x00 not json \x1b[31m".to_vec(),
         vec![b' '; 100_000],
     ];
@@ -260,9 +268,11 @@ async fn records_out_of_range_or_unreadable_are_skipped_and_the_replica_serves_o
     }
     // A good record after them is still applied: the replica is alive.
     ok(&app.cli(&["channel", "set-rate", "store-eu", "7"]));
-    eventually(Duration::from_secs(5), "the good record applied", || async {
-        (app.metric(budget).await == 7.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the good record applied",
+        || async { (app.metric(budget).await == 7.0).then_some(()) },
+    )
     .await;
     let rejected = |r: &'static str| format!("octopods_control_rejected_total{{reason=\"{r}\"}}");
     assert_eq!(app.metric(&rejected("out_of_range")).await, 4.0);
@@ -278,13 +288,26 @@ async fn records_out_of_range_or_unreadable_are_skipped_and_the_replica_serves_o
     let status = ok(&app.cli(&["channel", "status", "--json"]));
     assert!(status.contains("\"store-eu\""), "{status}");
     // The CLI refuses the same values, naming the value and the limit.
-    let out = app.cli(&["channel", "set-rate", "store-eu", "0.01", "--burst", "4000000000"]);
+    let out = app.cli(&[
+        "channel",
+        "set-rate",
+        "store-eu",
+        "0.01",
+        "--burst",
+        "4000000000",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("burst 4000000000: must be from 1 to 100000"), "{err}");
+    assert!(
+        err.contains("burst 4000000000: must be from 1 to 100000"),
+        "{err}"
+    );
     let out = app.cli(&["channel", "set-rate", "store-eu", "2000000"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("rate 2000000: must be from 0.001 to 1000000 per second"), "{err}");
+    assert!(
+        err.contains("rate 2000000: must be from 0.001 to 1000000 per second"),
+        "{err}"
+    );
     app.shutdown().await;
 }
 
@@ -311,12 +334,15 @@ async fn a_record_that_panics_is_skipped_and_the_replica_serves_on() {
         .await;
     ok(&app.cli(&["channel", "set-rate", "store-eu", "9"]));
     let budget = "octopods_channel_rate_budget{channel=\"store-eu\"}";
-    eventually(Duration::from_secs(5), "the next record applied", || async {
-        (app.metric(budget).await == 9.0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the next record applied",
+        || async { (app.metric(budget).await == 9.0).then_some(()) },
+    )
     .await;
     assert_eq!(
-        app.metric("octopods_control_rejected_total{reason=\"panicked\"}").await,
+        app.metric("octopods_control_rejected_total{reason=\"panicked\"}")
+            .await,
         1.0
     );
     app.publish_job(&button_job("after-panic")).await;

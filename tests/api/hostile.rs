@@ -393,3 +393,55 @@ async fn the_budget_holds_when_a_slow_octopods_recovers() {
     }
     app.shutdown().await;
 }
+
+/// A dead letter's headers are input to the dlq tools: a failure time at the
+/// calendar's edge (in UTC it is year 10000) panicked `dlq stats` inside
+/// `time`'s `to_offset`. Every dlq command reads it and exits 0.
+#[tokio::test]
+async fn dlq_tools_read_a_failure_time_at_the_calendar_edge() {
+    use lapin::types::{AMQPValue, FieldTable};
+    let app = spawn_worker("hostile-calendar").await;
+    for at in [
+        "9999-12-31T23:59:59-23:59",
+        "-9999-01-01T00:00:00+23:59",
+        "0000-01-01T00:00:00+00:01",
+    ] {
+        let mut h = FieldTable::default();
+        h.insert(
+            "x-octopods-reason".into(),
+            AMQPValue::LongString("validation".into()),
+        );
+        h.insert(
+            "x-octopods-channel".into(),
+            AMQPValue::LongString("store-eu".into()),
+        );
+        h.insert(
+            "x-octopods-failed-at".into(),
+            AMQPValue::LongString(at.into()),
+        );
+        let body = serde_json::to_vec(&button_job(&format!("edge-{at}"))).unwrap();
+        app.publish_to(
+            "dead",
+            "validation.store-eu",
+            &body,
+            lapin::BasicProperties::default().with_headers(h),
+        )
+        .await;
+    }
+    for args in [
+        &["dlq", "stats"][..],
+        &["dlq", "list"],
+        &["dlq", "list", "--json"],
+        &["dlq", "list", "--older-than", "1h"],
+        &["dlq", "replay", "--dry-run"],
+    ] {
+        let out = app.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(app.depth("dead").await, 3, "reading takes nothing");
+    app.shutdown().await;
+}

@@ -224,3 +224,54 @@ async fn pending_checks_survive_a_kill_and_none_is_published_twice() {
     assert_eq!(seen.keys().filter(|(_, e)| e == "read").count(), n);
     app.shutdown().await;
 }
+
+/// An Octopods answer chooses no path for the channel's key: a `message_id`
+/// of `.` or `..` would be collapsed by the URL parser and poll
+/// `/api/v1/whatsapp/` or `/api/v1/whatsapp/messages/`. Such a message is
+/// sent and reported, and never polled; a normal one after it still is.
+#[tokio::test]
+async fn a_message_id_that_is_a_dot_segment_is_never_polled() {
+    let app = spawn_with("status-dots", tracked("30s")).await;
+    let odd = [".", "..", "", "%2e%2E", "a/../../admin?x=1#f"];
+    app.script(Script {
+        phone: Some(PHONE.into()),
+        faults: odd
+            .iter()
+            .map(|id| Fault::Accepted {
+                message_id: (*id).into(),
+            })
+            .collect(),
+        repeat: 1,
+        for_ms: None,
+    });
+    for i in 0..odd.len() {
+        app.publish_job(&button_job(&format!("dots-{i}"))).await;
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent", "{e}");
+    }
+    app.publish_job(&button_job("dots-normal")).await;
+    loop {
+        let e = app.next_event().await;
+        if e["job_id"] == "dots-normal" && e["event"] == "read" {
+            break;
+        }
+    }
+    let polled: Vec<String> = app
+        .requests()
+        .into_iter()
+        .filter(|r| !r.path.ends_with("/interactive"))
+        .map(|r| r.path)
+        .collect();
+    assert!(!polled.is_empty());
+    for path in &polled {
+        let id = path
+            .strip_prefix("/api/v1/whatsapp/messages/")
+            .unwrap_or_else(|| panic!("a poll left its path: {path}"));
+        // The ids that can be one segment arrive as one segment.
+        assert!(
+            id.starts_with("msg_") || id.starts_with("a%2F") || id.starts_with("%2"),
+            "{path}"
+        );
+    }
+    app.shutdown().await;
+}
