@@ -12,7 +12,10 @@ use std::{
 };
 
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::time::Instant;
+use tokio::{
+    sync::{Semaphore, SemaphorePermit},
+    time::Instant,
+};
 
 /// The slowest rate a channel may have: one send per 1,000 s.
 pub(crate) const MIN_RATE: f64 = 0.001;
@@ -70,6 +73,10 @@ pub(crate) struct Limiter {
     changed: tokio::sync::watch::Sender<u64>,
     /// Sends waiting for a slot: status polls wait until there are none.
     sends_waiting: tokio::sync::watch::Sender<usize>,
+    /// Held by the one job of this channel that waits for a request permit
+    /// and then its rate slot: a channel waiting on its budget holds at
+    /// most one of the permits every channel shares.
+    head: tokio::sync::Mutex<()>,
     /// Optional per-recipient pacing, keyed by phone number.
     recipients: Option<DefaultKeyedRateLimiter<String>>,
     paused_until: Mutex<Option<Instant>>,
@@ -81,6 +88,7 @@ impl Limiter {
             governor: RwLock::new(Arc::new(RateLimiter::direct(quota(rate_per_second, burst)))),
             changed: tokio::sync::watch::Sender::new(0),
             sends_waiting: tokio::sync::watch::Sender::new(0),
+            head: tokio::sync::Mutex::new(()),
             recipients: None,
             paused_until: Mutex::new(None),
         }
@@ -95,18 +103,30 @@ impl Limiter {
         self
     }
 
-    /// A slot for a status poll: only while no send waits, so sends go first
-    /// on the channel's one budget.
-    pub(crate) async fn ready_low_priority(&self) {
+    /// A status poll's turn: only while no send waits (sends go first on
+    /// the channel's one budget), then as [`Limiter::turn`].
+    pub(crate) async fn turn_low_priority<'a>(
+        &self,
+        open: &'a Semaphore,
+    ) -> Option<SemaphorePermit<'a>> {
         let mut waiting = self.sends_waiting.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
         drop(waiting.wait_for(|n| *n == 0).await);
-        self.slot().await;
+        self.head_turn(open).await
     }
 
-    /// Waits for the recipient's turn (if paced) and the channel's next slot;
-    /// returns how long it waited.
-    pub(crate) async fn ready(&self, recipient: &str) -> Duration {
+    /// A send's turn: the recipient's pacing (if any), then a request permit
+    /// from `open` and the channel's next slot, in that order (permits freed
+    /// in bulk never spend more than the rate allows). Only one job of the
+    /// channel at a time waits for a permit and slot, so a channel slowed to
+    /// a crawl holds one permit, not all of them (CONTRACT §8: one channel
+    /// never blocks another). Returns the permit (none if the semaphore was
+    /// closed) and how long the turn took.
+    pub(crate) async fn turn<'a>(
+        &self,
+        recipient: &str,
+        open: &'a Semaphore,
+    ) -> (Option<SemaphorePermit<'a>>, Duration) {
         let started = Instant::now();
         self.sends_waiting.send_modify(|n| *n = n.saturating_add(1));
         let _waiting = Waiting(&self.sends_waiting);
@@ -117,8 +137,15 @@ impl Limiter {
                 recipients.retain_recent();
             }
         }
+        let permit = self.head_turn(open).await;
+        (permit, started.elapsed())
+    }
+
+    async fn head_turn<'a>(&self, open: &'a Semaphore) -> Option<SemaphorePermit<'a>> {
+        let _head = self.head.lock().await;
+        let permit = open.acquire().await.ok();
         self.slot().await;
-        started.elapsed()
+        permit
     }
 
     /// The channel's next slot, after any 429 pause, on the limiter in force.
@@ -233,10 +260,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pause_holds_the_channel_back() {
         let limiter = Limiter::new(1000.0, 10);
+        let open = Semaphore::new(1);
         limiter.pause(Duration::from_secs(3));
-        let waited = limiter.ready("+1").await;
+        let (_, waited) = limiter.turn("+1", &open).await;
         assert!(waited >= Duration::from_secs(3), "{waited:?}");
-        assert!(limiter.ready("+1").await < Duration::from_millis(10));
+        assert!(limiter.turn("+1", &open).await.1 < Duration::from_millis(10));
     }
 
     #[test]
@@ -257,7 +285,8 @@ mod tests {
         let l = Limiter::new(1_000_000.0, 1000);
         l.sends_waiting.send_modify(|n| *n += 1);
         let send = Waiting(&l.sends_waiting);
-        let poll = l.ready_low_priority();
+        let open = Semaphore::new(1);
+        let poll = l.turn_low_priority(&open);
         tokio::pin!(poll);
         let waited = tokio::time::timeout(Duration::from_secs(60), &mut poll).await;
         assert!(waited.is_err(), "the poll took a slot while a send waited");

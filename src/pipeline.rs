@@ -193,13 +193,8 @@ pub(crate) async fn poll(
     let permit = tokio::select! {
         biased;
         () = stop.cancelled() => return Settlement::GiveBack { why: "stopping before its poll" },
-        p = shared.open.acquire() => p.ok(),
+        p = channel.limiter.turn_low_priority(&shared.open) => p,
     };
-    tokio::select! {
-        biased;
-        () = stop.cancelled() => return Settlement::GiveBack { why: "stopping before its poll" },
-        () = channel.limiter.ready_low_priority() => {}
-    }
     let (status, polled) = shared.client.status(&channel.key, &check.message_id).await;
     drop(permit);
     shared.metrics.status_polled(name, status);

@@ -1,7 +1,7 @@
 //! One delivery's attempts. Before each: the deadlines, the broker's flow
-//! control, a request permit, then the channel's rate slot — in that order,
-//! so permits freed in bulk can never spend more than the rate allows, and a
-//! stop signal always wins over a ready slot. After each:
+//! control, then the channel's turn ([`Limiter::turn`]: a request permit,
+//! then the rate slot, one job of the channel at a time), and a stop signal
+//! always wins over a ready slot. After each:
 //! [`classify`](crate::classify)'s verdict. Transient failures back off
 //! exponentially with jitter (`backoff`), with `Retry-After` as a floor, for
 //! `immediate_attempts`; then (or at once for a long `Retry-After`) the job is
@@ -242,16 +242,12 @@ async fn turn<'a>(
             () = stop.cancelled() => return None,
             () = target.flow.until_open() => {}
         }
-        let permit = tokio::select! {
+        let (permit, w) = tokio::select! {
             biased;
             () = stop.cancelled() => return None,
-            p = target.open.acquire() => p.ok(),
+            turn = target.limiter.turn(job.phone.as_str(), target.open) => turn,
         };
-        waited = waited.saturating_add(tokio::select! {
-            biased;
-            () = stop.cancelled() => return None,
-            w = target.limiter.ready(job.phone.as_str()) => w,
-        });
+        waited = waited.saturating_add(w);
         // A slot and a stop at once: the stop wins.
         if stop.is_cancelled() {
             return None;

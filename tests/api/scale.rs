@@ -7,20 +7,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-/// Asserts that in every window of `window` the sandbox saw at most
-/// `rate × window + burst` requests for the channel (CONTRACT §8).
-fn assert_budget(at_ms: &[u64], rate: f64, burst: u32, window: Duration) {
-    let w = window.as_millis() as u64;
-    let limit = (rate * window.as_secs_f64()).floor() as usize + burst as usize;
-    for (i, start) in at_ms.iter().enumerate() {
-        let n = at_ms[i..].iter().take_while(|t| **t < start + w).count();
-        assert!(
-            n <= limit,
-            "{n} requests within {window:?} from request {i}; budget allows {limit}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn the_budget_holds_across_three_replicas() {
     const N: usize = 60;
@@ -198,5 +184,88 @@ async fn recipient_pacing_spaces_messages_to_the_same_phone() {
         other_at < same[1],
         "another recipient is not held back by the first one's pacing"
     );
+    app.shutdown().await;
+}
+
+/// CONTRACT §8, one channel never blocks another — with backlogs at least
+/// as deep as the prefetch, itself above `max_concurrent_requests`. A
+/// channel slowed to 1/s used to hold every request permit while its jobs
+/// waited for their rate slots (permit before slot), so the others crawled
+/// at its pace. Now only one job per channel waits holding a permit.
+#[tokio::test]
+async fn a_channel_slowed_to_one_per_second_holds_back_no_other_channel() {
+    let mut slow = TestChannel::new("store-slow");
+    slow.rate = 1.0;
+    slow.burst = 1;
+    let mut fast = Vec::new();
+    for name in ["store-a", "store-b"] {
+        let mut c = TestChannel::new(name);
+        c.rate = 20.0;
+        c.burst = 1;
+        fast.push(c);
+    }
+    let app = spawn_with(
+        "scale-fair-permits",
+        Options {
+            channels: [vec![slow], fast.clone()].concat(),
+            // prefetch 32 ≥ 8 permits; every backlog ≥ the prefetch.
+            max_concurrent_requests: Some(8),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.publish_many(
+        "store-slow",
+        (0..40).map(|i| {
+            let mut j = button_job(&format!("slow-{i}"));
+            j["channel"] = "store-slow".into();
+            j
+        }),
+    )
+    .await;
+    // The slow channel's tasks are all waiting for their slots now.
+    eventually(
+        Duration::from_secs(5),
+        "the slow channel's first send",
+        || async { (!requests_with_key(&app, "key-store-slow-s3cret").is_empty()).then_some(()) },
+    )
+    .await;
+    const N: usize = 60;
+    for c in &fast {
+        let name = c.name.clone();
+        app.publish_many(
+            &c.name,
+            (0..N).map(|i| {
+                let mut j = button_job(&format!("{name}-{i}"));
+                j["channel"] = name.clone().into();
+                j
+            }),
+        )
+        .await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "both fast backlogs sent",
+        || async {
+            let done = fast
+                .iter()
+                .all(|c| requests_with_key(&app, &c.key).len() >= N);
+            done.then_some(())
+        },
+    )
+    .await;
+    for c in &fast {
+        let at = requests_with_key(&app, &c.key);
+        let rate = achieved_rate(&at);
+        eprintln!("{}: {rate:.1}/s of 20/s beside a 1/s channel", c.name);
+        assert!(rate >= 18.0, "{}: {rate:.1}/s, under 90 % of 20/s", c.name);
+        for window in [1, 2, 3] {
+            assert_budget(&at, 20.0, 1, Duration::from_secs(window));
+        }
+    }
+    let slow_at = requests_with_key(&app, "key-store-slow-s3cret");
+    for window in [1, 2, 3] {
+        assert_budget(&slow_at, 1.0, 1, Duration::from_secs(window));
+    }
     app.shutdown().await;
 }

@@ -54,6 +54,37 @@ where
     }
 }
 
+/// Asserts that in every window of `window` the sandbox saw at most
+/// `rate × window + burst` requests for the channel (CONTRACT §8).
+pub fn assert_budget(at_ms: &[u64], rate: f64, burst: u32, window: Duration) {
+    let w = window.as_millis() as u64;
+    let limit = (rate * window.as_secs_f64()).floor() as usize + burst as usize;
+    for (i, start) in at_ms.iter().enumerate() {
+        let n = at_ms[i..].iter().take_while(|t| **t < start + w).count();
+        assert!(
+            n <= limit,
+            "{n} requests within {window:?} from request {i}; budget allows {limit}"
+        );
+    }
+}
+
+/// The sandbox's arrival times (ms) of the requests made with `key`.
+pub fn requests_with_key(app: &TestApp, key: &str) -> Vec<u64> {
+    app.requests()
+        .into_iter()
+        .filter(|r| r.auth.as_deref() == Some(key))
+        .map(|r| r.at_ms)
+        .collect()
+}
+
+/// Requests per second from the first to the last of `at_ms`.
+pub fn achieved_rate(at_ms: &[u64]) -> f64 {
+    match (at_ms.first(), at_ms.last()) {
+        (Some(a), Some(b)) if b > a => (at_ms.len() - 1) as f64 / ((b - a) as f64 / 1000.0),
+        _ => 0.0,
+    }
+}
+
 pub fn unique_prefix(test: &str) -> String {
     format!(
         "t-{test}-{}",
