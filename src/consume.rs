@@ -129,6 +129,7 @@ pub(crate) async fn consume(
     ) else {
         return Stopped::ConsumerEnded;
     };
+    let queue_shared: Arc<str> = Arc::from(queue.as_str());
     let mut control = channel.control.subscribe();
     // Readiness counts channels that are consuming, or paused on purpose.
     let mut counted = false;
@@ -211,7 +212,7 @@ pub(crate) async fn consume(
                         hold.cancel();
                         // The channel stays open while paused: return what
                         // was delivered but never started.
-                        return_buffered(&mut consumer).await;
+                        return_buffered(&mut consumer, &settler, &queue).await;
                         break;
                     }
                 }
@@ -222,9 +223,10 @@ pub(crate) async fn consume(
                             channel.became_active();
                         }
                         let (ch, sh, st, hold) = (channel.clone(), shared.clone(), settler.clone(), hold.clone());
+                        let queue_name_owned = queue_shared.clone();
                         let permit = turn.take();
                         tracker.spawn(async move {
-                            handle(delivery, lane, &ch, &sh, &st, &hold).await;
+                            handle(delivery, lane, &queue_name_owned, &ch, &sh, &st, &hold).await;
                             drop(permit);
                         });
                     }
@@ -249,10 +251,10 @@ fn tasks_cap(prefetch: u16, config: &Config) -> usize {
 
 /// After a cancel, hands back the deliveries the consumer received but never
 /// started, until the broker's cancel has gone through the buffer.
-async fn return_buffered(consumer: &mut lapin::Consumer) {
+async fn return_buffered(consumer: &mut lapin::Consumer, settler: &Settler, queue: &str) {
     let deadline = crate::clock::after(Duration::from_secs(5));
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
-        settle::return_unstarted(&delivery).await;
+        settler.hand_back(&delivery, queue).await;
     }
 }
 
@@ -263,6 +265,7 @@ async fn return_buffered(consumer: &mut lapin::Consumer) {
 async fn handle(
     delivery: Delivery,
     lane: Lane,
+    queue: &str,
     channel: &ChannelState,
     shared: &Shared,
     settler: &Settler,
@@ -302,7 +305,7 @@ async fn handle(
             .unwrap_or_else(|panic| Settlement::Panicked {
                 message: crate::telemetry::panic_message(panic.as_ref()),
             });
-        let settled = Box::pin(settler.settle(&delivery, channel, received, settlement));
+        let settled = Box::pin(settler.settle(&delivery, channel, queue, received, settlement));
         if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
             error!(panic = %escape(&crate::telemetry::panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
             if received.is_some() {

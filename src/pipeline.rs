@@ -55,6 +55,21 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
     sender: &S,
 ) -> Settlement {
     let name = channel.config.name.as_str();
+    // Copies handed back carry what earlier copies spent (see
+    // `Settler::hand_back`); past the limit the job is poison, as the
+    // broker would have decided had it been nacked each time.
+    let spent = crate::broker::headers::spent_deliveries(delivery.properties.headers().as_ref());
+    if spent > shared.config.broker.delivery_limit {
+        return Settlement::DeadLetter {
+            reason: crate::outcome::Reason::Poison,
+            failure: Failure::local(format!(
+                "delivered {spent} times without settling (delivery limit {})",
+                shared.config.broker.delivery_limit
+            )),
+            echo: crate::job::Echo::read(delivery.body),
+            attempts: 0,
+        };
+    }
     let now = OffsetDateTime::now_utc();
     let (history, trust) =
         History::read(delivery.properties, delivery.body, name, &channel.key, now);

@@ -135,6 +135,7 @@ impl Settler {
         &self,
         delivery: &Delivery,
         channel: &ChannelState,
+        queue: &str,
         received: Option<Instant>,
         settlement: Settlement,
     ) {
@@ -183,10 +184,10 @@ impl Settler {
             Settlement::GiveBack { why } => {
                 info!(why, "returned to its queue");
                 self.abandoned(name, received);
-                return nack(delivery).await;
+                return self.hand_back(delivery, queue).await;
             }
             Settlement::Panicked { message } => {
-                return self.panicked(delivery, channel, received, message).await;
+                return self.panicked(delivery, channel, queue, received, message).await;
             }
         };
         match published {
@@ -205,7 +206,7 @@ impl Settler {
                     // re-publish, from the dedup memory, will).
                     self.flow.set_settle_failing(true);
                 }
-                self.give_back_later(delivery, name, received, generation, &e)
+                self.give_back_later(delivery, name, queue, received, generation, &e)
                     .await;
             }
         }
@@ -266,6 +267,7 @@ impl Settler {
         &self,
         delivery: &Delivery,
         channel: &ChannelState,
+        queue: &str,
         received: Option<Instant>,
         message: String,
     ) {
@@ -278,7 +280,7 @@ impl Settler {
         if before.saturating_add(1) < PANICS_BEFORE_DEAD_LETTER {
             self.wait(backoff(before)).await;
             self.abandoned(name, received);
-            return nack(delivery).await;
+            return reject(delivery).await;
         }
         let failure = Failure::local(format!("the worker failed on this job: {message}"));
         let settlement = Settlement::DeadLetter {
@@ -287,7 +289,7 @@ impl Settler {
             echo: Echo::read(&delivery.data),
             attempts: 0,
         };
-        Box::pin(self.settle(delivery, channel, received, settlement)).await;
+        Box::pin(self.settle(delivery, channel, queue, received, settlement)).await;
     }
 
     /// A publish was refused: declare the topology again, wait (longer each
@@ -296,6 +298,7 @@ impl Settler {
         &self,
         delivery: &Delivery,
         channel: &str,
+        queue: &str,
         received: Option<Instant>,
         generation: u64,
         e: &PublishError,
@@ -317,7 +320,41 @@ impl Settler {
             _ = recovery.wait_for(|g| *g != generation) => {}
             () = tokio::time::sleep(wait) => {}
         }
-        nack(delivery).await;
+        self.hand_back(delivery, queue).await;
+    }
+
+    /// Returns a delivery to `queue` (the one it came from) without
+    /// spending its delivery budget: a quorum queue counts every nack with
+    /// requeue toward `x-delivery-limit` (RabbitMQ 3.10 to 4.2), so a job
+    /// handed back by pauses, restarts or give-backs would become `poison`
+    /// without ever being tried. Instead a copy ([`headers::returned_copy`])
+    /// is published to the queue with a confirm, and only then is the
+    /// delivery acked. When that cannot be done (publishing blocked, the
+    /// queue gone, no confirm) the delivery is nacked as before: nothing is
+    /// lost, it only counts.
+    pub(crate) async fn hand_back(&self, delivery: &Delivery, queue: &str) {
+        if !self.flow.is_open() {
+            return nack(delivery).await;
+        }
+        let copy = headers::returned_copy(&delivery.properties);
+        match self
+            .publisher
+            .publish("", queue, &delivery.data, copy, false)
+            .await
+        {
+            Ok(_) => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    // Its copy is queued and the broker redelivers the
+                    // original too: the dedup memory keeps it from being
+                    // sent twice by this replica.
+                    warn!(error = %e, "ack after handing a job back failed; it may come twice");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not queue the job's copy; returning it with a nack");
+                nack(delivery).await;
+            }
+        }
     }
 
     /// Publishing works again: jobs that failed before now go back at once.
@@ -588,15 +625,20 @@ async fn nack(delivery: &Delivery) {
     }
 }
 
-/// A delivery the consumer received but never started (its channel was
-/// paused first): back to the queue untouched.
-pub(crate) async fn return_unstarted(delivery: &Delivery) {
-    nack(delivery).await;
+/// Returns the delivery to its queue as a failure: it counts toward the
+/// delivery limit (a `basic.reject`, which RabbitMQ 4.3 counts where it no
+/// longer counts a nack).
+async fn reject(delivery: &Delivery) {
+    let requeue = lapin::options::BasicRejectOptions { requeue: true };
+    if let Err(e) = delivery.acker.reject(requeue).await {
+        warn!(error = %e, "reject failed; the broker redelivers when the channel closes");
+    }
 }
 
-/// The last resort when settling itself panicked: give the delivery back.
+/// The last resort when settling itself panicked: give the delivery back,
+/// counted (a job that panics settle again and again reaches the limit).
 pub(crate) async fn give_back_after_panic(delivery: &Delivery) {
-    nack(delivery).await;
+    reject(delivery).await;
 }
 
 #[cfg(test)]

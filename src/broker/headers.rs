@@ -41,6 +41,13 @@ pub(crate) const FIRST_ATTEMPT_AT: &str = "x-octopods-first-attempt-at";
 pub(crate) const VIA: &str = "x-octopods-via";
 /// The HMAC over the history headers (hex).
 pub(crate) const HISTORY_SIG: &str = "x-octopods-history-sig";
+/// Deliveries earlier copies of a job spent without settling (the
+/// broker's `x-delivery-count` of each copy the worker handed back), so a
+/// job that keeps crashing workers still reaches the delivery limit.
+pub(crate) const RETURNED: &str = "x-octopods-returned";
+/// RabbitMQ's count of this copy's earlier deliveries (quorum queues).
+pub(crate) const DELIVERY_COUNT: &str = "x-delivery-count";
+
 /// The prefix of every header the worker owns; a producer's are dropped
 /// from every copy the worker makes.
 pub(crate) const OURS: &str = "x-octopods-";
@@ -83,6 +90,31 @@ pub fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
 pub(crate) fn count(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
     let n = int(headers, key)?;
     (n >= 0).then(|| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// Deliveries of this job that ended unsettled: those of earlier copies
+/// carried in [`RETURNED`], plus this copy's own `x-delivery-count`.
+pub(crate) fn spent_deliveries(headers: Option<&FieldTable>) -> u32 {
+    count(headers, RETURNED)
+        .unwrap_or(0)
+        .saturating_add(count(headers, DELIVERY_COUNT).unwrap_or(0))
+}
+
+/// The copy of an untried job that goes back to its queue in its place:
+/// the same properties and headers, with the deliveries spent so far moved
+/// from the broker's `x-delivery-count` (a new message starts at 0) into
+/// [`RETURNED`].
+pub(crate) fn returned_copy(props: &BasicProperties) -> BasicProperties {
+    let headers = props.headers().as_ref();
+    let spent = spent_deliveries(headers);
+    let mut map = headers.map(|t| t.inner().clone()).unwrap_or_default();
+    map.retain(|k, _| k.as_str() != DELIVERY_COUNT && k.as_str() != RETURNED);
+    if spent > 0 {
+        if let Some(k) = short(RETURNED) {
+            map.insert(k, AMQPValue::LongLongInt(i64::from(spent)));
+        }
+    }
+    props.clone().with_headers(FieldTable::from(map))
 }
 
 /// Reads a header as text (lossy UTF-8; at most [`MAX_TEXT_HEADER`] bytes kept).

@@ -336,3 +336,57 @@ async fn a_record_that_panics_is_skipped_and_the_replica_serves_on() {
     assert_eq!(app.metric(budget).await, 9.0);
     app.shutdown().await;
 }
+
+/// A job handed back unattempted keeps its delivery budget. Every pause
+/// hands back the jobs waiting for their rate slot; a quorum queue counts
+/// each nack-requeue toward `x-delivery-limit` (20), so 22 pause/resume
+/// cycles once dead-lettered all five as `poison` with no request made.
+#[tokio::test]
+async fn a_hundred_pauses_spend_no_job() {
+    const N: u32 = 5;
+    let mut eu = TestChannel::new("store-eu");
+    // Each resume starts an empty budget: no send within a cycle.
+    eu.rate = 0.25;
+    eu.burst = 1;
+    let app = spawn_with(
+        "control-pause-cycles",
+        Options {
+            channels: vec![eu],
+            ..Options::default()
+        },
+    )
+    .await;
+    app.publish_many("store-eu", (0..N).map(|i| button_job(&format!("cy-{i}"))))
+        .await;
+    let paused = "octopods_channel_paused{channel=\"store-eu\"}";
+    let record = |op: &str| format!(r#"{{"channel":"store-eu","op":"{op}","at":"t","by":"test"}}"#);
+    for cycle in 0..100 {
+        eventually(Duration::from_secs(10), "the jobs held by the consumer", || async {
+            (app.depth("jobs.store-eu").await == 0).then_some(())
+        })
+        .await;
+        app.append_control(record("pause").as_bytes()).await;
+        eventually(Duration::from_secs(10), "the jobs back in the queue", || async {
+            let back = app.metric(paused).await == 1.0
+                && app.depth("jobs.store-eu").await + app.requests().len() as u32 == N;
+            back.then_some(())
+        })
+        .await;
+        app.append_control(record("resume").as_bytes()).await;
+        assert_eq!(app.depth("dead").await, 0, "cycle {cycle}: a job was dead-lettered");
+    }
+    let mut sent = std::collections::BTreeSet::new();
+    while sent.len() < N as usize {
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent", "{e}");
+        sent.insert(e["job_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(app.requests().len(), N as usize, "each job sent exactly once");
+    assert_eq!(app.depth("dead").await, 0);
+    assert_eq!(
+        app.metric("octopods_dead_lettered_total{channel=\"store-eu\",reason=\"poison\"}")
+            .await,
+        0.0
+    );
+    app.shutdown().await;
+}

@@ -92,3 +92,43 @@ async fn shutdown_returns_jobs_still_waiting_for_their_rate_slot() {
     );
     app.shutdown().await;
 }
+
+/// Graceful restarts of a replica holding a slow backlog hand its waiting
+/// jobs back; they keep their delivery budget (RabbitMQ counts each
+/// nack-requeue toward `x-delivery-limit`, which 20 restarts would spend).
+#[tokio::test]
+async fn twenty_restarts_with_a_slow_backlog_spend_no_job() {
+    const N: usize = 30;
+    let mut eu = TestChannel::new("store-eu");
+    eu.rate = 2.0;
+    eu.burst = 1;
+    let mut app = spawn_with(
+        "restart-cycles",
+        Options {
+            channels: vec![eu],
+            // Fewer than the restarts: each nack-requeue would count.
+            delivery_limit: Some(10),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.publish_many("store-eu", (0..N).map(|i| button_job(&format!("rs-{i}"))))
+        .await;
+    for restart in 0..20 {
+        app.stop_worker().await;
+        assert_eq!(app.depth("dead").await, 0, "restart {restart}: a dead letter");
+        app.start_worker().await;
+    }
+    let mut sent = std::collections::BTreeMap::new();
+    while sent.len() < N {
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent", "{e}");
+        *sent.entry(e["job_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    let requests = app.requests().len();
+    eprintln!("20 restarts: {N} jobs sent with {requests} requests");
+    assert_eq!(requests, N, "each job sent exactly once");
+    assert_eq!(app.depth("dead").await, 0);
+    assert_eq!(app.depth("jobs.store-eu").await, 0);
+    app.shutdown().await;
+}
