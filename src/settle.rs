@@ -187,7 +187,9 @@ impl Settler {
                 return self.hand_back(delivery, queue).await;
             }
             Settlement::Panicked { message } => {
-                return self.panicked(delivery, channel, queue, received, message).await;
+                return self
+                    .panicked(delivery, channel, queue, received, message)
+                    .await;
             }
         };
         match published {

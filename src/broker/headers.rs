@@ -432,4 +432,35 @@ mod tests {
         let s = truncate("é".repeat(600), MAX_TEXT_HEADER);
         assert!(s.len() <= MAX_TEXT_HEADER && s.chars().all(|c| c == 'é'));
     }
+
+    #[test]
+    fn a_returned_copy_carries_the_deliveries_spent_and_nothing_else_changes() {
+        let mut h = FieldTable::default();
+        h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(3));
+        h.insert(RETURNED.into(), AMQPValue::LongLongInt(4));
+        h.insert(
+            "traceparent".into(),
+            AMQPValue::LongString("00-ab-cd-01".into()),
+        );
+        let job = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_timestamp(1_700_000_000)
+            .with_headers(h);
+        let copy = returned_copy(&job);
+        let ch = copy.headers().as_ref();
+        assert_eq!(count(ch, DELIVERY_COUNT), None);
+        assert_eq!(count(ch, RETURNED), Some(7));
+        assert_eq!(spent_deliveries(ch), 7);
+        assert_eq!(text(ch, "traceparent").as_deref(), Some("00-ab-cd-01"));
+        assert_eq!(copy.message_id(), job.message_id());
+        assert_eq!(copy.timestamp(), job.timestamp());
+        // A job never returned gets no header at all.
+        assert_eq!(
+            returned_copy(&BasicProperties::default())
+                .headers()
+                .as_ref()
+                .map(|t| t.inner().len()),
+            Some(0)
+        );
+    }
 }

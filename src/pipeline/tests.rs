@@ -113,6 +113,7 @@ fn header_name() -> impl Strategy<Value = String> {
         Just(headers::REASON.to_owned()),
         Just("x-death".to_owned()),
         Just("x-delivery-count".to_owned()),
+        Just(headers::RETURNED.to_owned()),
         "[a-z-]{1,255}",
     ]
 }
@@ -278,4 +279,57 @@ proptest! {
             | Settlement::Status { .. } => {}
         }
     }
+}
+
+/// What copies handed back carried plus this copy's own count: past the
+/// delivery limit (20 here) the job is poison before anything else runs,
+/// as RabbitMQ would have decided had each hand-back been a nack.
+#[test]
+fn deliveries_spent_by_earlier_copies_count_toward_the_limit() {
+    let (shared, channel) = &*FIXTURE;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = serde_json::to_vec(&json!({"job_id": "crashy"})).unwrap();
+    let decide = |returned: i64, count: i64| {
+        let mut h = FieldTable::default();
+        h.insert(headers::RETURNED.into(), AMQPValue::LongLongInt(returned));
+        h.insert("x-delivery-count".into(), AMQPValue::LongLongInt(count));
+        let props = BasicProperties::default().with_headers(h);
+        let delivered = Delivered {
+            body: &body,
+            properties: &props,
+        };
+        let stop = CancellationToken::new();
+        let sent = Answer(Outcome::Retry {
+            cause: crate::outcome::RetryCause::ServerError,
+            after: None,
+            failure: Failure::local("unused"),
+        });
+        rt.block_on(decide_with(delivered, channel, shared, &stop, &sent))
+    };
+    assert!(matches!(
+        decide(18, 3),
+        Settlement::DeadLetter {
+            reason: Reason::Poison,
+            ..
+        }
+    ));
+    // At the limit, not past it: the job goes on (here: invalid, so validation).
+    assert!(matches!(
+        decide(18, 2),
+        Settlement::DeadLetter {
+            reason: Reason::Validation,
+            ..
+        }
+    ));
+    // A forged negative count is no count.
+    assert!(!matches!(
+        decide(-5, 0),
+        Settlement::DeadLetter {
+            reason: Reason::Poison,
+            ..
+        }
+    ));
 }

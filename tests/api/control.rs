@@ -361,19 +361,29 @@ async fn a_hundred_pauses_spend_no_job() {
     let paused = "octopods_channel_paused{channel=\"store-eu\"}";
     let record = |op: &str| format!(r#"{{"channel":"store-eu","op":"{op}","at":"t","by":"test"}}"#);
     for cycle in 0..100 {
-        eventually(Duration::from_secs(10), "the jobs held by the consumer", || async {
-            (app.depth("jobs.store-eu").await == 0).then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the jobs held by the consumer",
+            || async { (app.depth("jobs.store-eu").await == 0).then_some(()) },
+        )
         .await;
         app.append_control(record("pause").as_bytes()).await;
-        eventually(Duration::from_secs(10), "the jobs back in the queue", || async {
-            let back = app.metric(paused).await == 1.0
-                && app.depth("jobs.store-eu").await + app.requests().len() as u32 == N;
-            back.then_some(())
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the jobs back in the queue",
+            || async {
+                let back = app.metric(paused).await == 1.0
+                    && app.depth("jobs.store-eu").await + app.requests().len() as u32 == N;
+                back.then_some(())
+            },
+        )
         .await;
         app.append_control(record("resume").as_bytes()).await;
-        assert_eq!(app.depth("dead").await, 0, "cycle {cycle}: a job was dead-lettered");
+        assert_eq!(
+            app.depth("dead").await,
+            0,
+            "cycle {cycle}: a job was dead-lettered"
+        );
     }
     let mut sent = std::collections::BTreeSet::new();
     while sent.len() < N as usize {
@@ -381,7 +391,11 @@ async fn a_hundred_pauses_spend_no_job() {
         assert_eq!(e["event"], "sent", "{e}");
         sent.insert(e["job_id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(app.requests().len(), N as usize, "each job sent exactly once");
+    assert_eq!(
+        app.requests().len(),
+        N as usize,
+        "each job sent exactly once"
+    );
     assert_eq!(app.depth("dead").await, 0);
     assert_eq!(
         app.metric("octopods_dead_lettered_total{channel=\"store-eu\",reason=\"poison\"}")

@@ -116,14 +116,20 @@ async fn twenty_restarts_with_a_slow_backlog_spend_no_job() {
         .await;
     for restart in 0..20 {
         app.stop_worker().await;
-        assert_eq!(app.depth("dead").await, 0, "restart {restart}: a dead letter");
+        assert_eq!(
+            app.depth("dead").await,
+            0,
+            "restart {restart}: a dead letter"
+        );
         app.start_worker().await;
     }
     let mut sent = std::collections::BTreeMap::new();
     while sent.len() < N {
         let e = app.next_event().await;
         assert_eq!(e["event"], "sent", "{e}");
-        *sent.entry(e["job_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        *sent
+            .entry(e["job_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
     }
     let requests = app.requests().len();
     eprintln!("20 restarts: {N} jobs sent with {requests} requests");
