@@ -109,10 +109,8 @@ pub(crate) fn returned_copy(props: &BasicProperties) -> BasicProperties {
     let spent = spent_deliveries(headers);
     let mut map = headers.map(|t| t.inner().clone()).unwrap_or_default();
     map.retain(|k, _| k.as_str() != DELIVERY_COUNT && k.as_str() != RETURNED);
-    if spent > 0 {
-        if let Some(k) = short(RETURNED) {
-            map.insert(k, AMQPValue::LongLongInt(i64::from(spent)));
-        }
+    if let Some(k) = short(RETURNED).filter(|_| spent > 0) {
+        map.insert(k, AMQPValue::LongLongInt(i64::from(spent)));
     }
     props.clone().with_headers(FieldTable::from(map))
 }
