@@ -133,16 +133,13 @@ pub async fn run(
             req.op,
             Op::Replay { dry_run: false, .. } | Op::Purge { dry_run: false, .. }
         );
-    let closed = snap.close(acked_some).await;
+    snap.close(acked_some).await;
     if let Err(e) = scanned {
         return Err(e.context(format!(
             "stopped early; {}",
             summary.describe(req.op, config.dlq.max_replays)
         )));
     }
-    closed.context(
-        "could not hand the held messages back (RabbitMQ returns them when the connection closes)",
-    )?;
     if let Op::Stats { json } = req.op {
         write_stats(out, &queue, &groups, json)?;
     }

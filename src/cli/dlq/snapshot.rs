@@ -223,18 +223,40 @@ impl Snapshot {
     /// then 118 and 132 of them back). The channel therefore stays open a
     /// moment for the acks to be applied before it closes. A mitigation,
     /// not a proof: RabbitMQ offers no way to see that a settle was applied.
-    pub(crate) async fn close(self, acked_some: bool) -> anyhow::Result<()> {
+    ///
+    /// Never an error: the messages still held go back to the queue however
+    /// this ends — the channel's close, else the connection's, else the
+    /// broker's own end of a lost connection. (Dropping the consumers sent
+    /// their cancels in the background, and a close racing them failed
+    /// with "invalid channel state: Closing (basic.cancel)", a false alarm.)
+    /// So the consumers are cancelled one by one, awaited, and a close that
+    /// still fails is only logged.
+    pub(crate) async fn close(self, acked_some: bool) {
         drop(self.early);
+        for consumer in self.consumers.iter() {
+            let cancelled = self
+                .channel
+                .basic_cancel(
+                    consumer.tag(),
+                    lapin::options::BasicCancelOptions::default(),
+                )
+                .await;
+            if let Err(e) = cancelled {
+                tracing::debug!(error = %e, "cancelling a consumer before closing");
+            }
+        }
         drop(self.consumers);
         if acked_some {
             tokio::time::sleep(SETTLE_GRACE).await;
         }
         // Closing the channel returns every unacknowledged message to the
         // queue (before the connection, and with it the lock, goes).
-        let closed = self.channel.close(200, "OK".into()).await;
-        drop(self.conn.close(200, "OK".into()).await);
-        closed?;
-        Ok(())
+        if let Err(e) = self.channel.close(200, "OK".into()).await {
+            tracing::info!(error = %e, "closing the channel failed; the connection's close hands the messages back");
+        }
+        if let Err(e) = self.conn.close(200, "OK".into()).await {
+            tracing::info!(error = %e, "closing the connection failed; RabbitMQ hands the messages back when it ends");
+        }
     }
 }
 
