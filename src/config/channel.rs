@@ -1,0 +1,133 @@
+//! `[[channels]]`: one WhatsApp channel each — its name, rate budget, and
+//! where its API key is read from.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::{BrokerConfig, ConfigError, check_name, invalid};
+
+/// Which WhatsApp provider backs a channel; `flow` and `catalog_message`
+/// exist only on the Cloud API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    #[default]
+    CloudApi,
+    Twilio,
+}
+
+/// `[[channels]]`: one WhatsApp channel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Channel name: the routing key and queue suffix. `[a-z0-9_-]`, 1–64.
+    pub name: String,
+    /// Environment variable holding the channel's API key.
+    pub api_key_env: Option<String>,
+    /// File holding the channel's API key (surrounding whitespace trimmed).
+    pub api_key_file: Option<PathBuf>,
+    /// `cloud_api` (default) or `twilio`.
+    #[serde(default)]
+    pub provider: Provider,
+    /// Sends per second for the whole deployment. Required, > 0; fractions allowed.
+    pub rate_per_second: f64,
+    /// Sends allowed at once above the steady rate. Default 1.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Optional pacing per recipient: at most one message to the same phone
+    /// per this interval (Meta's error 131056). Default: off.
+    #[serde(default, with = "humantime_serde")]
+    pub recipient_interval: Option<Duration>,
+    /// Poll each sent message's status and publish `delivered`, `read`,
+    /// `failed` or `status_unknown` events (CONTRACT §12). Default false.
+    #[serde(default)]
+    pub track_status: bool,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+
+/// A channel's API key. Never printed, never logged.
+#[derive(Clone)]
+pub struct ApiKey(SecretString);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(SecretString::from(key.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+impl ChannelConfig {
+    /// Prefetch for this channel: the configured prefetch, capped so the last
+    /// prefetched delivery waits at most a quarter of the consumer timeout for
+    /// its turn at the rate limit (a quarter leaves room for retries).
+    pub fn effective_prefetch(&self, broker: &BrokerConfig) -> u16 {
+        let budget = broker.consumer_timeout.as_secs_f64() / 4.0;
+        let cap = (self.rate_per_second * budget).floor() + f64::from(self.burst);
+        let cap = cap.clamp(1.0, f64::from(u16::MAX)) as u16;
+        broker.prefetch.min(cap).max(1)
+    }
+
+    /// Reads the API key from the environment or the file.
+    pub fn api_key(&self, index: usize) -> Result<ApiKey, ConfigError> {
+        let key = match (&self.api_key_env, &self.api_key_file) {
+            (Some(var), None) => {
+                let k = format!("channels[{index}].api_key_env");
+                std::env::var(var)
+                    .map_err(|_| invalid(k, format!("environment variable {var} is not set")))?
+            }
+            (None, Some(path)) => {
+                let k = format!("channels[{index}].api_key_file");
+                std::fs::read_to_string(path)
+                    .map_err(|e| invalid(k, format!("cannot read {}: {e}", path.display())))?
+            }
+            _ => {
+                return Err(invalid(
+                    format!("channels[{index}]"),
+                    "set exactly one of api_key_env and api_key_file",
+                ));
+            }
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(invalid(
+                format!("channels[{index}] ({})", self.name),
+                "the API key is empty",
+            ));
+        }
+        Ok(ApiKey::new(key))
+    }
+}
+
+impl ChannelConfig {
+    /// `i`: the channel's place in the file, for the key in messages.
+    pub(super) fn check(&self, i: usize) -> Result<(), ConfigError> {
+        check_name(&format!("channels[{i}].name"), &self.name, 64)?;
+        if let Err(why) = crate::limit::check_budget(self.rate_per_second, 1) {
+            return Err(invalid(format!("channels[{i}].rate_per_second"), why));
+        }
+        if let Err(why) = crate::limit::check_budget(crate::limit::MIN_RATE, self.burst) {
+            return Err(invalid(format!("channels[{i}].burst"), why));
+        }
+        if self.api_key_env.is_some() == self.api_key_file.is_some() {
+            return Err(invalid(
+                format!("channels[{i}]"),
+                "set exactly one of api_key_env and api_key_file",
+            ));
+        }
+        Ok(())
+    }
+}

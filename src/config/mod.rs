@@ -1,0 +1,191 @@
+//! Typed configuration: the TOML file, the `AMQP_URL` override, and the
+//! channel API keys read from the environment or a file.
+//!
+//! Every field documents its default and unit. Unknown keys are errors. API keys
+//! live in a secret type and never print. One file per section, each with
+//! its own `check()`:
+//! [`broker`], [`octopods`], [`retry`] (and status), [`channel`], [`sections`] (the small ones).
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+mod broker;
+mod channel;
+mod octopods;
+mod retry;
+mod sections;
+
+pub use broker::{BrokerConfig, DEFAULT_BROKER_URL};
+pub use channel::{ApiKey, ChannelConfig, Provider};
+pub use octopods::OctopodsConfig;
+pub use retry::{RetryConfig, StatusConfig};
+pub use sections::{DlqConfig, HttpConfig, ResultsConfig, WorkerConfig};
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub octopods: OctopodsConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub results: ResultsConfig,
+    #[serde(default)]
+    pub dlq: DlqConfig,
+    #[serde(default)]
+    pub status: StatusConfig,
+    /// The WhatsApp channels this deployment sends for. At least one.
+    #[serde(default)]
+    pub channels: Vec<ChannelConfig>,
+}
+
+impl Config {
+    /// Reads, parses and checks a config file, then applies `AMQP_URL`.
+    /// API keys are not read here: see [`Config::api_keys`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Ok(list) = std::env::var("AMQP_URL") {
+            config.broker.set_urls_from_env(&list);
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses and checks configuration text (no environment applied).
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Each section checks its own keys; the checks that span sections
+    /// get what they need passed in.
+    fn check(&self) -> Result<(), ConfigError> {
+        self.broker.check(&self.retry)?;
+        self.octopods.check(self.worker.grace_period)?;
+        self.retry
+            .check(self.octopods.timeout, self.broker.consumer_timeout)?;
+        self.status.check()?;
+        if self.channels.is_empty() {
+            return Err(invalid("channels", "configure at least one [[channels]]"));
+        }
+        let mut seen = HashSet::new();
+        for (i, ch) in self.channels.iter().enumerate() {
+            ch.check(i)?;
+            if !seen.insert(ch.name.as_str()) {
+                return Err(invalid(
+                    format!("channels[{i}].name"),
+                    format!("channel {} is configured twice", ch.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every channel's API key, in channel order.
+    pub fn api_keys(&self) -> Result<Vec<ApiKey>, ConfigError> {
+        self.channels
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| ch.api_key(i))
+            .collect()
+    }
+
+    /// This replica's name: `worker.replica_id`, else `<HOSTNAME>-<pid>`
+    /// (processes on one host differ by pid; pods by name).
+    pub fn replica_id(&self) -> String {
+        self.worker.replica_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "local".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// `broker.publish_timeout`, at most half the grace period.
+    pub fn publish_timeout(&self) -> Duration {
+        self.broker
+            .publish_timeout
+            .min(self.worker.grace_period.div_f64(2.0))
+            .max(Duration::from_millis(1))
+    }
+
+    pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+fn check_name(key: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if value.is_empty() || value.len() > max || !ok_chars {
+        return Err(invalid(
+            key,
+            format!("{value:?} must be 1-{max} characters of a-z, 0-9, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// `amqp://user:***@host/…`: a broker URL fit for logs and errors (the
+/// password never leaves the config).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<invalid url>".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
