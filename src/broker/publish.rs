@@ -52,7 +52,7 @@ pub enum Routed {
 /// one publish outstanding: lapin hands a returned message to whichever
 /// confirm completes next on the channel, so with concurrent mandatory
 /// publishes a returned message could be reported routed and its job acked
-/// and lost (seen in `hostile::deleting_the_dead_letter_queue…`). On a single-file channel
+/// and lost (seen in `input::deleting_the_dead_letter_queue…`). On a single-file channel
 /// the return can only be its own. Publishes that may be unroutable (result
 /// events) share one channel, concurrently.
 ///

@@ -75,17 +75,19 @@ async fn delivered_then_read_arrive_in_order_with_the_octopods_times() {
     );
     assert!(read["read_at"].as_str().is_some(), "{read}");
     assert_eq!(read["metadata"], events[0]["metadata"]);
+    let polls = || {
+        app.requests()
+            .iter()
+            .filter(|r| r.path.contains("/messages/"))
+            .count()
+    };
+    let at_read = polls();
+    assert!(at_read >= 2, "{at_read} polls");
+    // Tracking ends at read: no poll after it (the schedule's 300 ms step
+    // would have polled at least twice in this window), no event either.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        app.try_next_event().await.is_none(),
-        "tracking ends at read"
-    );
-    let polls = app
-        .requests()
-        .iter()
-        .filter(|r| r.path.contains("/messages/"))
-        .count();
-    assert!(polls >= 2, "{polls} polls");
+    assert_eq!(polls(), at_read, "polled again after read");
+    assert!(app.try_next_event().await.is_none(), "an event after read");
     app.shutdown().await;
 }
 

@@ -1,4 +1,4 @@
-//! The dead-letter tools see the whole queue every time (issue: exact
+//! The dead-letter tools see the whole queue every time (exact
 //! snapshots): commands back to back, two operators at once, and a purge
 //! bound to its backup. Dead letters are written straight to the dead-letter
 //! exchange, as the worker writes them, so thousands take a second.
