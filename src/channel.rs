@@ -76,6 +76,8 @@ impl ChannelState {
 /// What every delivery's task shares.
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    /// The topology's names under the configured prefix.
+    pub(crate) names: crate::broker::Names,
     pub(crate) client: Client,
     /// Requests to Octopods open at once (`max_concurrent_requests`).
     pub(crate) open: Semaphore,

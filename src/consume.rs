@@ -25,7 +25,8 @@ use crate::{
     channel::{ChannelState, Shared},
     config::Config,
     pipeline::{self, Delivered},
-    settle::{self, Settlement, Settler},
+    settle::{self, Settler},
+    settlement::{self, Context},
     telemetry::escape,
 };
 
@@ -299,13 +300,23 @@ async fn handle(
                 (None, futures_util::future::Either::Right(d))
             }
         };
-        let settlement = AssertUnwindSafe(decided)
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| Settlement::Panicked {
-                message: crate::telemetry::panic_message(panic.as_ref()),
-            });
-        let settled = Box::pin(settler.settle(&delivery, channel, queue, received, settlement));
+        let settlement = match AssertUnwindSafe(decided).catch_unwind().await {
+            Ok(settlement) => settlement,
+            Err(panic) => {
+                let message = crate::telemetry::panic_message(panic.as_ref());
+                shared.metrics.panicked(name);
+                error!(panic = %escape(&message), "the worker panicked on this job");
+                let ctx = Context {
+                    names: &shared.names,
+                    channel: name,
+                    job: &delivery.properties,
+                    body: &delivery.data,
+                    now: time::OffsetDateTime::now_utc(),
+                };
+                settlement::after_panic(&ctx, &message)
+            }
+        };
+        let settled = Box::pin(settler.settle(&delivery, name, queue, received, settlement));
         if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
             error!(panic = %escape(&crate::telemetry::panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
             if received.is_some() {

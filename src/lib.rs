@@ -7,7 +7,7 @@
 //!
 //! One delivery, top to bottom:
 //! - [`consume`]: subscribes to a channel queue; one task per delivery.
-//! - [`pipeline`]: what a delivery comes to, as a [`settle::Settlement`] value.
+//! - [`pipeline`]: what a delivery comes to, as a [`settlement::Settlement`] value.
 //! - [`job`]: parses and validates a job (valid by construction afterwards).
 //! - [`dedup`]: the recent-`job_id` memory that prevents re-sends.
 //! - [`retry`]: one delivery's attempts, backoff, and hand-off to a delay queue.
@@ -15,6 +15,7 @@
 //! - [`octopods`]: the HTTP client for the interactive endpoint.
 //! - [`classify`]: every decision of sent / retry / dead-letter.
 //! - [`status`]: delivery-status checks of sent messages (a pure decision).
+//! - [`settlement`]: the settlement as a whole value, and the pure builders of every message.
 //! - [`settle`]: the only acks — confirmed publishes (events, dead letters, delayed retries), then ack.
 //!
 //! Around it:
@@ -62,6 +63,7 @@ pub mod outcome;
 mod pipeline;
 mod retry;
 mod settle;
+mod settlement;
 pub mod status;
 pub mod telemetry;
 pub mod worker;

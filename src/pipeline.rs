@@ -21,7 +21,7 @@ use crate::{
     octopods::ChannelSender,
     outcome::{Failure, RetryCause},
     retry::{self, Final, Later, Target},
-    settle::Settlement,
+    settlement::{Context, Settlement},
     status::Check,
     telemetry::escape,
 };
@@ -60,15 +60,17 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
     // broker would have decided had it been nacked each time.
     let spent = crate::broker::headers::spent_deliveries(delivery.properties.headers().as_ref());
     if spent > shared.config.broker.delivery_limit {
-        return Settlement::DeadLetter {
-            reason: crate::outcome::Reason::Poison,
-            failure: Failure::local(format!(
-                "delivered {spent} times without settling (delivery limit {})",
-                shared.config.broker.delivery_limit
-            )),
-            echo: crate::job::Echo::read(delivery.body),
-            attempts: 0,
-        };
+        let failure = Failure::local(format!(
+            "delivered {spent} times without settling (delivery limit {})",
+            shared.config.broker.delivery_limit
+        ));
+        let echo = crate::job::Echo::read(delivery.body);
+        return context(&delivery, shared, name, OffsetDateTime::now_utc()).dead_letter(
+            crate::outcome::Reason::Poison,
+            failure,
+            echo,
+            0,
+        );
     }
     let now = OffsetDateTime::now_utc();
     let (history, trust) =
@@ -83,12 +85,12 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
             if let Some(id) = &rejection.echo.job_id {
                 Span::current().record("job_id", tracing::field::display(escape(id)));
             }
-            return Settlement::DeadLetter {
-                reason: rejection.reason,
-                failure: Failure::local(rejection.message),
-                echo: *rejection.echo,
-                attempts: history.attempts.max(1),
-            };
+            return context(&delivery, shared, name, now).dead_letter(
+                rejection.reason,
+                Failure::local(rejection.message),
+                *rejection.echo,
+                history.attempts.max(1),
+            );
         }
     };
     let span = Span::current();
@@ -111,16 +113,17 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
                     .then(|| Check::from_sent_event(&event))
                     .flatten()
                     .filter(|c| crate::octopods::path_segment(&c.message_id).is_some());
-                return Settlement::Sent {
-                    job_id: job.id.as_str().to_owned(),
+                let first = first_check(check, shared);
+                return context(&delivery, shared, name, OffsetDateTime::now_utc()).sent(
+                    job.id.as_str(),
                     event,
-                    check,
-                };
+                    first,
+                );
             }
             // The same job is in flight on another delivery: wait for it.
             Begin::Wait(mut done) => tokio::select! {
                 biased;
-                () = stop.cancelled() => return Settlement::GiveBack { why: "stopping while a copy of the job was in flight" },
+                () = stop.cancelled() => return Settlement::HandBack { why: "stopping while a copy of the job was in flight" },
                 _ = done.changed() => {}
             },
         }
@@ -163,20 +166,29 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
             // Remember before publishing: if the broker goes away now, the
             // redelivered job re-publishes this event instead of re-sending.
             shared.dedup.remember(name, job.id.as_str(), event.clone());
-            Settlement::Sent {
-                job_id: job.id.as_str().to_owned(),
+            let first = first_check(check, shared);
+            context(&delivery, shared, name, OffsetDateTime::now_utc()).sent(
+                job.id.as_str(),
                 event,
-                check,
-            }
+                first,
+            )
         }
-        Final::DeadLetter(reason, failure) => Settlement::DeadLetter {
-            reason,
-            failure,
-            echo: job.echo(),
+        Final::DeadLetter(reason, failure) => context(
+            &delivery,
+            shared,
+            name,
+            OffsetDateTime::now_utc(),
+        )
+        .dead_letter(reason, failure, job.echo(), attempts),
+        Final::Delay(later) => delay(
+            &context(&delivery, shared, name, now),
+            &channel.key,
+            history,
             attempts,
-        },
-        Final::Delay(later) => delay(history, attempts, now, retry_config, later),
-        Final::Requeue => Settlement::GiveBack {
+            retry_config,
+            later,
+        ),
+        Final::Requeue => Settlement::HandBack {
             why: "stopping before this job's turn",
         },
     }
@@ -190,24 +202,24 @@ pub(crate) async fn poll(
     shared: &Shared,
     stop: &CancellationToken,
 ) -> Settlement {
+    let name = channel.config.name.as_str();
     let Ok(check) = serde_json::from_slice::<Check>(delivery.body) else {
-        return Settlement::DeadLetter {
-            reason: crate::outcome::Reason::Malformed,
-            failure: Failure::local("not a status check"),
-            echo: crate::job::Echo::read(delivery.body),
-            attempts: 0,
-        };
+        return context(&delivery, shared, name, OffsetDateTime::now_utc()).dead_letter(
+            crate::outcome::Reason::Malformed,
+            Failure::local("not a status check"),
+            crate::job::Echo::read(delivery.body),
+            0,
+        );
     };
     Span::current().record("job_id", tracing::field::display(escape(&check.job_id)));
-    let name = channel.config.name.as_str();
     tokio::select! {
         biased;
-        () = stop.cancelled() => return Settlement::GiveBack { why: "stopping before its poll" },
+        () = stop.cancelled() => return Settlement::HandBack { why: "stopping before its poll" },
         () = shared.flow.until_open() => {}
     }
     let permit = tokio::select! {
         biased;
-        () = stop.cancelled() => return Settlement::GiveBack { why: "stopping before its poll" },
+        () = stop.cancelled() => return Settlement::HandBack { why: "stopping before its poll" },
         p = channel.limiter.turn_low_priority(&shared.open) => p,
     };
     let (status, polled) = shared.client.status(&channel.key, &check.message_id).await;
@@ -220,25 +232,40 @@ pub(crate) async fn poll(
     if let crate::status::Polled::NoAnswer(why) = &polled {
         info!(error = %escape(why), "no status this time; asking again later");
     }
-    let decision = crate::status::decide(
-        &check,
-        &polled,
-        OffsetDateTime::now_utc(),
-        &shared.config.status,
-    );
-    Settlement::Status {
-        events: decision.events,
-        next: decision.next,
+    let now = OffsetDateTime::now_utc();
+    let decision = crate::status::decide(&check, &polled, now, &shared.config.status);
+    context(&delivery, shared, name, now).status(decision.events, decision.next)
+}
+
+/// The settlement builders' view of this delivery.
+fn context<'a>(
+    delivery: &Delivered<'a>,
+    shared: &'a Shared,
+    channel: &'a str,
+    now: OffsetDateTime,
+) -> Context<'a> {
+    Context {
+        names: &shared.names,
+        channel,
+        job: delivery.properties,
+        body: delivery.body,
+        now,
     }
+}
+
+/// A tracked message's first status check, after the schedule's first delay.
+fn first_check(check: Option<Check>, shared: &Shared) -> Option<(Check, std::time::Duration)> {
+    Some((check?, *shared.config.status.schedule.first()?))
 }
 
 /// The durable retry after this delivery's attempts: the next delay queue
 /// (the paused-template queue for a paused template), and the history the
 /// job carries there.
 fn delay(
+    ctx: &Context<'_>,
+    key: &crate::config::ApiKey,
     before: History,
     attempts: u32,
-    now: OffsetDateTime,
     retry: &crate::config::RetryConfig,
     later: Later,
 ) -> Settlement {
@@ -247,22 +274,17 @@ fn delay(
         _ => retry::pick_delay(&retry.delays, before.delayed, later.after),
     };
     let Some(wait) = wait else {
-        return Settlement::GiveBack {
+        return Settlement::HandBack {
             why: "no retry delays configured",
         };
     };
     let history = History {
         attempts,
         delayed: before.delayed.saturating_add(1),
-        first_attempt_at: Some(before.first_attempt_at.unwrap_or(now)),
+        first_attempt_at: Some(before.first_attempt_at.unwrap_or(ctx.now)),
         template: later.via == Via::Template,
     };
-    Settlement::Delay {
-        history,
-        wait,
-        cause: later.cause,
-        failure: later.failure,
-    }
+    ctx.delay(key, history, wait, later.cause, later.failure)
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@ use std::{
 use lapin::{message::Delivery, options::BasicAckOptions};
 use tracing::{error, warn};
 
-use super::{MAX_GIVE_BACK_WAIT, Settler, nack};
-use crate::broker::{PublishError, headers};
+use super::{Settler, nack};
+use crate::{
+    broker::{PublishError, headers},
+    settlement::backoff,
+};
 
 impl Settler {
     /// A publish was refused: declare the topology again, wait (longer each
@@ -89,27 +92,5 @@ impl Settler {
             () = self.stop.cancelled() => {}
             () = tokio::time::sleep(wait) => {}
         }
-    }
-}
-
-/// 250 ms doubling per failure in a row, at most [`MAX_GIVE_BACK_WAIT`].
-pub(super) fn backoff(failures_in_a_row: u32) -> Duration {
-    let factor = 1u32
-        .checked_shl(failures_in_a_row.min(16))
-        .unwrap_or(u32::MAX);
-    Duration::from_millis(250)
-        .saturating_mul(factor)
-        .min(MAX_GIVE_BACK_WAIT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    pub(super) fn give_back_backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(250));
-        assert_eq!(backoff(2), Duration::from_secs(1));
-        assert_eq!(backoff(u32::MAX), MAX_GIVE_BACK_WAIT);
     }
 }

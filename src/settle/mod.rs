@@ -1,22 +1,20 @@
 //! The only stage that acks. The pipeline hands it a [`Settlement`] — what
-//! the delivery came to — and it publishes what that causes (the result
-//! event, the dead-letter copy, the delayed-retry copy) with publisher
-//! confirms, then acks the delivery exactly once. If the broker refuses a
-//! publish (nack, returned, timeout, a queue deleted or full) the delivery goes
-//! back to its queue after a backoff, the topology is declared again, and
-//! readiness shows it: nothing is acked that was not confirmed.
+//! the delivery came to, every message already built — and it publishes
+//! them in order with publisher confirms, then acks the delivery exactly
+//! once. It decides nothing. If the broker refuses a publish (nack,
+//! returned, timeout, a queue deleted or full) the delivery goes back to
+//! its queue after a backoff, the topology is declared again, and readiness
+//! shows it: nothing is acked that was not confirmed.
 //!
-//! - [`give_back`]: returning a delivery (a confirmed copy, the budget kept) and
-//!   the backoff after refused publishes.
-//! - [`publish`]: the confirmed publishes a settlement causes.
-//! - [`messages`]: the pure builders of what is published (properties, headers).
+//! - [`give_back`]: returning a delivery (a confirmed copy, the budget kept)
+//!   and the backoff after refused publishes.
 
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use lapin::{
@@ -25,82 +23,26 @@ use lapin::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::{
-    broker::{
-        Flow, Names, Publisher,
-        headers::{self, History},
-    },
-    channel::ChannelState,
+    broker::{Flow, PublishError, Publisher, Routed},
     health::Health,
-    job::Echo,
     metrics::Metrics,
-    outcome::{EventKind, Failure, Reason, RetryCause},
-    status::Check,
+    outcome::EventKind,
+    settlement::{Body, Message, Report, Settlement},
     telemetry::escape,
 };
 
 mod give_back;
-use give_back::backoff;
-mod messages;
-mod publish;
-
-pub(crate) use messages::{dead_letter_copy, delay_copy, event_properties};
-
-/// What a delivery came to: everything settle needs, decided before any
-/// effect.
-#[derive(Debug)]
-pub(crate) enum Settlement {
-    /// Sent (now, or earlier by this process): publish the `sent` event (and,
-    /// when the channel tracks status, the message's first status check), ack.
-    Sent {
-        job_id: String,
-        event: Vec<u8>,
-        check: Option<Check>,
-    },
-    /// A status check was made: publish its new status events and the next
-    /// check, ack.
-    Status {
-        events: Vec<(EventKind, serde_json::Value)>,
-        next: Option<(Check, Duration)>,
-    },
-    /// Copy the job to the dead-letter queue and publish `dead_lettered`, ack.
-    DeadLetter {
-        reason: Reason,
-        failure: Failure,
-        echo: Echo,
-        attempts: u32,
-    },
-    /// Hand the job to the delay queue for `wait` with its history, ack.
-    Delay {
-        history: History,
-        wait: Duration,
-        cause: RetryCause,
-        failure: Failure,
-    },
-    /// Return the delivery to its queue untouched (stopping before its turn,
-    /// a job's request or a status check's poll).
-    GiveBack { why: &'static str },
-    /// The pipeline panicked on this delivery.
-    Panicked { message: String },
-}
-
-/// Panics on this many deliveries of a job in a row dead-letter it `internal`.
-const PANICS_BEFORE_DEAD_LETTER: u32 = 3;
-/// The longest wait before a failed settlement goes back to its queue.
-const MAX_GIVE_BACK_WAIT: Duration = Duration::from_secs(30);
 
 /// Where the settle stage publishes, and what it reports to.
 pub(crate) struct Settler {
     pub(crate) publisher: Publisher,
-    pub(crate) names: Names,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
     /// Blocked while a `sent` result cannot be published: no new requests.
     flow: Arc<Flow>,
-    /// The status-poll schedule (first check after a send).
-    pub(crate) status: crate::config::StatusConfig,
     /// Woken when a publish was refused: the session declares the topology again.
     pub(crate) repair: Arc<Notify>,
     /// Cancelled when this broker session ends (the replica stops, or the
@@ -124,9 +66,7 @@ impl Settler {
         stop: CancellationToken,
     ) -> Self {
         Self {
-            status: shared.config.status.clone(),
             publisher,
-            names: Names::new(&shared.config.broker.prefix),
             metrics: shared.metrics.clone(),
             health,
             flow: shared.flow.clone(),
@@ -137,77 +77,46 @@ impl Settler {
         }
     }
 
-    /// Carries out `settlement` for `delivery`: confirmed publishes, then one
-    /// ack, or one nack back to the queue.
+    /// Carries out `settlement` for `delivery`, which came from `queue` of
+    /// `channel`: the confirmed publishes, then one ack; or the delivery back.
     pub(crate) async fn settle(
         &self,
         delivery: &Delivery,
-        channel: &ChannelState,
+        channel: &str,
         queue: &str,
         received: Option<Instant>,
         settlement: Settlement,
     ) {
-        let name = channel.config.name.as_str();
-        let reports_a_send = matches!(settlement, Settlement::Sent { .. });
+        let reports_a_send = settlement.reports_a_send();
         let generation = *self.recovery.borrow();
-        let published = match settlement {
-            Settlement::Sent {
-                job_id,
-                event,
-                check,
-            } => {
-                let sent = self
-                    .publish_event(EventKind::Sent, name, &event, delivery, Some(&job_id))
-                    .await;
-                match (sent, check, self.status.schedule.first()) {
-                    (Ok(()), Some(check), Some(delay)) => {
-                        self.schedule_check(name, &check, *delay).await
-                    }
-                    (result, ..) => result,
-                }
-                .map(|()| Done::Completed(EventKind::Sent, None))
-            }
-            Settlement::Status { events, next } => self
-                .status_checked(delivery, name, events, next)
-                .await
-                .map(|()| Done::Polled),
-            Settlement::DeadLetter {
-                reason,
-                failure,
-                echo,
-                attempts,
-            } => self
-                .dead_letter(delivery, name, reason, &failure, echo, attempts)
-                .await
-                .map(|()| Done::Completed(EventKind::DeadLettered, Some((reason, failure)))),
-            Settlement::Delay {
-                history,
-                wait,
-                cause,
-                failure,
-            } => self
-                .delay(delivery, channel, history, wait)
-                .await
-                .map(|label| Done::Delayed(label, cause, failure)),
-            Settlement::GiveBack { why } => {
+        let (messages, report) = match settlement {
+            Settlement::Publish { messages, report } => (messages, report),
+            Settlement::HandBack { why } => {
                 info!(why, "returned to its queue");
-                self.abandoned(name, received);
+                self.abandoned(channel, received);
                 return self.hand_back(delivery, queue).await;
             }
-            Settlement::Panicked { message } => {
-                return self
-                    .panicked(delivery, channel, queue, received, message)
-                    .await;
+            Settlement::Reject { after } => {
+                self.wait(after).await;
+                self.abandoned(channel, received);
+                return reject(delivery).await;
             }
         };
+        let mut published = Ok(());
+        for message in messages {
+            published = self.publish(delivery, channel, message).await;
+            if published.is_err() {
+                break;
+            }
+        }
         match published {
-            Ok(done) => {
+            Ok(()) => {
                 if self.failures.swap(0, Ordering::Relaxed) > 0 {
                     self.recovered();
                 }
                 self.health.set_settle_failing(false);
                 self.flow.set_settle_failing(false);
-                self.ack(delivery, name, received, done).await;
+                self.ack(delivery, channel, received, report).await;
             }
             Err(e) => {
                 if reports_a_send && !self.session_over() {
@@ -216,10 +125,42 @@ impl Settler {
                     // re-publish, from the dedup memory, will).
                     self.flow.set_settle_failing(true);
                 }
-                self.give_back_later(delivery, name, queue, received, generation, &e)
+                self.give_back_later(delivery, channel, queue, received, generation, &e)
                     .await;
             }
         }
+    }
+
+    /// Publishes one message, confirmed. An unroutable event is counted,
+    /// not an error: nobody may be listening.
+    async fn publish(
+        &self,
+        delivery: &Delivery,
+        channel: &str,
+        message: Message,
+    ) -> Result<(), PublishError> {
+        let body = match &message.body {
+            Body::Job => delivery.data.as_slice(),
+            Body::New(bytes) => bytes.as_slice(),
+        };
+        let routed = self
+            .publisher
+            .publish(
+                &message.exchange,
+                &message.routing_key,
+                body,
+                message.properties,
+                message.event.is_some(),
+            )
+            .await?;
+        if let (Routed::No, Some(kind)) = (routed, message.event) {
+            warn!(
+                event = kind.as_str(),
+                "result event was unroutable: no queue bound to the results exchange"
+            );
+            self.metrics.event_unroutable(channel, kind);
+        }
+        Ok(())
     }
 
     /// This settler's broker session has ended (its connection was lost or
@@ -240,7 +181,13 @@ impl Settler {
         }
     }
 
-    async fn ack(&self, delivery: &Delivery, channel: &str, received: Option<Instant>, done: Done) {
+    async fn ack(
+        &self,
+        delivery: &Delivery,
+        channel: &str,
+        received: Option<Instant>,
+        report: Report,
+    ) {
         if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
             // Everything was published; the job comes back and, if it was
             // sent, the dedup memory re-publishes its event.
@@ -248,67 +195,43 @@ impl Settler {
             self.abandoned(channel, received);
             return;
         }
+        if let Report::Polled { events } = &report {
+            for kind in events {
+                self.metrics.status_event(channel, *kind);
+                info!(status = kind.as_str(), "delivery status published");
+            }
+        }
         let Some(received) = received else {
             return;
         };
         let took = received.elapsed();
         let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
-        match done {
-            Done::Completed(kind, None) => {
-                self.metrics.completed(channel, kind, took);
-                info!(outcome = kind.as_str(), duration_ms = ms, "job settled");
+        match report {
+            Report::Sent => {
+                self.metrics.completed(channel, EventKind::Sent, took);
+                info!(
+                    outcome = EventKind::Sent.as_str(),
+                    duration_ms = ms,
+                    "job settled"
+                );
             }
-            Done::Completed(kind, Some((reason, failure))) => {
+            Report::DeadLettered { reason, failure } => {
+                let kind = EventKind::DeadLettered;
                 self.metrics.completed(channel, kind, took);
                 self.metrics.dead_lettered(channel, reason);
                 info!(outcome = kind.as_str(), reason = reason.as_str(), error = %escape(&failure.message), duration_ms = ms, "job settled");
             }
-            Done::Polled => {}
-            Done::Delayed(label, cause, failure) => {
+            Report::Polled { .. } => {}
+            Report::Delayed {
+                label,
+                cause,
+                failure,
+            } => {
                 self.metrics.delayed(channel, &label);
                 info!(cause = cause.as_str(), error = %escape(&failure.message), delay = %label, "still failing; retrying later from a delay queue");
             }
         }
     }
-
-    /// A panic: back to the queue after a pause, and past a few deliveries in
-    /// a row dead-lettered `internal` with the panic message.
-    async fn panicked(
-        &self,
-        delivery: &Delivery,
-        channel: &ChannelState,
-        queue: &str,
-        received: Option<Instant>,
-        message: String,
-    ) {
-        let name = channel.config.name.as_str();
-        self.metrics.panicked(name);
-        // Quorum queues count redeliveries in `x-delivery-count`.
-        let before =
-            headers::count(delivery.properties.headers().as_ref(), "x-delivery-count").unwrap_or(0);
-        error!(panic = %escape(&message), deliveries = before.saturating_add(1), "the worker panicked on this job");
-        if before.saturating_add(1) < PANICS_BEFORE_DEAD_LETTER {
-            self.wait(backoff(before)).await;
-            self.abandoned(name, received);
-            return reject(delivery).await;
-        }
-        let failure = Failure::local(format!("the worker failed on this job: {message}"));
-        let settlement = Settlement::DeadLetter {
-            reason: Reason::Internal,
-            failure,
-            echo: Echo::read(&delivery.data),
-            attempts: 0,
-        };
-        Box::pin(self.settle(delivery, channel, queue, received, settlement)).await;
-    }
-}
-
-/// What was published, for the closing metrics and log line.
-enum Done {
-    /// A status check handled.
-    Polled,
-    Completed(EventKind, Option<(Reason, Failure)>),
-    Delayed(String, RetryCause, Failure),
 }
 
 /// Returns the delivery to its queue to be done again.

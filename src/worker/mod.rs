@@ -95,6 +95,7 @@ impl Worker {
         Ok(Self {
             health: Arc::new(Health::new(metrics.clone())),
             shared: Arc::new(Shared {
+                names: Names::new(&config.broker.prefix),
                 config,
                 client,
                 open,
