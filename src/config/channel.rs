@@ -122,6 +122,16 @@ impl ChannelConfig {
         if let Err(why) = crate::limit::check_budget(crate::limit::MIN_RATE, self.burst) {
             return Err(invalid(format!("channels[{i}].burst"), why));
         }
+        // Governor keeps a recipient's interval in u64 nanoseconds (584 years).
+        if self
+            .recipient_interval
+            .is_some_and(|i| i > Duration::from_secs(24 * 3600))
+        {
+            return Err(invalid(
+                format!("channels[{i}].recipient_interval"),
+                "at most 1 day",
+            ));
+        }
         if self.api_key_env.is_some() == self.api_key_file.is_some() {
             return Err(invalid(
                 format!("channels[{i}]"),
