@@ -48,6 +48,22 @@ pub struct SandboxConfig {
     pub read_after: Duration,
 }
 
+impl Default for SandboxConfig {
+    /// On a free loopback port, answering at once, any key, no rate limit,
+    /// the default templates, `DELIVERED` after 300 ms and `READ` after 600 ms.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            latency: Duration::ZERO,
+            api_keys: Vec::new(),
+            rate_limit: None,
+            templates: Vec::new(),
+            delivered_after: Duration::from_millis(300),
+            read_after: Duration::from_millis(600),
+        }
+    }
+}
+
 /// An accepted template: its id and the sections with placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateSpec {

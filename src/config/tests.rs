@@ -224,10 +224,14 @@ fn delivery_limit_must_exceed_attempts() {
 
 #[test]
 fn a_recipient_interval_past_a_day_is_refused() {
-    let text = MINIMAL.replace("rate_per_second = 20", "rate_per_second = 20\nrecipient_interval = \"1000000y\"");
+    let text = MINIMAL.replace(
+        "rate_per_second = 20",
+        "rate_per_second = 20\nrecipient_interval = \"1000000y\"",
+    );
     let err = Config::from_toml(&text).unwrap_err();
     assert!(
-        err.to_string().starts_with("channels[0].recipient_interval: at most 1 day"),
+        err.to_string()
+            .starts_with("channels[0].recipient_interval: at most 1 day"),
         "{err}"
     );
 }

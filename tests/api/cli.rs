@@ -73,17 +73,7 @@ fn check_config_reports_unknown_keys_and_accepts_a_good_file() {
 
 #[tokio::test]
 async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
-    let sandbox = Sandbox::start(SandboxConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        latency: Duration::ZERO,
-        api_keys: vec![],
-        rate_limit: None,
-        templates: Vec::new(),
-        delivered_after: Duration::from_millis(300),
-        read_after: Duration::from_millis(600),
-    })
-    .await
-    .unwrap();
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let prefix = unique_prefix("binary");
     let dir = tempfile::tempdir().unwrap();
     let opts = Options::default();

@@ -259,13 +259,9 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
     let admin = any_node().await;
     let prefix = unique_prefix("cluster");
     let sandbox = Sandbox::start(SandboxConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
-        latency: Duration::ZERO,
-        api_keys: Vec::new(),
-        rate_limit: None,
-        templates: Vec::new(),
         delivered_after: Duration::from_secs(1),
         read_after: Duration::from_secs(2),
+        ..SandboxConfig::default()
     })
     .await
     .expect("sandbox starts");

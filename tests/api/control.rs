@@ -8,22 +8,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn metric_at(addr: &str, series: &str) -> Option<f64> {
-    metrics_text(addr)
-        .await?
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 fn two_channels() -> Options {
     let mut eu = TestChannel::new("store-eu");
     eu.rate = 5.0;

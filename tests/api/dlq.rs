@@ -16,14 +16,6 @@ use crate::helpers::*;
 
 const PHONE_B: &str = "+15550000002";
 
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn forever(phone: &str, fault: Fault) -> Script {
     Script {
         phone: Some(phone.into()),

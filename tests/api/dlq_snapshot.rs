@@ -3,7 +3,7 @@
 //! bound to its backup. Dead letters are written straight to the dead-letter
 //! exchange, as the worker writes them, so thousands take a second.
 
-use std::{process::Output, time::Duration};
+use std::time::Duration;
 
 use lapin::{
     BasicProperties,
@@ -14,10 +14,6 @@ use lapin::{
 use crate::helpers::*;
 
 const N: usize = 5_000;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Publishes `n` dead letters (`reason`, channel store-eu) with ids
 /// `<tag>-<i>`, waiting for every confirm.

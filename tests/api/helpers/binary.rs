@@ -104,3 +104,20 @@ impl Drop for BinaryWorker {
         drop(self.child.wait());
     }
 }
+
+/// A command's standard error, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A command's standard output, as text.
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The standard output of a command that must have succeeded (else its
+/// standard error fails the test).
+pub fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", stderr(o));
+    stdout(o)
+}

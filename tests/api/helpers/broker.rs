@@ -91,3 +91,11 @@ pub async fn metrics_text(addr: &str) -> Option<String> {
         .await
         .ok()
 }
+
+/// One series' value from the `/metrics` of the worker at `addr`, if served.
+pub async fn metric_at(addr: &str, series: &str) -> Option<f64> {
+    metrics_text(addr)
+        .await?
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}

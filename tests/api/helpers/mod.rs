@@ -226,13 +226,12 @@ pub fn config_text(
 pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
     let prefix = unique_prefix(test);
     let sandbox = Sandbox::start(SandboxConfig {
-        listen: "127.0.0.1:0".parse().expect("address"),
         latency: opts.sandbox_latency,
         api_keys: opts.sandbox_keys.clone(),
         rate_limit: opts.sandbox_rate_limit,
-        templates: Vec::new(),
         delivered_after: opts.sandbox_status_after.0,
         read_after: opts.sandbox_status_after.1,
+        ..SandboxConfig::default()
     })
     .await
     .expect("sandbox starts");
