@@ -226,34 +226,25 @@ impl Snapshot {
     ///
     /// Never an error: the messages still held go back to the queue however
     /// this ends — the channel's close, else the connection's, else the
-    /// broker's own end of a lost connection. (Dropping the consumers sent
-    /// their cancels in the background, and a close racing them failed
-    /// with "invalid channel state: Closing (basic.cancel)", a false alarm.)
-    /// So the consumers are cancelled one by one, awaited, and a close that
-    /// still fails is only logged.
+    /// broker's own end of a lost connection. The consumers stay subscribed
+    /// until the channel closes: cancelling them first (or dropping them,
+    /// which cancels in the background) would end them before the channel's
+    /// messages are returned, and the next command, which waits for the queue
+    /// to have no consumer, could start before everything was back. (A close
+    /// racing dropped consumers' cancels also failed with "invalid channel
+    /// state: Closing (basic.cancel)", a false alarm.)
     pub(crate) async fn close(self, acked_some: bool) {
         drop(self.early);
-        for consumer in self.consumers.iter() {
-            let cancelled = self
-                .channel
-                .basic_cancel(
-                    consumer.tag(),
-                    lapin::options::BasicCancelOptions::default(),
-                )
-                .await;
-            if let Err(e) = cancelled {
-                tracing::debug!(error = %e, "cancelling a consumer before closing");
-            }
-        }
-        drop(self.consumers);
         if acked_some {
             tokio::time::sleep(SETTLE_GRACE).await;
         }
-        // Closing the channel returns every unacknowledged message to the
-        // queue (before the connection, and with it the lock, goes).
+        // Closing the channel ends its consumers and returns every
+        // unacknowledged message to the queue, together, before the
+        // connection (and with it the lock) goes.
         if let Err(e) = self.channel.close(200, "OK".into()).await {
             tracing::info!(error = %e, "closing the channel failed; the connection's close hands the messages back");
         }
+        drop(self.consumers);
         if let Err(e) = self.conn.close(200, "OK".into()).await {
             tracing::info!(error = %e, "closing the connection failed; RabbitMQ hands the messages back when it ends");
         }
