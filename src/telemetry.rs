@@ -113,6 +113,18 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut = cut.saturating_sub(1);
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
 /// A panic's message, bounded, for the log and the dead-letter header.
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
@@ -120,7 +132,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "panic with a non-text payload".into());
-    crate::broker::headers::truncate(text, 500)
+    truncate(text, 500)
 }
 
 #[cfg(test)]

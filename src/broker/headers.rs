@@ -130,17 +130,7 @@ pub(crate) fn time(headers: Option<&FieldTable>, key: &str) -> Option<OffsetDate
     OffsetDateTime::parse(&text(headers, key)?, &Rfc3339).ok()
 }
 
-/// `s` cut to at most `max` bytes, at a character boundary.
-pub(crate) fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut = cut.saturating_sub(1);
-        }
-        s.truncate(cut);
-    }
-    s
-}
+pub(crate) use crate::telemetry::truncate;
 
 pub(crate) fn text_value(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
