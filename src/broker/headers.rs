@@ -112,7 +112,47 @@ pub(crate) fn returned_copy(props: &BasicProperties) -> BasicProperties {
     if let Some(k) = short(RETURNED).filter(|_| spent > 0) {
         map.insert(k, AMQPValue::LongLongInt(i64::from(spent)));
     }
-    props.clone().with_headers(FieldTable::from(map))
+    // Every property as it was but `user_id`: it names the producer's user,
+    // and RabbitMQ refuses (closing the channel) a publish whose `user_id`
+    // is not the publishing connection's own.
+    let mut copy = BasicProperties::default().with_headers(FieldTable::from(map));
+    if let Some(v) = props.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = props.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
+    if let Some(v) = props.delivery_mode() {
+        copy = copy.with_delivery_mode(*v);
+    }
+    if let Some(v) = props.priority() {
+        copy = copy.with_priority(*v);
+    }
+    if let Some(v) = props.correlation_id() {
+        copy = copy.with_correlation_id(v.clone());
+    }
+    if let Some(v) = props.reply_to() {
+        copy = copy.with_reply_to(v.clone());
+    }
+    if let Some(v) = props.expiration() {
+        copy = copy.with_expiration(v.clone());
+    }
+    if let Some(v) = props.message_id() {
+        copy = copy.with_message_id(v.clone());
+    }
+    if let Some(v) = props.timestamp() {
+        copy = copy.with_timestamp(*v);
+    }
+    if let Some(v) = props.kind() {
+        copy = copy.with_type(v.clone());
+    }
+    if let Some(v) = props.app_id() {
+        copy = copy.with_app_id(v.clone());
+    }
+    if let Some(v) = props.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
 }
 
 /// Reads a header as text (lossy UTF-8; at most [`MAX_TEXT_HEADER`] bytes kept).
@@ -433,6 +473,9 @@ mod tests {
         let job = BasicProperties::default()
             .with_message_id("m-1".into())
             .with_timestamp(1_700_000_000)
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_user_id("shop".into())
             .with_headers(h);
         let copy = returned_copy(&job);
         let ch = copy.headers().as_ref();
@@ -442,6 +485,10 @@ mod tests {
         assert_eq!(text(ch, "traceparent").as_deref(), Some("00-ab-cd-01"));
         assert_eq!(copy.message_id(), job.message_id());
         assert_eq!(copy.timestamp(), job.timestamp());
+        assert_eq!(copy.delivery_mode(), job.delivery_mode());
+        assert_eq!(copy.content_type(), job.content_type());
+        // The worker's connection may not publish as the producer's user.
+        assert_eq!(copy.user_id(), &None);
         // A job never returned gets no header at all.
         assert_eq!(
             returned_copy(&BasicProperties::default())
