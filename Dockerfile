@@ -9,18 +9,20 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, in their own layer: rebuilt only when Cargo.* change.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches examples/producers/rust \
+COPY sandbox/Cargo.toml ./sandbox/
+RUN mkdir -p src benches examples/producers/rust sandbox/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs sandbox/src/lib.rs \
  && echo 'fn main() {}' > benches/throughput.rs \
  && echo 'fn main() {}' > examples/producers/rust/producer.rs \
  && cargo build --release --locked --bin octopods-worker \
- && rm -rf src benches examples
+ && rm -rf src benches examples sandbox/src
 COPY src ./src
+COPY sandbox/src ./sandbox/src
 COPY benches ./benches
 COPY examples/producers/rust ./examples/producers/rust
 # Touch so cargo rebuilds the crate itself over the placeholder.
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs sandbox/src/lib.rs \
  && cargo build --release --locked --bin octopods-worker \
  && strip target/release/octopods-worker
 

@@ -15,7 +15,7 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
   fi
 fi
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Supply chain: licenses, duplicate versions, sources (deny.toml says why each
 # exception is there). Advisories need RustSec's database from github.com.
 command -v cargo-deny >/dev/null 2>&1 || cargo install --locked --quiet cargo-deny
@@ -40,14 +40,14 @@ cluster_up=0
 stop_cluster() { if [ "$cluster_up" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi; }
 trap stop_cluster EXIT
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --no-fail-fast
+  cargo nextest run --workspace --locked --no-fail-fast
   # Tests that raise broker-wide alarms run alone, after the rest.
   cargo nextest run --locked --no-fail-fast --run-ignored only -E 'not test(/^cluster::/)'
   cluster_up=1
   scripts/cluster.sh start
   cargo nextest run --locked --no-fail-fast --run-ignored only -E 'test(/^cluster::/)' --no-capture
 else
-  cargo test --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast
   cargo test --locked --no-fail-fast -- --ignored --skip cluster::
   cluster_up=1
   scripts/cluster.sh start

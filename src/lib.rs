@@ -29,7 +29,8 @@
 //! - [`events`]: result-event JSON.
 //! - [`health`], [`metrics`], [`http`], [`telemetry`]: what SREs see.
 //! - [`cli`]: the command line — `run`, `topology`, `dlq` (dead-letter tools),
-//!   `enqueue`, `events`, `loadtest`, `sandbox` (the stand-in Octopods).
+//!   `enqueue`, `events`, `loadtest`, `sandbox` (runs the stand-in Octopods of the
+//!   `octopods-sandbox` crate).
 
 // Input must never panic the worker: no unwrap/expect/panic/indexing outside
 // tests (the few deliberate exceptions carry an `allow` with their reason).
@@ -68,4 +69,5 @@ pub mod status;
 pub mod telemetry;
 pub mod worker;
 
-pub use cli::sandbox;
+/// The stand-in Octopods (its own crate, `sandbox/`), for tests and the demo.
+pub use octopods_sandbox as sandbox;

@@ -93,7 +93,7 @@ pub async fn run(command: ChannelCommand, out: &mut impl Write) -> anyhow::Resul
     let command = Command::new(&name, change);
     command.check().map_err(|e| anyhow::anyhow!(e))?;
     let conn = broker::connect(&config.broker, "channel").await?;
-    let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
+    let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
     control::append(&publisher, &Names::new(&config.broker.prefix), &command).await?;
     drop(conn.close(200, "OK".into()).await);
     writeln!(
@@ -121,7 +121,7 @@ fn describe(change: &Change) -> String {
 async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let names = Names::new(&config.broker.prefix);
     let conn = broker::connect(&config.broker, "channel").await?;
-    let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
+    let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
     let state = control::snapshot(&conn, &publisher, &names).await?;
     let ch = conn.create_channel().await?;
     if !json {

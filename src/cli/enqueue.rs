@@ -61,7 +61,7 @@ pub fn read_jobs(
 /// Publishes every job with confirms; returns how many.
 pub async fn publish(config: &Config, jobs: &[Pending]) -> anyhow::Result<usize> {
     let conn = broker::connect(&config.broker, "enqueue").await?;
-    let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
+    let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
     let names = Names::new(&config.broker.prefix);
     for (i, job) in jobs.iter().enumerate() {
         let props = BasicProperties::default()

@@ -13,7 +13,6 @@ pub mod dlq;
 pub mod enqueue;
 pub mod events;
 pub mod loadtest;
-pub mod sandbox;
 
 use crate::{
     broker::{self, topology},
@@ -22,7 +21,7 @@ use crate::{
     worker::Worker,
 };
 use dlq::{Filter, Op, Source};
-use sandbox::SandboxConfig;
+use octopods_sandbox::{self as sandbox, SandboxConfig};
 
 #[derive(Debug, Parser)]
 #[command(

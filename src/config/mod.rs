@@ -154,6 +154,14 @@ impl Config {
             .max(Duration::from_millis(1))
     }
 
+    /// `broker.publish_timeout` whole, for operator commands (`dlq`,
+    /// `channel`, `enqueue`): they drain no replica, so no grace period
+    /// bounds them, and a slow confirm is better waited for than reported
+    /// as a failure.
+    pub fn command_publish_timeout(&self) -> Duration {
+        self.broker.publish_timeout.max(Duration::from_millis(1))
+    }
+
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
         self.channels.iter().find(|c| c.name == name)
     }

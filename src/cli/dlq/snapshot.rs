@@ -93,7 +93,7 @@ impl Snapshot {
             format!("queue {queue} does not exist (run `octopods-worker topology`)")
         })?;
         settled(&channel, queue, consumers).await?;
-        let publisher = Publisher::open(&conn, config.publish_timeout()).await?;
+        let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
         let marker = ulid::Ulid::generate().to_string();
         let mut h = FieldTable::default();
         h.insert(MARKER.into(), headers::text_value(&marker));
@@ -245,6 +245,17 @@ impl Snapshot {
             tracing::info!(error = %e, "closing the channel failed; the connection's close hands the messages back");
         }
         drop(self.consumers);
+        // The queue ends the consumers and returns their messages in one
+        // step: once it shows no consumer, everything held is ready again,
+        // for whoever looks next (an operator's `list_queues`, a script).
+        if let Ok(look) = self.conn.create_channel().await {
+            let deadline = crate::clock::after(Duration::from_secs(5));
+            while consumers_of(&look, &self.queue).await.is_ok_and(|n| n > 0)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         if let Err(e) = self.conn.close(200, "OK".into()).await {
             tracing::info!(error = %e, "closing the connection failed; RabbitMQ hands the messages back when it ends");
         }

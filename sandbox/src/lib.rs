@@ -1,4 +1,4 @@
-//! `octopods-worker sandbox`: a stand-in for the Octopods interactive-message
+//! `octopods-sandbox`: a stand-in for the Octopods interactive-message
 //! endpoint that answers as `octopods-api.md` documents, plus scripted faults
 //! (globally or per destination phone), latency, and a request log.
 //!
@@ -7,7 +7,6 @@
 //! - `DELETE /_sandbox/script` clears every script;
 //! - `GET /_sandbox/requests` lists what was received (with the auth header, for tests).
 
-#![allow(clippy::arithmetic_side_effects)] // the stand-in Octopods for tests and demos, not the product's path
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -28,7 +27,24 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Provider, events::timestamp, job::interactive, octopods};
+/// The paths and header Octopods documents (`octopods-api.md`).
+mod octopods {
+    pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";
+    pub(crate) const MESSAGES_PATH: &str = "/api/v1/whatsapp/messages";
+    pub(crate) const TEMPLATES_PATH: &str = "/api/v1/whatsapp/templates";
+    pub(crate) const AUTH_HEADER: &str = "X-Octopods-Auth";
+}
+
+pub mod validate;
+
+/// `2026-11-24T10:00:01.234Z`.
+fn timestamp(t: time::OffsetDateTime) -> String {
+    const MILLIS: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    let utc = t.checked_to_offset(time::UtcOffset::UTC).unwrap_or(t);
+    utc.format(MILLIS).unwrap_or_else(|_| utc.to_string())
+}
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -548,7 +564,7 @@ fn template_answer(state: &SandboxState, auth: Option<&str>, id: &str, body: &[u
     let Some(phone) = req.get("destination_phone").and_then(Value::as_str) else {
         return error(400, 1, "ARGUMENT_MISSING: destination_phone");
     };
-    if crate::job::Phone::parse(phone).is_none() {
+    if !validate::e164(phone) {
         return error(400, 5, "PHONE_INVALID: destination_phone is not E.164");
     }
     let body_only = spec.sections == ["body"];
@@ -593,14 +609,11 @@ fn normal_answer(state: &SandboxState, auth: Option<&str>, body: &[u8]) -> Answe
     let Some(message) = req.get("waba_interactive_message") else {
         return error(400, 1, "ARGUMENT_MISSING: waba_interactive_message");
     };
-    if let Err(e) = interactive::validate(message, Provider::CloudApi) {
-        let text = e.to_string();
-        return if e.problem == "required" {
-            error(400, 1, &format!("ARGUMENT_MISSING: {text}"))
-        } else if e.problem.starts_with("expected") {
-            error(400, 2, &format!("TYPE_MISMATCH: {text}"))
-        } else {
-            error(400, 7, &format!("VALIDATION: {text}"))
+    if let Err(refusal) = validate::interactive(message) {
+        return match refusal {
+            validate::Refusal::Missing(at) => error(400, 1, &format!("ARGUMENT_MISSING: {at}")),
+            validate::Refusal::WrongType(at) => error(400, 2, &format!("TYPE_MISMATCH: {at}")),
+            validate::Refusal::Limit(at) => error(400, 7, &format!("VALIDATION: {at}")),
         };
     }
     accepted(state, phone)
