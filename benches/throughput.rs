@@ -242,7 +242,7 @@ fn worker_config(
         text.push_str(&format!(
             "[[channels]]\nname = \"{name}\"\napi_key_file = \"{}\"\nrate_per_second = {rate}\nburst = {}\n",
             key_file.display(),
-            (*rate as u32).max(1)
+            (*rate as u32).clamp(1, 100_000)
         ));
     }
     Ok(Config::from_toml(&text)?)
