@@ -388,3 +388,93 @@ async fn a_hundred_pauses_spend_no_job() {
     );
     app.shutdown().await;
 }
+
+/// A shop publishing as its own RabbitMQ user may set `user_id` (RabbitMQ
+/// checks it against the publishing connection). The worker hands such a
+/// job back under its own user, so the copy must not carry the shop's
+/// `user_id`: RabbitMQ would refuse it and close the worker's publishing
+/// channel, and every hand-back of the job would fall back to a counted nack.
+#[tokio::test]
+async fn a_job_published_with_the_shops_user_id_is_handed_back_as_a_copy() {
+    let mut eu = TestChannel::new("store-eu");
+    eu.rate = 0.2;
+    eu.burst = 1;
+    let app = spawn_with(
+        "control-user-id",
+        Options {
+            channels: vec![eu],
+            ..Options::default()
+        },
+    )
+    .await;
+    let user = unique_prefix("shop");
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new("rabbitmqctl")
+            .arg("-q")
+            .args(args)
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {args:?}: {}",
+            stderr(&out)
+        );
+    };
+    ctl(&["add_user", &user, "pw"]);
+    ctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    let shop = lapin::Connection::connect(
+        &format!("amqp://{user}:pw@127.0.0.1:5672/%2f"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("the shop's user connects");
+    let ch = shop.create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let body = serde_json::to_vec(&button_job("as-the-shop")).unwrap();
+    let confirm = ch
+        .basic_publish(
+            app.queue("jobs").as_str().into(),
+            "store-eu".into(),
+            Default::default(),
+            &body,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_user_id(user.as_str().into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    // The worker holds it, waiting for its slot (the budget starts empty).
+    eventually(
+        Duration::from_secs(5),
+        "the worker to hold the job",
+        || async { (app.depth("jobs.store-eu").await == 0).then_some(()) },
+    )
+    .await;
+    app.append_control(br#"{"channel":"store-eu","op":"pause","at":"t","by":"test"}"#)
+        .await;
+    eventually(
+        Duration::from_secs(5),
+        "the job back in its queue",
+        || async { (app.depth("jobs.store-eu").await == 1).then_some(()) },
+    )
+    .await;
+    let back = app.peek_all("jobs.store-eu").await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].body, body, "the job's bytes, untouched");
+    assert_eq!(
+        back[0].int("x-delivery-count"),
+        None,
+        "handed back as a fresh copy, not a counted nack"
+    );
+    assert_eq!(back[0].properties.user_id(), &None);
+    assert_eq!(app.metric("octopods_broker_reconnects_total").await, 0.0);
+    app.append_control(br#"{"channel":"store-eu","op":"resume","at":"t","by":"test"}"#)
+        .await;
+    assert_eq!(app.next_event().await["event"], "sent");
+    drop(shop.close(200, "OK".into()).await);
+    ctl(&["delete_user", &user]);
+    app.shutdown().await;
+}
