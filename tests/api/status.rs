@@ -55,7 +55,17 @@ fn kinds(events: &[Value]) -> Vec<&str> {
 
 #[tokio::test]
 async fn delivered_then_read_arrive_in_order_with_the_octopods_times() {
-    let app = spawn_with("status-order", tracked("30s")).await;
+    // DELIVERED from 300 ms to 1.5 s: several polls (every 300 ms) see it
+    // even on a loaded machine; with READ at 600 ms one late poll saw READ
+    // first, and the delivered event carried the status then observed.
+    let app = spawn_with(
+        "status-order",
+        Options {
+            sandbox_status_after: (Duration::from_millis(300), Duration::from_millis(1500)),
+            ..tracked("30s")
+        },
+    )
+    .await;
     app.publish_job(&button_job("st-1")).await;
     let events = events_until(&app, "read").await;
     assert_eq!(kinds(&events), ["sent", "delivered", "read"]);
