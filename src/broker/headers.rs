@@ -115,27 +115,40 @@ pub(crate) fn returned_copy(props: &BasicProperties) -> BasicProperties {
     // Every property as it was but `user_id`: it names the producer's user,
     // and RabbitMQ refuses (closing the channel) a publish whose `user_id`
     // is not the publishing connection's own.
-    let mut copy = BasicProperties::default().with_headers(FieldTable::from(map));
-    if let Some(v) = props.content_type() {
-        copy = copy.with_content_type(v.clone());
-    }
-    if let Some(v) = props.content_encoding() {
-        copy = copy.with_content_encoding(v.clone());
-    }
+    let mut copy = identity(
+        props,
+        BasicProperties::default().with_headers(FieldTable::from(map)),
+    );
     if let Some(v) = props.delivery_mode() {
         copy = copy.with_delivery_mode(*v);
     }
     if let Some(v) = props.priority() {
         copy = copy.with_priority(*v);
     }
+    if let Some(v) = props.expiration() {
+        copy = copy.with_expiration(v.clone());
+    }
+    if let Some(v) = props.cluster_id() {
+        copy = copy.with_cluster_id(v.clone());
+    }
+    copy
+}
+
+/// `copy` with the job's identifying and descriptive properties (content
+/// type and encoding, correlation id, reply-to, message id, timestamp,
+/// type, app id); every copy the worker makes keeps these.
+fn identity(props: &BasicProperties, mut copy: BasicProperties) -> BasicProperties {
+    if let Some(v) = props.content_type() {
+        copy = copy.with_content_type(v.clone());
+    }
+    if let Some(v) = props.content_encoding() {
+        copy = copy.with_content_encoding(v.clone());
+    }
     if let Some(v) = props.correlation_id() {
         copy = copy.with_correlation_id(v.clone());
     }
     if let Some(v) = props.reply_to() {
         copy = copy.with_reply_to(v.clone());
-    }
-    if let Some(v) = props.expiration() {
-        copy = copy.with_expiration(v.clone());
     }
     if let Some(v) = props.message_id() {
         copy = copy.with_message_id(v.clone());
@@ -148,9 +161,6 @@ pub(crate) fn returned_copy(props: &BasicProperties) -> BasicProperties {
     }
     if let Some(v) = props.app_id() {
         copy = copy.with_app_id(v.clone());
-    }
-    if let Some(v) = props.cluster_id() {
-        copy = copy.with_cluster_id(v.clone());
     }
     copy
 }
@@ -311,34 +321,12 @@ pub(crate) fn durable_copy(
             map.insert(k, v);
         }
     }
-    let mut copy = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(FieldTable::from(map));
-    if let Some(v) = props.content_type() {
-        copy = copy.with_content_type(v.clone());
-    }
-    if let Some(v) = props.content_encoding() {
-        copy = copy.with_content_encoding(v.clone());
-    }
-    if let Some(v) = props.correlation_id() {
-        copy = copy.with_correlation_id(v.clone());
-    }
-    if let Some(v) = props.reply_to() {
-        copy = copy.with_reply_to(v.clone());
-    }
-    if let Some(v) = props.message_id() {
-        copy = copy.with_message_id(v.clone());
-    }
-    if let Some(v) = props.timestamp() {
-        copy = copy.with_timestamp(*v);
-    }
-    if let Some(v) = props.kind() {
-        copy = copy.with_type(v.clone());
-    }
-    if let Some(v) = props.app_id() {
-        copy = copy.with_app_id(v.clone());
-    }
-    copy
+    identity(
+        props,
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(FieldTable::from(map)),
+    )
 }
 
 #[cfg(test)]
