@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod filter;
 pub mod message;
+pub mod report;
 pub mod snapshot;
 
 use std::{
@@ -22,19 +23,18 @@ use std::{
 
 use anyhow::Context;
 use lapin::{message::Delivery, options::BasicAckOptions, types::AMQPValue};
-use serde_json::json;
 use time::OffsetDateTime;
 
 pub use filter::Filter;
 pub use message::{DeadMessage, Source, Why};
+pub use report::Summary;
 
 use crate::{
     broker::{Names, Publisher, headers},
     config::Config,
-    events::timestamp,
-    telemetry::escape,
 };
 use backup::Exported;
+use report::{Group, table_row, write_stats};
 use snapshot::Snapshot;
 use snapshot::acked;
 
@@ -58,36 +58,6 @@ pub struct Request<'a> {
     pub wait: Duration,
     /// Purge only the dead letters this export file holds.
     pub only_exported: Option<&'a std::path::Path>,
-}
-
-/// Counts for the closing summary.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Summary {
-    pub queue: String,
-    /// Messages in the queue when the command started (up to its marker).
-    pub scanned: u32,
-    pub matched: usize,
-    /// Lines written (list, export).
-    pub written: usize,
-    /// Markers of earlier dlq commands that died, removed.
-    pub stale_markers: u32,
-    /// Matching messages kept because the export file does not hold them.
-    pub not_exported: usize,
-    /// Export-file lines that matched no message in the queue.
-    pub unmatched_lines: u64,
-    /// Replayed or purged (or, with `--dry-run`, would be).
-    pub acted: usize,
-    pub skipped_over_cap: usize,
-    pub skipped_no_channel: usize,
-    pub skipped_over_limit: usize,
-    pub by_reason: BTreeMap<&'static str, usize>,
-}
-
-#[derive(Default)]
-struct Group {
-    count: usize,
-    oldest: Option<OffsetDateTime>,
-    newest: Option<OffsetDateTime>,
 }
 
 /// Runs the request over the whole queue. Results go to `out`; progress to
@@ -309,157 +279,4 @@ async fn replay(
         .with_context(|| format!("replay to channel {channel} failed; the dead copy was kept"))?;
     acked(delivery.acker.ack(BasicAckOptions::default()).await?)?;
     Ok(())
-}
-
-/// One `dlq list` row. Every field from the message is escaped: a job id or
-/// an error text cannot forge a row or drive the terminal.
-fn table_row(m: &DeadMessage) -> String {
-    let mut error: String = escape(&m.error).chars().take(80).collect();
-    if m.error.chars().count() > 80 {
-        error.push('…');
-    }
-    format!(
-        "{:<24}  {:<17}  {:<16}  {:<32}  {:>8}  {:>7}  {}",
-        m.failed_at.map(timestamp).unwrap_or_else(|| "-".into()),
-        m.why.as_str(),
-        escape(m.channel.as_deref().unwrap_or("-")),
-        escape(m.job_id.as_deref().unwrap_or("-")),
-        m.attempts,
-        m.replays,
-        error
-    )
-}
-
-fn write_stats(
-    out: &mut impl Write,
-    queue: &str,
-    groups: &BTreeMap<(Why, String), Group>,
-    json: bool,
-) -> std::io::Result<()> {
-    let total: usize = groups.values().map(|g| g.count).sum();
-    let oldest = groups.values().filter_map(|g| g.oldest).min();
-    let newest = groups.values().filter_map(|g| g.newest).max();
-    let ts = |t: Option<OffsetDateTime>| t.map(timestamp);
-    if json {
-        let rows: Vec<_> = groups
-            .iter()
-            .map(|((why, ch), g)| json!({"reason": why.as_str(), "channel": ch, "count": g.count, "oldest": ts(g.oldest), "newest": ts(g.newest)}))
-            .collect();
-        return writeln!(
-            out,
-            "{}",
-            json!({"queue": queue, "total": total, "oldest": ts(oldest), "newest": ts(newest), "groups": rows})
-        );
-    }
-    writeln!(out, "{queue}: {total} message(s)")?;
-    if total == 0 {
-        return Ok(());
-    }
-    writeln!(
-        out,
-        "{:<17}  {:<16}  {:>7}  {:<24}  NEWEST",
-        "REASON", "CHANNEL", "COUNT", "OLDEST"
-    )?;
-    for ((why, ch), g) in groups {
-        writeln!(
-            out,
-            "{:<17}  {:<16}  {:>7}  {:<24}  {}",
-            why.as_str(),
-            ch,
-            g.count,
-            ts(g.oldest).unwrap_or_else(|| "-".into()),
-            ts(g.newest).unwrap_or_else(|| "-".into())
-        )?;
-    }
-    writeln!(
-        out,
-        "oldest failure {}, newest {}",
-        ts(oldest).unwrap_or_else(|| "-".into()),
-        ts(newest).unwrap_or_else(|| "-".into())
-    )
-}
-
-impl Summary {
-    /// The closing lines on stderr: the queue's total, what matched, what was done.
-    pub fn describe(&self, op: Op, max_replays: u32) -> String {
-        let verb = match op {
-            Op::Replay { dry_run: true, .. } => "would replay",
-            Op::Replay { .. } => "replayed",
-            Op::Purge { dry_run: true, .. } => "would purge",
-            Op::Purge { .. } => "purged",
-            Op::Export => "exported",
-            Op::List { .. } => "listed",
-            Op::Stats { .. } => "counted",
-        };
-        let mut s = format!(
-            "{}: the whole queue as it stood at the start: {} message(s); matched {}; {verb} {}",
-            self.queue, self.scanned, self.matched, self.acted
-        );
-        let skipped = self.skipped();
-        if skipped > 0 {
-            s.push_str(&format!(
-                "; skipped {skipped} (replay cap {max_replays} reached: {}, channel not configured: {}, past --limit: {})",
-                self.skipped_over_cap, self.skipped_no_channel, self.skipped_over_limit
-            ));
-        }
-        if self.not_exported > 0 {
-            s.push_str(&format!(
-                "; kept {} not in the export file",
-                self.not_exported
-            ));
-        }
-        if self.stale_markers > 0 {
-            s.push_str(&format!(
-                "; removed {} marker(s) of earlier dlq commands that died",
-                self.stale_markers
-            ));
-        }
-        if !self.by_reason.is_empty() {
-            let parts: Vec<String> = self
-                .by_reason
-                .iter()
-                .map(|(r, n)| format!("{r} {n}"))
-                .collect();
-            s.push_str(&format!("\nmatched by reason: {}", parts.join(", ")));
-        }
-        s
-    }
-
-    fn skipped(&self) -> usize {
-        self.skipped_over_cap
-            .saturating_add(self.skipped_no_channel)
-            .saturating_add(self.skipped_over_limit)
-    }
-
-    /// The counts must add up; a mismatch is an error, never a silent partial.
-    fn check(&self, op: Op) -> anyhow::Result<()> {
-        let skipped = self.skipped();
-        if self.acted.checked_add(skipped) != Some(self.matched) {
-            anyhow::bail!(
-                "{}: matched {} but did {} and skipped {}",
-                self.queue,
-                self.matched,
-                self.acted,
-                skipped
-            );
-        }
-        if matches!(op, Op::List { .. } | Op::Export) && self.written != self.matched {
-            anyhow::bail!(
-                "{}: matched {} but wrote {}",
-                self.queue,
-                self.matched,
-                self.written
-            );
-        }
-        if self.unmatched_lines > 0 {
-            anyhow::bail!(
-                "{}: {} line(s) of the export file matched no dead letter in the queue (already purged or replayed?); \
-                 only the {} that matched were purged",
-                self.queue,
-                self.unmatched_lines,
-                self.acted
-            );
-        }
-        Ok(())
-    }
 }
