@@ -79,65 +79,145 @@ async fn publish_jobs(ch: &Channel, exchange: &str, routing_keys: &[String], n: 
     Ok(())
 }
 
-/// (a) The ceiling: the least any worker must do per job.
-async fn ceiling(conn: &Connection, sandbox_url: &str, n: usize, prefetch: u16) -> Res<f64> {
-    let prefix = format!("bench-ceiling-{}", std::process::id());
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut qargs = FieldTable::default();
-    qargs.insert(
+/// What runs the jobs in a measured round, each in its own process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contender {
+    /// Consume from a classic queue → POST → publish a small body to a
+    /// classic queue (no confirm) → ack.
+    Bare,
+    /// The contract's broker work: consume from a quorum queue with the
+    /// channel queue's arguments → POST → a ≈420-byte event to a topic
+    /// exchange bound to a quorum queue, persistent, mandatory, confirmed → ack.
+    SameWork,
+    /// `octopods-worker run`, the release binary.
+    Worker,
+}
+
+impl Contender {
+    fn label(self) -> &'static str {
+        match self {
+            Contender::Bare => "bare loop",
+            Contender::SameWork => "same-work loop",
+            Contender::Worker => "octopods-worker",
+        }
+    }
+    fn role(self) -> &'static str {
+        match self {
+            Contender::Bare => "bare",
+            Contender::SameWork => "same-work",
+            Contender::Worker => "worker",
+        }
+    }
+}
+
+fn quorum_args(channel_queue: bool) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString(LongString::from("quorum")),
     );
-    qargs.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    if channel_queue {
+        // The worker's channel queue arguments (CONTRACT §1).
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(20));
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            AMQPValue::LongString(LongString::from("at-least-once")),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString(LongString::from("reject-publish")),
+        );
+    }
+    args
+}
+
+/// The loops' queues: jobs in, results out (through `exchange` when set).
+struct LoopQueues {
+    jobs: String,
+    results: String,
+    exchange: Option<String>,
+}
+
+async fn declare_loop(ch: &Channel, prefix: &str, kind: Contender) -> Res<LoopQueues> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let jobs_q = format!("{prefix}.jobs");
-    let results_q = format!("{prefix}.results");
-    ch.queue_declare(jobs_q.as_str().into(), durable, qargs)
+    let q = LoopQueues {
+        jobs: format!("{prefix}.jobs"),
+        results: format!("{prefix}.results"),
+        exchange: (kind == Contender::SameWork).then(|| format!("{prefix}.results-x")),
+    };
+    let (jobs_args, results_args) = match kind {
+        Contender::SameWork => (quorum_args(true), quorum_args(false)),
+        _ => (FieldTable::default(), FieldTable::default()),
+    };
+    ch.queue_declare(q.jobs.as_str().into(), durable, jobs_args)
         .await?;
-    let mut rargs = FieldTable::default();
-    rargs.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    ch.queue_declare(results_q.as_str().into(), durable, rargs)
+    ch.queue_declare(q.results.as_str().into(), durable, results_args)
         .await?;
-    // The same routing as the worker's events: a topic exchange bound `#`.
-    let results_x = format!("{prefix}.results-x");
-    ch.exchange_declare(
-        results_x.as_str().into(),
-        lapin::ExchangeKind::Topic,
-        lapin::options::ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        results_q.as_str().into(),
-        results_x.as_str().into(),
-        "#".into(),
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    publish_jobs(&ch, "", std::slice::from_ref(&jobs_q), n).await?;
+    if let Some(x) = &q.exchange {
+        ch.exchange_declare(
+            x.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_bind(
+            q.results.as_str().into(),
+            x.as_str().into(),
+            "#".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(q)
+}
 
+async fn delete_loop(ch: &Channel, q: &LoopQueues) {
+    for name in [&q.jobs, &q.results] {
+        drop(
+            ch.queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await,
+        );
+    }
+    if let Some(x) = &q.exchange {
+        drop(
+            ch.exchange_delete(x.as_str().into(), Default::default())
+                .await,
+        );
+    }
+}
+
+/// A loop's child process: consumes until killed.
+async fn run_loop(kind: Contender) -> Res<()> {
+    let var = |k: &str| std::env::var(k).map_err(|_| format!("{k} is not set"));
+    let (jobs_q, results_q, peer) = (
+        var("BENCH_QUEUE")?,
+        var("BENCH_RESULTS")?,
+        var("BENCH_PEER")?,
+    );
+    let exchange = std::env::var("BENCH_EXCHANGE").ok();
+    let prefetch: u16 = env_or("BENCH_PREFETCH", 256);
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let http = reqwest::Client::new();
-    let url = format!("{sandbox_url}/api/v1/whatsapp/interactive");
+    let url = format!("{peer}/api/v1/whatsapp/interactive");
     let consume_ch = conn.create_channel().await?;
     consume_ch
         .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let pub_ch = conn.create_channel().await?;
-    pub_ch
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let started = Instant::now();
+    if kind == Contender::SameWork {
+        pub_ch
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+    }
     let mut consumer = consume_ch
         .basic_consume(
             jobs_q.as_str().into(),
@@ -146,21 +226,13 @@ async fn ceiling(conn: &Connection, sandbox_url: &str, n: usize, prefetch: u16) 
             FieldTable::default(),
         )
         .await?;
-    let done = Arc::new(tokio::sync::Semaphore::new(0));
-    let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let tenth = Arc::new(std::sync::OnceLock::new());
-    for _ in 0..n {
-        let Some(Ok(d)) = consumer.next().await else {
-            break;
-        };
-        let (http, url, pub_ch, results_x, done) = (
-            http.clone(),
-            url.clone(),
-            pub_ch.clone(),
-            results_x.clone(),
-            done.clone(),
-        );
-        let (counted, tenth) = (counted.clone(), tenth.clone());
+    let target: Arc<(String, String)> = Arc::new(match &exchange {
+        Some(x) => (x.clone(), "sent.fast".to_owned()),
+        None => (String::new(), results_q.clone()),
+    });
+    while let Some(Ok(d)) = consumer.next().await {
+        let (http, url, pub_ch, target) =
+            (http.clone(), url.clone(), pub_ch.clone(), target.clone());
         tokio::spawn(async move {
             let job: Value = serde_json::from_slice(&d.data).unwrap_or_default();
             let payload = json!({"destination_phone": job["destination_phone"], "waba_interactive_message": job["waba_interactive_message"]});
@@ -174,67 +246,228 @@ async fn ceiling(conn: &Connection, sandbox_url: &str, n: usize, prefetch: u16) 
                 Ok(r) => r.json().await.unwrap_or_default(),
                 Err(_) => Value::Null,
             };
-            // The same event as the worker's, published the same way: persistent,
-            // mandatory, to a topic exchange, with a confirm.
-            let event = serde_json::to_vec(&json!({"event": "sent", "job_id": job["job_id"],
-                "channel": "fast", "message_id": answer["message_id"],
-                "channel_message_id": answer["channel_message_id"], "request_id": answer["request_id"],
-                "message_status_url": answer["message_status_url"], "phone_number": answer["phone_number"],
-                "attempts": 1, "sent_at": "2026-11-25T10:00:00.000Z", "via": "interactive",
-                "metadata": job["metadata"]}))
-            .unwrap_or_default();
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_correlation_id("bench".into());
-            if let Ok(confirm) = pub_ch
-                .basic_publish(
-                    results_x.as_str().into(),
-                    "sent.fast".into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &event,
-                    props,
+            let (exchange, key) = (target.0.as_str(), target.1.as_str());
+            if kind == Contender::Bare {
+                let body = serde_json::to_vec(
+                    &json!({"job_id": job["job_id"], "message_id": answer["message_id"]}),
                 )
-                .await
-            {
-                drop(confirm.await);
+                .unwrap_or_default();
+                drop(
+                    pub_ch
+                        .basic_publish(
+                            exchange.into(),
+                            key.into(),
+                            BasicPublishOptions::default(),
+                            &body,
+                            BasicProperties::default(),
+                        )
+                        .await,
+                );
+            } else {
+                // The worker's event, published the same way.
+                let event = serde_json::to_vec(&json!({"event": "sent", "job_id": job["job_id"],
+                    "channel": "fast", "message_id": answer["message_id"],
+                    "channel_message_id": answer["channel_message_id"], "request_id": answer["request_id"],
+                    "message_status_url": answer["message_status_url"], "phone_number": answer["phone_number"],
+                    "attempts": 1, "sent_at": "2026-11-25T10:00:00.000Z", "via": "interactive",
+                    "metadata": job["metadata"]}))
+                .unwrap_or_default();
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_correlation_id("bench".into());
+                if let Ok(confirm) = pub_ch
+                    .basic_publish(
+                        exchange.into(),
+                        key.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        &event,
+                        props,
+                    )
+                    .await
+                {
+                    drop(confirm.await);
+                }
             }
             drop(d.acker.ack(BasicAckOptions::default()).await);
-            if counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == n / 10 {
-                let _ = tenth.set(Instant::now());
-            }
-            done.add_permits(1);
         });
     }
-    drop(done.acquire_many(u32::try_from(n)?).await?);
-    let from = tenth.get().copied().unwrap_or(started);
-    let rate = (n - n / 10) as f64 / from.elapsed().as_secs_f64();
-    for q in [jobs_q, results_q] {
-        drop(
-            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await,
-        );
-    }
-    drop(
-        ch.exchange_delete(results_x.as_str().into(), Default::default())
-            .await,
-    );
-    Ok(rate)
+    Ok(())
 }
 
-fn worker_config(
+/// One contender's round, measured from 10 % of the jobs done to all done.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    jobs_per_second: f64,
+    /// CPU seconds of the contender's process per 1,000 jobs.
+    cpu_per_1000: f64,
+    /// CPU seconds of the broker (every `beam.smp`) per 1,000 jobs.
+    broker_per_1000: f64,
+    peak_rss_mib: f64,
+}
+
+/// CPU ticks (1/100 s) of every `beam.smp` process.
+fn broker_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "beam.smp")
+        })
+        .filter_map(cpu_ticks)
+        .sum()
+}
+
+async fn message_count(ch: &Channel, queue: &str) -> Res<u32> {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}
+
+/// Runs `child` over the `n` jobs already queued until `results` holds `n`.
+async fn watch(
+    ch: &Channel,
+    mut child: std::process::Child,
+    results: &str,
+    n: usize,
+) -> Res<Measured> {
+    let pid = child.id();
+    let started = Instant::now();
+    let mut tenth = None;
+    let outcome = loop {
+        let done = message_count(ch, results).await? as usize;
+        if tenth.is_none() && done >= n / 10 {
+            tenth = Some((
+                Instant::now(),
+                done,
+                cpu_ticks(pid).unwrap_or(0),
+                broker_ticks(),
+            ));
+        }
+        if done >= n {
+            let (from, done_then, cpu_then, broker_then) = tenth.unwrap_or((started, 0, 0, 0));
+            let jobs = (n - done_then) as f64;
+            let per_1000 = |ticks: u64| ticks as f64 / 100.0 / jobs * 1000.0;
+            break Ok(Measured {
+                jobs_per_second: jobs / from.elapsed().as_secs_f64(),
+                cpu_per_1000: per_1000(cpu_ticks(pid).unwrap_or(0).saturating_sub(cpu_then)),
+                broker_per_1000: per_1000(broker_ticks().saturating_sub(broker_then)),
+                peak_rss_mib: proc_status(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+            });
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            break Err(format!("{results}: {done} of {n} after 300 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status(),
+    );
+    drop(child.wait());
+    outcome
+}
+
+/// What every measured round shares.
+struct Setup<'a> {
+    conn: &'a Connection,
+    peer: &'a str,
+    n: usize,
+    prefetch: u16,
+    key_file: &'a std::path::Path,
+    dir: &'a std::path::Path,
+}
+
+/// One contender over `n` jobs, in its own process, against `peer`.
+async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measured> {
+    let Setup {
+        conn,
+        peer,
+        n,
+        prefetch,
+        key_file,
+        dir,
+    } = *setup;
+    let prefix = format!("bench-{}-{}-{round}", kind.role(), std::process::id());
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    if kind == Contender::Worker {
+        let config = worker_config(&prefix, peer, key_file, &[("fast", 1_000_000.0)], prefetch)?;
+        let path = dir.join(format!("{prefix}.toml"));
+        std::fs::write(
+            &path,
+            worker_toml(&prefix, peer, key_file, &[("fast", 1_000_000.0)], prefetch),
+        )?;
+        topology::declare(&ch, &config).await?;
+        let names = Names::new(&prefix);
+        publish_jobs(&ch, &names.jobs_exchange(), &["fast".to_owned()], n).await?;
+        // BENCH_PERF=FILE records a flat profile of the worker with perf
+        // (the CPU figure is then perf's own process, not the worker's).
+        let mut command = match std::env::var("BENCH_PERF") {
+            Ok(file) if !file.is_empty() => {
+                let mut c = std::process::Command::new("perf");
+                c.args(["record", "-F", "1999", "-o", &file, "--"])
+                    .arg(env!("CARGO_BIN_EXE_octopods-worker"));
+                c
+            }
+            _ => std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker")),
+        };
+        let child = command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let measured = watch(&ch, child, &names.results(), n).await;
+        topology::delete(&ch, &config).await?;
+        return measured;
+    }
+    let q = declare_loop(&ch, &prefix, kind).await?;
+    publish_jobs(&ch, "", std::slice::from_ref(&q.jobs), n).await?;
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .env("BENCH_ROLE", kind.role())
+        .env("BENCH_QUEUE", &q.jobs)
+        .env("BENCH_RESULTS", &q.results)
+        .env("BENCH_PEER", peer)
+        .env("BENCH_PREFETCH", prefetch.to_string());
+    if let Some(x) = &q.exchange {
+        command.env("BENCH_EXCHANGE", x);
+    }
+    let measured = watch(&ch, command.spawn()?, &q.results, n).await;
+    delete_loop(&ch, &q).await;
+    measured
+}
+
+fn worker_toml(
     prefix: &str,
-    sandbox_url: &str,
+    peer: &str,
     key_file: &std::path::Path,
     channels: &[(&str, f64)],
     prefetch: u16,
-) -> Res<Config> {
+) -> String {
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = {prefetch}\n\
-         [octopods]\nbase_url = \"{sandbox_url}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [octopods]\nbase_url = \"{peer}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
          [worker]\nspread_window = \"0s\"\n[results]\ndeclare_queue = true\n",
         amqp_url()
     );
@@ -245,7 +478,19 @@ fn worker_config(
             (*rate as u32).clamp(1, 100_000)
         ));
     }
-    Ok(Config::from_toml(&text)?)
+    text
+}
+
+fn worker_config(
+    prefix: &str,
+    peer: &str,
+    key_file: &std::path::Path,
+    channels: &[(&str, f64)],
+    prefetch: u16,
+) -> Res<Config> {
+    Ok(Config::from_toml(&worker_toml(
+        prefix, peer, key_file, channels, prefetch,
+    ))?)
 }
 
 /// Runs the in-process worker over `n` pre-published jobs; returns jobs/s.
@@ -392,26 +637,70 @@ async fn memory(
     Ok((hwm_kib, ticks as f64 * 10.0 / N as f64))
 }
 
-/// `octopods-worker sandbox --constant` in its own process.
-struct ConstantServer {
+/// The constant HTTP peer, in its own process: Debian's nginx answering
+/// one fixed success body (`BENCH_PEER=nginx`, the default when nginx is
+/// installed — `scripts/bench.sh` installs `nginx-light`), or
+/// `octopods-worker sandbox --constant` (`BENCH_PEER=sandbox`).
+struct Peer {
     child: std::process::Child,
     url: String,
+    name: &'static str,
+    _dir: tempfile::TempDir,
 }
 
-impl ConstantServer {
+const ANSWER: &str = r#"{"request_id":"req_bench","message_id":"msg_bench","message_status_url":"http://127.0.0.1/api/v1/whatsapp/messages/msg_bench","phone_number":"+15550000000","channel_message_id":"wamid.bench"}"#;
+
+impl Peer {
     async fn start() -> Res<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
-            .args([
-                "sandbox",
-                "--constant",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
+        let dir = tempfile::tempdir()?;
+        let want = std::env::var("BENCH_PEER").unwrap_or_default();
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let (child, name) = match nginx {
+            Some(nginx) if want != "sandbox" => {
+                let conf = dir.path().join("nginx.conf");
+                let d = dir.path().display();
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log crit;\n\
+                         events {{ worker_connections 4096; }}\n\
+                         http {{ access_log off; client_body_temp_path {d}; keepalive_requests 1000000;\n\
+                           server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; return 200 '{ANSWER}'; }} }} }}\n"
+                    ),
+                )?;
+                let child = std::process::Command::new(nginx)
+                    .args(["-p"])
+                    .arg(dir.path())
+                    .args(["-c"])
+                    .arg(&conf)
+                    .stderr(std::process::Stdio::null())
+                    .spawn()?;
+                (child, "nginx")
+            }
+            _ if want == "nginx" => {
+                return Err(
+                    "BENCH_PEER=nginx but nginx is not installed (apt-get install nginx-light)"
+                        .into(),
+                );
+            }
+            _ => {
+                let child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+                    .args([
+                        "sandbox",
+                        "--constant",
+                        "--listen",
+                        &format!("127.0.0.1:{port}"),
+                    ])
+                    .stderr(std::process::Stdio::null())
+                    .spawn()?;
+                (child, "octopods-worker sandbox --constant")
+            }
+        };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -424,13 +713,32 @@ impl ConstantServer {
         Ok(Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            name,
+            _dir: dir,
         })
+    }
+
+    /// CPU ticks of the peer (nginx: master and its worker).
+    fn ticks(&self) -> u64 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        cpu_ticks(pid).unwrap_or(0)
+            + children
+                .split_whitespace()
+                .filter_map(|c| cpu_ticks(c.parse().ok()?))
+                .sum::<u64>()
     }
 }
 
-impl Drop for ConstantServer {
+impl Drop for Peer {
     fn drop(&mut self) {
-        drop(self.child.kill());
+        // TERM, not KILL: nginx's master then stops its worker too.
+        drop(
+            std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status(),
+        );
         drop(self.child.wait());
     }
 }
@@ -442,8 +750,24 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-#[tokio::main]
-async fn main() -> Res<()> {
+fn main() -> Res<()> {
+    // A loop's child process runs on one thread, as lean as such a loop is
+    // written (lapin keeps its own I/O thread either way).
+    let kind = match std::env::var("BENCH_ROLE").as_deref() {
+        Ok("bare") => Some(Contender::Bare),
+        Ok("same-work") => Some(Contender::SameWork),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(run_loop(kind));
+    }
+    tokio::runtime::Runtime::new()?.block_on(orchestrate())
+}
+
+async fn orchestrate() -> Res<()> {
     let n: usize = env_or("BENCH_JOBS", 30_000);
     let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
@@ -463,32 +787,81 @@ async fn main() -> Res<()> {
         );
         return Ok(());
     }
-    let server = ConstantServer::start().await?;
+    let peer = Peer::start().await?;
     let rounds = if only == "cd" { 0 } else { rounds };
+    let order = [Contender::Bare, Contender::SameWork, Contender::Worker];
+    let mut all: Vec<(Contender, Measured)> = Vec::new();
     let mut ratios = Vec::with_capacity(rounds);
     for round in 1..=rounds {
-        let a = ceiling(&conn, &server.url, n, prefetch).await?;
-        let prefix = format!("bench-worker-{}-{round}", std::process::id());
-        let config = worker_config(
-            &prefix,
-            &server.url,
-            &key_file,
-            &[("fast", 1_000_000.0)],
-            prefetch,
-        )?;
-        let b = worker_run(&conn, config, n).await?;
-        println!(
-            "round {round}: (a) ceiling {a:8.0} jobs/s   (b) worker {b:8.0} jobs/s   ratio {:.2}   [{n} jobs, prefetch {prefetch}]",
-            b / a
-        );
-        ratios.push(b / a);
+        let mut this = Vec::new();
+        // Alternate the order from round to round: no contender always first.
+        for k in 0..order.len() {
+            let kind = order[(k + round - 1) % order.len()];
+            let peer_before = peer.ticks();
+            let setup = Setup {
+                conn: &conn,
+                peer: &peer.url,
+                n,
+                prefetch,
+                key_file: &key_file,
+                dir: dir.path(),
+            };
+            let m = contend(&setup, kind, round).await?;
+            let peer_cpu = (peer.ticks() - peer_before) as f64 / 100.0 / n as f64 * 1000.0;
+            println!(
+                "round {round}: {:<16} {:8.0} jobs/s   CPU {:.3} s/1000 jobs (broker {:.3}, peer {peer_cpu:.3})   peak RSS {:.1} MiB",
+                kind.label(),
+                m.jobs_per_second,
+                m.cpu_per_1000,
+                m.broker_per_1000,
+                m.peak_rss_mib
+            );
+            this.push((kind, m));
+        }
+        let get = |k: Contender| this.iter().find(|(c, _)| *c == k).map(|(_, m)| *m);
+        if let (Some(w), Some(s)) = (get(Contender::Worker), get(Contender::SameWork)) {
+            ratios.push((
+                w.jobs_per_second / s.jobs_per_second,
+                w.cpu_per_1000 / s.cpu_per_1000,
+            ));
+        }
+        all.extend(this);
     }
-    drop(server);
-    ratios.sort_by(f64::total_cmp);
+    let peer_name = peer.name;
+    drop(peer);
     if rounds > 0 {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
         println!(
-            "(b)/(a) median ratio over {rounds} rounds: {:.2}  (target ≥ 0.85)",
-            ratios.get(ratios.len() / 2).copied().unwrap_or_default()
+            "\n{n} jobs × {rounds} rounds, prefetch {prefetch}, peer {}; medians:",
+            peer_name
+        );
+        println!("| | jobs/s | CPU s per 1,000 jobs | broker CPU s per 1,000 | peak RSS MiB |");
+        println!("|---|---|---|---|---|");
+        for kind in order {
+            let of = |f: fn(&Measured) -> f64| {
+                median(
+                    all.iter()
+                        .filter(|(c, _)| *c == kind)
+                        .map(|(_, m)| f(m))
+                        .collect(),
+                )
+            };
+            println!(
+                "| {} | {:.0} | {:.3} | {:.3} | {:.1} |",
+                kind.label(),
+                of(|m| m.jobs_per_second),
+                of(|m| m.cpu_per_1000),
+                of(|m| m.broker_per_1000),
+                of(|m| m.peak_rss_mib)
+            );
+        }
+        println!(
+            "worker / same-work loop: throughput {:.2} (target ≥ 0.85), CPU per job {:.2} (target ≤ 1.3)",
+            median(ratios.iter().map(|r| r.0).collect()),
+            median(ratios.iter().map(|r| r.1).collect())
         );
     }
 
