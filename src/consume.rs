@@ -202,13 +202,9 @@ pub(crate) async fn consume(
             tokio::select! {
                 () = stop.cancelled() => {
                     // Stop taking jobs; those in flight still settle on this
-                    // channel. What was delivered but never started is handed
-                    // back as confirmed copies: left to the channel's close,
-                    // RabbitMQ would count each toward `x-delivery-limit`, and
-                    // a replica restarted often enough would poison the jobs
-                    // at the back of its prefetch.
+                    // channel, and what is still buffered goes back when the
+                    // channel closes.
                     drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
-                    return_buffered(&mut consumer, &settler, &queue).await;
                     return Stopped::Cancelled;
                 }
                 changed = control.changed() => {
