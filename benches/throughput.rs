@@ -407,12 +407,10 @@ async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measur
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     if kind == Contender::Worker {
-        let config = worker_config(&prefix, peer, key_file, &[("fast", 1_000_000.0)], prefetch)?;
+        let text = worker_toml(&prefix, peer, key_file, &[("fast", 1_000_000.0)], prefetch);
+        let config = Config::from_toml(&text)?;
         let path = dir.join(format!("{prefix}.toml"));
-        std::fs::write(
-            &path,
-            worker_toml(&prefix, peer, key_file, &[("fast", 1_000_000.0)], prefetch),
-        )?;
+        std::fs::write(&path, text)?;
         topology::declare(&ch, &config).await?;
         let names = Names::new(&prefix);
         publish_jobs(&ch, &names.jobs_exchange(), &["fast".to_owned()], n).await?;
@@ -605,17 +603,8 @@ async fn memory(
     loop {
         let in_sandbox = sandbox.requests().len();
         peak_in_flight = peak_in_flight.max(in_sandbox);
-        let q = ch
-            .queue_declare(
-                names.results().as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        if q.message_count() as usize >= N || started.elapsed() > Duration::from_secs(120) {
+        let done = message_count(&ch, &names.results()).await? as usize;
+        if done >= N || started.elapsed() > Duration::from_secs(120) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
