@@ -68,8 +68,12 @@ pub(crate) fn subscribe_delay(replica: &str, channel: &str, window: Duration) ->
 pub(crate) struct Session {
     /// Runs each delivery's task; the session drains it at shutdown.
     pub(crate) tracker: TaskTracker,
-    /// Cancelled to stop taking jobs.
+    /// Cancelled to stop taking jobs (the session ends: shutdown or failure).
     pub(crate) stop: CancellationToken,
+    /// Cancelled when the process shuts down: told apart from `stop` so a
+    /// graceful stop hands back what it holds, and a failing session (whose
+    /// broker may not confirm anything) does not wait on it.
+    pub(crate) shutdown: CancellationToken,
     /// Gets a permit when the consumer has subscribed (readiness).
     pub(crate) subscribed: Arc<tokio::sync::Semaphore>,
 }
@@ -101,6 +105,7 @@ pub(crate) async fn consume(
     let Session {
         tracker,
         stop,
+        shutdown,
         subscribed,
     } = session;
     let names = crate::broker::Names::new(&shared.config.broker.prefix);
@@ -202,9 +207,17 @@ pub(crate) async fn consume(
             tokio::select! {
                 () = stop.cancelled() => {
                     // Stop taking jobs; those in flight still settle on this
-                    // channel, and what is still buffered goes back when the
-                    // channel closes.
+                    // channel. At a graceful stop what was delivered but never
+                    // started is handed back as confirmed copies: left to the
+                    // channel's close, RabbitMQ would count each toward
+                    // `x-delivery-limit`, and a replica restarted often enough
+                    // would poison the jobs at the back of its prefetch. A
+                    // failing session leaves them to the close: its broker
+                    // may confirm nothing, and the next session must not wait.
                     drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
+                    if shutdown.is_cancelled() && amqp.status().connected() {
+                        return_buffered(&mut consumer, &settler, &queue).await;
+                    }
                     return Stopped::Cancelled;
                 }
                 changed = control.changed() => {

@@ -287,6 +287,7 @@ impl Worker {
             let session = Session {
                 tracker: tracker.clone(),
                 stop: stop.clone(),
+                shutdown: shutdown.clone(),
                 subscribed: subscribed.clone(),
             };
             consumers.spawn(async move { consume::consume(amqp, lane, ch, sh, st, session).await });
