@@ -69,7 +69,7 @@ impl ChannelState {
     /// (a failover, a restart) never lets the channel see two bursts.
     pub(crate) fn became_active(&self) {
         let (rate, burst) = self.rate(&self.control.borrow());
-        self.limiter.set_rate(rate, burst);
+        self.limiter.take_over(rate, burst);
     }
 }
 

@@ -12,6 +12,7 @@
 //! precise waits (exactly what governor's own `until_ready` does).
 
 use std::{
+    collections::HashMap,
     num::NonZeroU32,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
@@ -21,7 +22,7 @@ use governor::{
     Quota, RateLimiter,
     clock::{Clock, DefaultClock},
     middleware::NoOpMiddleware,
-    state::{InMemoryState, NotKeyed, keyed::DefaultKeyedStateStore},
+    state::{InMemoryState, NotKeyed},
 };
 use tokio::{
     sync::{Semaphore, SemaphorePermit},
@@ -84,8 +85,42 @@ impl Pace for DefaultClock {
 }
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
-type Keyed<C> =
-    RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// Per-recipient pacing: at most one send per `interval` to the same phone,
+/// counted from each send's slot (when its request leaves), not from when
+/// it began to wait — a job that waited on the channel's budget after its
+/// recipient check would otherwise leave less than the interval before the
+/// next one to the same phone.
+struct Recipients {
+    interval: Duration,
+    /// Each recipient's last slot, behind a lock its next job holds while
+    /// it waits for its own: jobs to one phone go one after another.
+    last: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Instant>>>>>,
+}
+
+impl Recipients {
+    /// Recipients kept before the idle ones are forgotten.
+    const KEPT: usize = 10_000;
+
+    fn gate(&self, recipient: &str) -> Arc<tokio::sync::Mutex<Option<Instant>>> {
+        let Ok(mut last) = self.last.lock() else {
+            // Poisoned only by a panic inside this block, which cannot
+            // happen; pace nobody rather than fail a send.
+            return Arc::default();
+        };
+        if last.len() >= Self::KEPT && !last.contains_key(recipient) {
+            let now = Instant::now();
+            last.retain(|_, gate| {
+                Arc::strong_count(gate) > 1
+                    || gate.try_lock().map_or(true, |at| {
+                        at.and_then(|at| at.checked_add(self.interval))
+                            .is_some_and(|end| now < end)
+                    })
+            });
+        }
+        last.entry(recipient.to_owned()).or_default().clone()
+    }
+}
 
 /// Counts a waiting send while alive.
 struct Waiting<'a>(&'a tokio::sync::watch::Sender<usize>);
@@ -110,9 +145,17 @@ pub(crate) struct Limiter<C: Pace = DefaultClock> {
     /// most one of the permits every channel shares.
     head: tokio::sync::Mutex<()>,
     /// Optional per-recipient pacing, keyed by phone number.
-    recipients: Option<Keyed<C>>,
+    recipients: Option<Recipients>,
     paused_until: Mutex<Option<Instant>>,
+    /// After a takeover: the rate and burst to start afresh with once the
+    /// handover pause ([`HANDOVER`]) is over.
+    renewal: Mutex<Option<(f64, u32)>>,
 }
+
+/// How long a replica that takes a channel over from another holds back
+/// its first send: the last holder's final requests may still be on their
+/// way to Octopods, which counts them when they arrive, not when they left.
+pub(crate) const HANDOVER: Duration = Duration::from_millis(100);
 
 impl Limiter {
     pub(crate) fn new(rate_per_second: f64, burst: u32) -> Self {
@@ -131,6 +174,7 @@ impl<C: Pace> Limiter<C> {
             head: tokio::sync::Mutex::new(()),
             recipients: None,
             paused_until: Mutex::new(None),
+            renewal: Mutex::new(None),
         }
     }
 
@@ -138,8 +182,10 @@ impl<C: Pace> Limiter<C> {
     pub(crate) fn with_recipient_interval(mut self, interval: Option<Duration>) -> Self {
         self.recipients = interval
             .filter(|i| !i.is_zero())
-            .and_then(Quota::with_period)
-            .map(|q| RateLimiter::dashmap_with_clock(q, self.clock.clone()));
+            .map(|interval| Recipients {
+                interval,
+                last: Mutex::default(),
+            });
         self
     }
 
@@ -170,19 +216,27 @@ impl<C: Pace> Limiter<C> {
         let started = Instant::now();
         self.sends_waiting.send_modify(|n| *n = n.saturating_add(1));
         let _waiting = Waiting(&self.sends_waiting);
-        if let Some(recipients) = &self.recipients {
-            let key = recipient.to_owned();
-            while let Err(not_until) = recipients.check_key(&key) {
-                self.clock
-                    .wait(not_until.wait_time_from(self.clock.now()))
-                    .await;
+        // The recipient's turn first, holding no permit: a job waiting for
+        // its phone's interval holds back no other phone.
+        let gate = self
+            .recipients
+            .as_ref()
+            .map(|r| (r.interval, r.gate(recipient)));
+        let mut last = match &gate {
+            Some((interval, gate)) => {
+                let last = gate.lock().await;
+                // The interval is at most a day (config), so this never overflows.
+                if let Some(end) = last.and_then(|at| at.checked_add(*interval)) {
+                    tokio::time::sleep_until(end).await;
+                }
+                Some(last)
             }
-            // Forget recipients whose slot is free again, so memory stays bounded.
-            if recipients.len() > 10_000 {
-                recipients.retain_recent();
-            }
-        }
+            None => None,
+        };
         let permit = self.head_turn(open).await;
+        if let Some(last) = &mut last {
+            **last = Some(Instant::now());
+        }
         (permit, started.elapsed())
     }
 
@@ -198,6 +252,11 @@ impl<C: Pace> Limiter<C> {
         loop {
             if let Some(until) = self.pause_deadline() {
                 tokio::time::sleep_until(until).await;
+            }
+            // Only the head (one task) gets here, so the renewal is taken once.
+            let renewal = self.renewal.lock().ok().and_then(|mut r| r.take());
+            if let Some((rate, burst)) = renewal {
+                self.set_rate(rate, burst);
             }
             let governor = self.current();
             let mut changed = self.changed.subscribe();
@@ -232,6 +291,18 @@ impl<C: Pace> Limiter<C> {
             *g = Arc::new(fresh);
         }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// This replica became the channel's active consumer: the budget starts
+    /// empty [`HANDOVER`] from now (not now), so the requests the last holder
+    /// sent just before, still on their way, never add up with ours to more
+    /// than the budget allows in any window.
+    pub(crate) fn take_over(&self, rate_per_second: f64, burst: u32) {
+        self.set_rate(rate_per_second, burst);
+        if let Ok(mut r) = self.renewal.lock() {
+            *r = Some((rate_per_second, burst));
+        }
+        self.pause(HANDOVER);
     }
 
     fn current(&self) -> Arc<Direct<C>> {
@@ -405,6 +476,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_recipient_interval_counts_from_the_send_not_the_wait() {
+        // The channel's budget is spent: the next slot is 0.5 s away.
+        let limiter = Arc::new(
+            Limiter::with_pace(2.0, 1, Paused::start())
+                .with_recipient_interval(Some(Duration::from_secs(1))),
+        );
+        let open = Arc::new(Semaphore::new(10));
+        drop(limiter.turn("+9", &open).await);
+        let started = Instant::now();
+        let mut sends = Vec::new();
+        for _ in 0..2 {
+            let (limiter, open) = (limiter.clone(), open.clone());
+            sends.push(tokio::spawn(async move {
+                drop(limiter.turn("+1", &open).await);
+                started.elapsed().as_millis()
+            }));
+            tokio::task::yield_now().await;
+        }
+        let mut at = Vec::new();
+        for send in sends {
+            at.push(send.await.unwrap_or(u128::MAX));
+        }
+        at.sort_unstable();
+        // The first +1 goes at its slot (0.5 s); the second a whole interval
+        // after that send, not after the first one began to wait.
+        assert_eq!(at, [500, 1_500]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_new_rate_reaches_a_job_already_waiting() {
         let limiter = paced(0.001, 1);
         let open = Arc::new(Semaphore::new(1));
@@ -427,6 +527,29 @@ mod tests {
             waited >= Duration::from_millis(5_100) && waited < Duration::from_millis(5_200),
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_takeover_starts_the_budget_after_the_handover() {
+        let limiter = paced(10.0, 5);
+        let open = Semaphore::new(1);
+        let start = Instant::now();
+        limiter.take_over(10.0, 5);
+        // Empty from the handover's end: the first slot one period after it.
+        let (_, waited) = limiter.turn("+1", &open).await;
+        assert_eq!(waited, HANDOVER + Duration::from_millis(100));
+        // From then on the plain rate, with no burst saved up by the handover.
+        let taken = turns_until(&limiter, &open, start + Duration::from_secs(3)).await;
+        // Slots at 0.3 s, 0.4 s, … 3.0 s (the window's end included, as in
+        // `turns_keep_rate_times_window_plus_burst`).
+        assert_eq!(
+            taken, 28,
+            "turns after the first within 3 s of the takeover"
+        );
+        // A rate change later is not undone by the takeover's renewal.
+        limiter.set_rate(1000.0, 5);
+        let (_, waited) = limiter.turn("+1", &open).await;
+        assert!(waited <= Duration::from_millis(1), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
