@@ -19,14 +19,14 @@ use lapin::{
 };
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, error, field::Empty, info, info_span};
+use tracing::{Instrument, Span, error, field::Empty, info, info_span};
 
 use crate::{
     channel::{ChannelState, Shared},
     config::Config,
     pipeline::{self, Delivered},
     settle::{self, Settler},
-    settlement::{self, Context},
+    settlement::{self, Context, Settlement},
     telemetry::escape,
 };
 
@@ -286,17 +286,40 @@ async fn handle(
     stop: &CancellationToken,
 ) {
     let name = channel.config.name.as_str();
-    let span = info_span!(
-        "job",
-        job_id = Empty,
-        channel = name,
-        attempt = Empty,
-        phone = Empty
-    );
+    let trace = if crate::trace::on() {
+        let parent = crate::trace::extract(delivery.properties.headers().as_ref());
+        if matches!(parent, crate::trace::Parent::Malformed) {
+            shared.metrics.trace_context_invalid(name);
+        }
+        crate::trace::process_span(
+            queue,
+            delivery.routing_key.as_str(),
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.as_str()),
+            name,
+            parent,
+        )
+    } else {
+        Span::none()
+    };
+    // The log lines' span (with the masked phone), inside the exported one.
+    let span = trace.in_scope(|| {
+        info_span!(
+            "job",
+            job_id = Empty,
+            channel = name,
+            attempt = Empty,
+            phone = Empty
+        )
+    });
     async {
         let input = Delivered {
             body: &delivery.data,
             properties: &delivery.properties,
+            trace: &trace,
         };
         // Status checks are not jobs: they do not count as received.
         let (received, decided) = match lane {
@@ -329,6 +352,9 @@ async fn handle(
                 settlement::after_panic(&ctx, &message)
             }
         };
+        if crate::trace::on() {
+            record_outcome(&trace, &settlement);
+        }
         let settled = Box::pin(settler.settle(&delivery, name, queue, received, settlement));
         if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
             error!(panic = %escape(&crate::telemetry::panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
@@ -339,7 +365,28 @@ async fn handle(
         }
     }
     .instrument(span)
+    .instrument(trace.clone())
     .await;
+}
+
+/// What came of the delivery, on its exported span (a dead letter is an
+/// error there, as the OTel conventions have it).
+fn record_outcome(trace: &Span, settlement: &Settlement) {
+    use crate::settlement::Report;
+    let outcome = match settlement {
+        Settlement::Publish { report, .. } => match report {
+            Report::Sent => "sent",
+            Report::DeadLettered { reason, .. } => {
+                crate::trace::failed(trace);
+                reason.as_str()
+            }
+            Report::Delayed { .. } => "retry",
+            Report::Polled { .. } => "polled",
+        },
+        Settlement::HandBack { .. } => "handed_back",
+        Settlement::Reject { .. } => "returned",
+    };
+    trace.record("octopods.outcome", outcome);
 }
 
 /// How long a job waited in its queue: now less the producer's AMQP

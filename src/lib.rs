@@ -67,6 +67,7 @@ mod settle;
 mod settlement;
 pub mod status;
 pub mod telemetry;
+pub mod trace;
 pub mod worker;
 
 /// The stand-in Octopods (its own crate, `sandbox/`), for tests and the demo.

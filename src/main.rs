@@ -1,10 +1,10 @@
-//! Wiring only: parse the command line, set up logging, turn SIGTERM/SIGINT
+//! Wiring only: parse the command line (the command sets up logging), turn SIGTERM/SIGINT
 //! into a cancellation (a second signal exits at once), run the command.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use octopods_worker::{cli, telemetry};
+use octopods_worker::cli;
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc: glibc's malloc/free were a quarter of the worker's CPU at full
@@ -20,7 +20,6 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run() -> ExitCode {
     let cli = cli::Cli::parse();
-    telemetry::init(cli.log_format);
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(shutdown.clone()));
     match cli::run(cli, shutdown).await {

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use tracing::{Instrument, Span};
 
 use crate::{
     classify::{self, Family, Transport, classify},
@@ -87,10 +88,12 @@ impl From<Endpoint> for Family {
 
 /// Sends one request for a job: the Octopods client, or a fake in tests.
 pub(crate) trait Sender {
+    /// `attempt` counts from 1 (for the request's trace span).
     fn send(
         &self,
         endpoint: Endpoint,
         body: bytes::Bytes,
+        attempt: u32,
     ) -> impl std::future::Future<Output = Attempt> + Send;
 }
 
@@ -101,8 +104,8 @@ pub(crate) struct ChannelSender<'a> {
 }
 
 impl Sender for ChannelSender<'_> {
-    async fn send(&self, endpoint: Endpoint, body: bytes::Bytes) -> Attempt {
-        self.client.send(self.key, endpoint, body).await
+    async fn send(&self, endpoint: Endpoint, body: bytes::Bytes, attempt: u32) -> Attempt {
+        self.client.send(self.key, endpoint, body, attempt).await
     }
 }
 
@@ -133,6 +136,7 @@ impl Client {
         key: &ApiKey,
         endpoint: Endpoint,
         body: bytes::Bytes,
+        attempt: u32,
     ) -> Attempt {
         let started = Instant::now();
         let post = match (endpoint, &self.interactive) {
@@ -142,9 +146,15 @@ impl Client {
                 .http
                 .post(format!("{}{TEMPLATES_PATH}/{id}/messages", self.base)),
         };
+        let (post, span) = traced(post, attempt);
         // Boxed: the request's state lives on the heap only while it runs,
         // not in every waiting job's task.
-        let (status, outcome) = match Box::pin(self.request(post, key, body)).await {
+        let request = Box::pin(self.request(post, key, body)).instrument(span.clone());
+        let answered = request.await;
+        if crate::trace::on() {
+            answered_on(&span, answered.as_ref().ok().map(|a| a.0));
+        }
+        let (status, outcome) = match answered {
             Ok((status, retry_after, answer)) => (
                 Some(status),
                 classify(endpoint.into(), status, retry_after, &answer),
@@ -220,7 +230,15 @@ impl Client {
             );
         };
         auth.set_sensitive(true);
-        let sent = self.http.get(&url).header(AUTH_HEADER, auth).send().await;
+        let (get, span) = traced(self.http.get(&url), 1);
+        let sent = get
+            .header(AUTH_HEADER, auth)
+            .send()
+            .instrument(span.clone())
+            .await;
+        if crate::trace::on() {
+            answered_on(&span, sent.as_ref().ok().map(|r| r.status().as_u16()));
+        }
         let mut response = match sent {
             Ok(r) => r,
             Err(e) => {
@@ -275,6 +293,36 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
     )
+}
+
+/// With traces on, the request's CLIENT span, its context sent along in
+/// `traceparent` (Octopods may continue it); off, the request as it was.
+fn traced(request: reqwest::RequestBuilder, attempt: u32) -> (reqwest::RequestBuilder, Span) {
+    if !crate::trace::on() {
+        return (request, Span::none());
+    }
+    let Some(built) = request.try_clone().and_then(|r| r.build().ok()) else {
+        return (request, Span::none());
+    };
+    let span = crate::trace::request_span(built.method().as_str(), built.url(), attempt);
+    let request = match crate::trace::traceparent(&span) {
+        Some(value) => request.header("traceparent", value),
+        None => request,
+    };
+    (request, span)
+}
+
+/// The answer's status on the request's span; no answer or 5xx is an error.
+fn answered_on(span: &Span, status: Option<u16>) {
+    match status {
+        Some(code) => {
+            span.record("http.response.status_code", code);
+            if code >= 400 {
+                crate::trace::failed(span);
+            }
+        }
+        None => crate::trace::failed(span),
+    }
 }
 
 #[cfg(test)]

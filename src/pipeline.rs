@@ -30,6 +30,8 @@ use crate::{
 pub(crate) struct Delivered<'a> {
     pub(crate) body: &'a [u8],
     pub(crate) properties: &'a BasicProperties,
+    /// The delivery's exported span (`Span::none()` with traces off).
+    pub(crate) trace: &'a Span,
 }
 
 /// Decides what `delivery` comes to on `channel`, sending through Octopods.
@@ -79,11 +81,16 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
         warn!("retry headers not written by this deployment were ignored");
         shared.metrics.forged_history(name);
     }
-    let job = match Job::parse(delivery.body, name, channel.config.provider) {
+    let parsed = {
+        let _validate = crate::trace::stage_span("validate").entered();
+        Job::parse(delivery.body, name, channel.config.provider)
+    };
+    let job = match parsed {
         Ok(job) => job,
         Err(rejection) => {
             if let Some(id) = &rejection.echo.job_id {
                 Span::current().record("job_id", tracing::field::display(escape(id)));
+                delivery.trace.record("octopods.job_id", id.as_str());
             }
             return context(&delivery, shared, name, now).dead_letter(
                 rejection.reason,
@@ -95,6 +102,7 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
     };
     let span = Span::current();
     span.record("job_id", tracing::field::display(escape(job.id.as_str())));
+    delivery.trace.record("octopods.job_id", job.id.as_str());
     // `Phone` displays masked: +1555***4567.
     span.record("phone", tracing::field::display(&job.phone));
     if let Some(hook) = shared.fault {
@@ -212,6 +220,9 @@ pub(crate) async fn poll(
         );
     };
     Span::current().record("job_id", tracing::field::display(escape(&check.job_id)));
+    delivery
+        .trace
+        .record("octopods.job_id", check.job_id.as_str());
     tokio::select! {
         biased;
         () = stop.cancelled() => return Settlement::HandBack { why: "stopping before its poll" },

@@ -17,7 +17,7 @@ use backoff::{ExponentialBackoff, backoff::Backoff};
 use time::OffsetDateTime;
 use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{Span, info};
+use tracing::{Instrument, Span, info};
 
 use crate::{
     broker::{Flow, headers::History},
@@ -114,7 +114,10 @@ pub(crate) async fn attempt<S: Sender>(
         if let Err(dead) = deadlines(job, &mut via) {
             return (dead, attempts.max(1));
         }
-        let Some((permit, waited)) = turn(job, target).await else {
+        let Some((permit, waited)) = turn(job, target)
+            .instrument(crate::trace::stage_span("rate wait"))
+            .await
+        else {
             return (Final::Requeue, attempts);
         };
         metrics.waited_for_limit(target.channel, waited);
@@ -130,7 +133,7 @@ pub(crate) async fn attempt<S: Sender>(
             }
             _ => (Endpoint::Interactive, job.request_body.clone()),
         };
-        let result = sender.send(endpoint, body).await;
+        let result = sender.send(endpoint, body, attempts).await;
         drop(permit);
         metrics.api_request(target.channel, result.status, result.duration);
         let (cause, after, failure) = match result.outcome {

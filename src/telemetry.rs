@@ -1,9 +1,10 @@
-//! Logging set-up (`tracing`, text or JSON) and the helpers that keep phone
+//! Logging set-up (`tracing`, text or JSON; the trace exporter's layer when
+//! traces are on) and the helpers that keep phone
 //! numbers out of logs, events and errors.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{EnvFilter, filter::filter_fn, fmt, prelude::*};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -14,16 +15,30 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` filters
-/// (default `info`).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+/// the log lines (default `info`). With a `tracer`, spans of target
+/// [`crate::trace::TARGET`] — and only those — are exported too; log lines
+/// never show them.
+pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
+    let filter = || {
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        match format!("{}=off", crate::trace::TARGET).parse() {
+            Ok(off) => filter.add_directive(off),
+            Err(_) => filter,
+        }
+    };
+    let traces = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(filter_fn(|m| m.target() == crate::trace::TARGET))
+    });
+    let registry = tracing_subscriber::registry().with(traces);
     let result = match format {
         LogFormat::Text => registry
             .with(
                 fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter()),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -32,7 +47,8 @@ pub fn init(format: LogFormat) {
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter()),
             )
             .try_init(),
     };

@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -153,8 +155,38 @@ impl Publisher {
     }
 
     /// Publishes `mandatory` and waits for the broker's confirm. A returned
-    /// message is an error unless `allow_unroutable`.
+    /// message is an error unless `allow_unroutable`. With traces on, the
+    /// publish is a PRODUCER span whose context goes in the message's
+    /// headers (`traceparent`), in place of any it carried.
     pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        allow_unroutable: bool,
+    ) -> Result<Routed, PublishError> {
+        if !crate::trace::on() {
+            return self
+                .publish_untraced(exchange, routing_key, body, properties, allow_unroutable)
+                .await;
+        }
+        let span = crate::trace::publish_span(exchange, routing_key);
+        let properties = match crate::trace::inject(&span, properties.headers().clone()) {
+            Some(headers) => properties.with_headers(headers),
+            None => properties,
+        };
+        let published = self
+            .publish_untraced(exchange, routing_key, body, properties, allow_unroutable)
+            .instrument(span.clone())
+            .await;
+        if published.is_err() {
+            crate::trace::failed(&span);
+        }
+        published
+    }
+
+    async fn publish_untraced(
         &self,
         exchange: &str,
         routing_key: &str,

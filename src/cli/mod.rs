@@ -17,7 +17,7 @@ pub mod loadtest;
 use crate::{
     broker::{self, topology},
     config::Config,
-    telemetry::LogFormat,
+    telemetry::{self, LogFormat},
     worker::Worker,
 };
 use dlq::{Filter, Op, Source};
@@ -244,13 +244,12 @@ pub struct EventsArgs {
 
 /// Runs a command. `shutdown` is cancelled on SIGTERM/SIGINT.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
+    // The worker sets up logging once its config says whether traces go out.
+    if !matches!(cli.command, Command::Run(_)) {
+        telemetry::init(cli.log_format, None);
+    }
     match cli.command {
-        Command::Run(a) => {
-            let config = Config::load(&a.config)?;
-            let worker = Worker::build(config).await?;
-            tracing::info!(http = %worker.http_addr(), "metrics and health endpoints listening");
-            worker.run(shutdown).await?;
-        }
+        Command::Run(a) => run_worker(&a, cli.log_format, shutdown).await?,
         Command::CheckConfig(a) => {
             let config = Config::load(&a.config)?;
             config.api_keys()?;
@@ -369,6 +368,28 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Channel(c) => channel::run(c, &mut std::io::stdout().lock()).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `run`: the worker, with its traces exported while it runs (when
+/// configured) and flushed, for at most 5 s, after it stopped.
+async fn run_worker(
+    args: &ConfigArg,
+    log_format: LogFormat,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let (traces, tracer) = crate::trace::Traces::start(&config.telemetry)?.unzip();
+    telemetry::init(log_format, tracer);
+    if traces.is_some() {
+        tracing::info!("traces: exporting over OTLP/HTTP");
+    }
+    let worker = Worker::build(config).await?;
+    tracing::info!(http = %worker.http_addr(), "metrics and health endpoints listening");
+    let ran = worker.run(shutdown).await;
+    if let Some(traces) = traces {
+        traces.shutdown(std::time::Duration::from_secs(5)).await;
+    }
+    ran
 }
 
 async fn run_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {

@@ -24,7 +24,7 @@ pub use broker::{BrokerConfig, DEFAULT_BROKER_URL};
 pub use channel::{ApiKey, ChannelConfig, Provider};
 pub use octopods::OctopodsConfig;
 pub use retry::{RetryConfig, StatusConfig};
-pub use sections::{DlqConfig, HttpConfig, ResultsConfig, WorkerConfig};
+pub use sections::{DlqConfig, HttpConfig, ResultsConfig, TelemetryConfig, WorkerConfig};
 
 /// A configuration problem, naming the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,8 @@ pub struct Config {
     pub dlq: DlqConfig,
     #[serde(default)]
     pub status: StatusConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// The WhatsApp channels this deployment sends for. At least one.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
@@ -109,6 +111,7 @@ impl Config {
         self.retry
             .check(self.octopods.timeout, self.broker.consumer_timeout)?;
         self.status.check()?;
+        self.telemetry.check()?;
         if self.channels.is_empty() {
             return Err(invalid("channels", "configure at least one [[channels]]"));
         }

@@ -1,4 +1,4 @@
-//! The small sections: `[http]`, `[worker]`, `[results]`, `[dlq]`.
+//! The small sections: `[http]`, `[worker]`, `[results]`, `[dlq]`, `[telemetry]`.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -84,5 +84,84 @@ pub struct DlqConfig {
 impl Default for DlqConfig {
     fn default() -> Self {
         Self { max_replays: 5 }
+    }
+}
+
+/// `[telemetry]`: distributed traces over OTLP/HTTP. Off unless an endpoint
+/// is set here or in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`http://collector:4318`); spans go to
+    /// `<base>/v1/traces`. Default: `OTEL_EXPORTER_OTLP_ENDPOINT`, else off.
+    pub otlp_endpoint: Option<String>,
+    /// How long one export may take before it is given up (its spans are
+    /// dropped, counted). Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+    /// Spans kept for export at most; beyond it new spans are dropped, so a
+    /// slow or unreachable collector never grows memory. Default 4096.
+    pub queue_size: usize,
+    /// How often a batch is sent. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            export_timeout: Duration::from_secs(5),
+            queue_size: 4096,
+            export_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// The traces URL in force: the config's endpoint, else the
+    /// environment's, with `/v1/traces` appended (as OTLP/HTTP specifies for
+    /// a base endpoint). `None`: traces are off.
+    pub fn traces_url(&self) -> Option<String> {
+        let base = self
+            .otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|b| !b.trim().is_empty())?;
+        let base = base.trim().trim_end_matches('/');
+        Some(if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        })
+    }
+
+    pub(crate) fn check(&self) -> Result<(), super::ConfigError> {
+        if let Some(url) = self.traces_url() {
+            let ok = reqwest::Url::parse(&url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if ok.is_none() {
+                return Err(super::invalid(
+                    "telemetry.otlp_endpoint",
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.queue_size) {
+            return Err(super::invalid(
+                "telemetry.queue_size",
+                "must be from 1 to 1000000",
+            ));
+        }
+        for (key, d) in [
+            ("telemetry.export_timeout", self.export_timeout),
+            ("telemetry.export_interval", self.export_interval),
+        ] {
+            if d < Duration::from_millis(10) || d > Duration::from_secs(600) {
+                return Err(super::invalid(key, "must be from 10ms to 10m"));
+            }
+        }
+        Ok(())
     }
 }

@@ -270,6 +270,12 @@ impl Metrics {
                 "Broker sessions that ended in a panic (caught; the session started again).",
                 &[],
             ),
+            trace_invalid: counter(
+                r,
+                "octopods_trace_context_invalid_total",
+                "Deliveries whose `traceparent` header was not W3C's (ignored: the delivery started a trace of its own). Counted only while traces are exported.",
+                &["channel"],
+            ),
             settle_failing,
             broker_blocked,
             paused,

@@ -40,6 +40,7 @@ pub struct Metrics {
     polls: IntCounterVec,
     settle_failures: IntCounterVec,
     forged: IntCounterVec,
+    trace_invalid: IntCounterVec,
     settle_failing: IntGauge,
     broker_blocked: IntGauge,
     paused: IntGaugeVec,
@@ -64,6 +65,7 @@ impl Metrics {
             &self.duplicates_suppressed,
             &self.panics,
             &self.forged,
+            &self.trace_invalid,
         ] {
             c.with_label_values(&[channel]);
         }
@@ -157,6 +159,10 @@ impl Metrics {
 
     pub fn broker_blocked(&self, blocked: bool) {
         self.broker_blocked.set(i64::from(blocked));
+    }
+
+    pub fn trace_context_invalid(&self, channel: &str) {
+        self.trace_invalid.with_label_values(&[channel]).inc();
     }
 
     pub fn forged_history(&self, channel: &str) {

@@ -41,7 +41,12 @@ burst = 1000
 struct Answer(Outcome);
 
 impl crate::octopods::Sender for Answer {
-    async fn send(&self, _endpoint: crate::octopods::Endpoint, _body: bytes::Bytes) -> Attempt {
+    async fn send(
+        &self,
+        _endpoint: crate::octopods::Endpoint,
+        _body: bytes::Bytes,
+        _attempt: u32,
+    ) -> Attempt {
         Attempt {
             status: Some(200),
             outcome: self.0.clone(),
@@ -244,7 +249,11 @@ proptest! {
         let (shared, channel) = &*FIXTURE;
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         let stop = CancellationToken::new();
-        let delivered = Delivered { body: &body, properties: &props };
+        let delivered = Delivered {
+            body: &body,
+            properties: &props,
+            trace: &tracing::Span::none(),
+        };
         let settlement = rt.block_on(decide_with(delivered, channel, shared, &stop, &Answer(answer)));
         let now = OffsetDateTime::now_utc();
         // Exactly what settle would publish: every message fits AMQP, is
@@ -299,6 +308,7 @@ fn deliveries_spent_by_earlier_copies_count_toward_the_limit() {
         let delivered = Delivered {
             body: &body,
             properties: &props,
+            trace: &tracing::Span::none(),
         };
         let stop = CancellationToken::new();
         let sent = Answer(Outcome::Retry {

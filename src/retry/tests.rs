@@ -25,7 +25,7 @@ impl Script {
 }
 
 impl Sender for Script {
-    async fn send(&self, _endpoint: Endpoint, _body: bytes::Bytes) -> Attempt {
+    async fn send(&self, _endpoint: Endpoint, _body: bytes::Bytes, _attempt: u32) -> Attempt {
         let outcome = self
             .0
             .lock()
@@ -320,7 +320,7 @@ async fn no_request_while_the_broker_blocks_publishing() {
 struct Clocked(Mutex<Vec<Instant>>);
 
 impl Sender for Clocked {
-    async fn send(&self, _endpoint: Endpoint, _body: bytes::Bytes) -> Attempt {
+    async fn send(&self, _endpoint: Endpoint, _body: bytes::Bytes, _attempt: u32) -> Attempt {
         self.0.lock().unwrap().push(Instant::now());
         Attempt {
             status: None,

@@ -16,3 +16,4 @@ mod outcomes;
 mod scale;
 mod status;
 mod template;
+mod traces;

@@ -3,6 +3,7 @@
 //   WAIT_SECONDS=30 node publish.js store-eu 1234   # then print its result event
 // Persistent, mandatory, with publisher confirms: when the job id is printed,
 // the broker has the job. AMQP_URL overrides the broker address.
+import crypto from "node:crypto";
 import amqp from "amqplib";
 
 const [channelName = "store-eu", orderId = "1234", phone = "+15551234567"] = process.argv.slice(2);
@@ -52,6 +53,13 @@ channel.publish(`${prefix}.jobs`, channelName, Buffer.from(JSON.stringify(job)),
   // timestamp (seconds); messageId identifies the message in tools.
   messageId: job.job_id,
   timestamp: Math.floor(Date.now() / 1000),
+  // W3C trace context: the worker continues this trace (with OpenTelemetry,
+  // `propagation.inject(context.active(), headers)` fills it).
+  headers: {
+    traceparent:
+      process.env.TRACEPARENT ||
+      `00-${crypto.randomBytes(16).toString("hex")}-${crypto.randomBytes(8).toString("hex")}-01`,
+  },
 });
 await channel.waitForConfirms(); // rejects if the broker nacked
 console.log(job.job_id);

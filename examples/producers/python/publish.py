@@ -10,6 +10,7 @@ broker has the job on disk. AMQP_URL overrides the broker address.
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 
@@ -33,6 +34,11 @@ def delivery_confirmation(order_id: str, phone: str, channel: str) -> dict:
         "channel": channel,
         "metadata": {"order_id": order_id},
     }
+
+
+def traceparent() -> str:
+    """The order service's trace context: TRACEPARENT if set, else a new trace."""
+    return os.environ.get("TRACEPARENT") or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
 def main() -> int:
@@ -69,6 +75,9 @@ def main() -> int:
                 # from the timestamp; message_id identifies the message in tools.
                 message_id=job["job_id"],
                 timestamp=int(time.time()),
+                # W3C trace context: the worker continues this trace (with
+                # OpenTelemetry, `opentelemetry.propagate.inject(headers)` fills it).
+                headers={"traceparent": traceparent()},
             ),
             mandatory=True,
         )

@@ -93,6 +93,8 @@ async fn main() -> Result<()> {
                 // message_id and timestamp: the worker measures queue wait
                 // (octopods_job_queue_wait_seconds) from the timestamp.
                 .with_message_id(job_id.as_str().into())
+                // W3C trace context: the worker continues this trace.
+                .with_headers(trace_headers()?)
                 .with_timestamp(
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)?
@@ -132,4 +134,24 @@ async fn main() -> Result<()> {
         .map_err(|_| format!("no event for {job_id} within 30 s"))??;
     conn.close(200, "OK".into()).await?;
     Ok(())
+}
+
+/// The order service's trace context (`TRACEPARENT` if set, else a new
+/// trace) as AMQP headers; with OpenTelemetry, a propagator fills them.
+fn trace_headers() -> Result<lapin::types::FieldTable> {
+    let traceparent = match std::env::var("TRACEPARENT") {
+        Ok(t) => t,
+        Err(_) => {
+            let mut ids = [0u8; 24];
+            getrandom::fill(&mut ids).map_err(|e| format!("random ids: {e}"))?;
+            let hex: String = ids.iter().map(|b| format!("{b:02x}")).collect();
+            format!("00-{}-{}-01", &hex[..32], &hex[32..])
+        }
+    };
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        lapin::types::AMQPValue::LongString(traceparent.into()),
+    );
+    Ok(headers)
 }

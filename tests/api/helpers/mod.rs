@@ -10,6 +10,7 @@
 mod binary;
 mod broker;
 mod jobs;
+pub mod otlp;
 
 pub use binary::*;
 pub use broker::*;

@@ -1,0 +1,235 @@
+//! Distributed traces (issue 25): the worker continues the producer's W3C
+//! trace from the job's headers and carries it on in what it publishes;
+//! spans go to an OTLP/HTTP collector inside the test. The real binary runs
+//! (the exporter is set up by `run`).
+
+use std::time::Duration;
+
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::helpers::{otlp::Collector, *};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PRODUCER_SPAN: &str = "00f067aa0ba902b7";
+
+fn traced(traceparent: &str) -> BasicProperties {
+    let mut h = FieldTable::default();
+    h.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(traceparent)),
+    );
+    h.insert(
+        "tracestate".into(),
+        AMQPValue::LongString(LongString::from("shop=order-service")),
+    );
+    BasicProperties::default()
+        .with_headers(h)
+        .with_message_id("msg-1".into())
+}
+
+fn header(props: &BasicProperties, key: &str) -> Option<String> {
+    match props.headers().as_ref()?.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+fn options(collector: &str) -> Options {
+    Options {
+        extra_toml: format!(
+            "[telemetry]\notlp_endpoint = \"{collector}\"\nexport_interval = \"100ms\"\nexport_timeout = \"1s\"\nqueue_size = 256\n"
+        ),
+        ..Options::default()
+    }
+}
+
+async fn metric(addr: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series}"))
+}
+
+#[tokio::test]
+async fn a_job_continues_the_producers_trace_and_the_sent_event_carries_it_on() {
+    let collector = Collector::start().await;
+    let mut app = spawn_with("traces", options(&collector.url)).await;
+    app.stop_worker().await;
+    let worker = BinaryWorker::start(&app.config_path).await;
+    let channel = app.channels[0].name.clone();
+    let key = app.channels[0].key.clone();
+
+    let body = serde_json::to_vec(&button_job("traced-1")).expect("json");
+    let props = traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01"));
+    app.publish_bytes(&channel, &body, props).await;
+    let (event, event_props, _) = app.next_event_with_props().await;
+    assert_eq!(event["event"], "sent");
+
+    // The event's headers continue the producer's trace, from the worker's
+    // own publish span.
+    let parent = header(&event_props, "traceparent").expect("the sent event has a traceparent");
+    let parts: Vec<&str> = parent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{parent}");
+    assert_eq!(
+        parts[1], TRACE_ID,
+        "the event continues the producer's trace"
+    );
+    assert_ne!(parts[2], PRODUCER_SPAN, "the event names the worker's span");
+
+    let spans = eventually(
+        Duration::from_secs(15),
+        "the worker's spans at the collector",
+        || async {
+            let spans = collector.trace(TRACE_ID);
+            let has = |kind: i32| spans.iter().any(|s| s.kind == kind);
+            (has(5) && has(3) && has(4)).then_some(spans)
+        },
+    )
+    .await;
+    let process = spans.iter().find(|s| s.kind == 5).expect("a CONSUMER span");
+    let queue = format!("{}.jobs.{channel}", app.prefix);
+    assert_eq!(process.name, format!("process {queue}"));
+    assert_eq!(
+        process.parent_span_id, PRODUCER_SPAN,
+        "parented on the producer's span"
+    );
+    assert_eq!(process.attr("messaging.system"), Some("rabbitmq"));
+    assert_eq!(
+        process.attr("messaging.destination.name"),
+        Some(queue.as_str())
+    );
+    assert_eq!(
+        process.attr("messaging.rabbitmq.destination.routing_key"),
+        Some(channel.as_str())
+    );
+    assert_eq!(process.attr("messaging.message.id"), Some("msg-1"));
+    assert_eq!(process.attr("octopods.job_id"), Some("traced-1"));
+    assert_eq!(process.attr("octopods.channel"), Some(channel.as_str()));
+    assert_eq!(process.attr("octopods.outcome"), Some("sent"));
+
+    let client = spans.iter().find(|s| s.kind == 3).expect("a CLIENT span");
+    assert_eq!(client.name, "POST");
+    assert_eq!(client.parent_span_id, process.span_id);
+    assert_eq!(client.attr("http.request.method"), Some("POST"));
+    assert_eq!(client.attr("server.address"), Some("127.0.0.1"));
+    assert_eq!(client.attr("http.response.status_code"), Some("200"));
+    assert_eq!(client.attr("octopods.attempt"), Some("1"));
+
+    let publish = spans
+        .iter()
+        .find(|s| s.kind == 4 && s.span_id == parts[2])
+        .expect("the PRODUCER span named in the event's traceparent");
+    assert!(publish.name.starts_with("publish "), "{}", publish.name);
+    assert_eq!(publish.parent_span_id, process.span_id);
+    assert_eq!(publish.attr("messaging.system"), Some("rabbitmq"));
+
+    for stage in ["validate", "rate wait"] {
+        let s = spans
+            .iter()
+            .find(|s| s.name == stage)
+            .unwrap_or_else(|| panic!("a {stage} span"));
+        assert_eq!(s.parent_span_id, process.span_id, "{stage}");
+    }
+    // Never the phone, never the key.
+    for s in collector.spans() {
+        for (k, v) in &s.attributes {
+            assert!(
+                !v.contains("5551234567") && !v.contains(&key),
+                "{k}={v} on span {}",
+                s.name
+            );
+        }
+    }
+    drop(worker);
+}
+
+#[tokio::test]
+async fn a_malformed_traceparent_is_ignored_and_counted_and_a_dead_letter_carries_the_trace() {
+    let collector = Collector::start().await;
+    let mut app = spawn_with("traces-bad", options(&collector.url)).await;
+    app.stop_worker().await;
+    let worker = BinaryWorker::start(&app.config_path).await;
+    let channel = app.channels[0].name.clone();
+
+    // Malformed: the job is sent in a trace of its own.
+    let body = serde_json::to_vec(&button_job("odd-1")).expect("json");
+    app.publish_bytes(&channel, &body, traced("00-not-a-trace-01"))
+        .await;
+    let (event, event_props, _) = app.next_event_with_props().await;
+    assert_eq!(event["event"], "sent");
+    let parent = header(&event_props, "traceparent").expect("a traceparent of its own");
+    assert!(!parent.contains("not-a-trace"), "{parent}");
+    let series = format!("octopods_trace_context_invalid_total{{channel=\"{channel}\"}}");
+    assert_eq!(metric(&worker.addr, &series).await, 1.0);
+
+    // A job that can never be sent: its dead letter carries the trace on,
+    // so a replay of it continues the same trace.
+    let mut bad = button_job("invalid-1");
+    bad["destination_phone"] = serde_json::json!("not a phone");
+    let body = serde_json::to_vec(&bad).expect("json");
+    app.publish_bytes(
+        &channel,
+        &body,
+        traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01")),
+    )
+    .await;
+    let dead = app.next_dead_letter().await;
+    let parent = header(&dead.properties, "traceparent").expect("the dead letter's traceparent");
+    assert!(parent.contains(TRACE_ID), "{parent}");
+    let process = eventually(
+        Duration::from_secs(15),
+        "the dead letter's spans",
+        || async { collector.trace(TRACE_ID).into_iter().find(|s| s.kind == 5) },
+    )
+    .await;
+    assert_eq!(process.status, 2, "a dead-lettered job's span is an error");
+    assert_eq!(process.attr("octopods.job_id"), Some("invalid-1"));
+    drop(worker);
+}
+
+/// A collector that hangs on every export, or refuses connections, changes
+/// nothing: every job is sent, and the worker exits 0 on SIGTERM within the
+/// grace period plus the exporter's bounded flush.
+#[tokio::test]
+async fn a_collector_that_hangs_or_refuses_changes_nothing() {
+    let hanging = Collector::hanging().await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", l.local_addr().expect("address"))
+    };
+    for (name, url) in [("hangs", hanging.url.clone()), ("refuses", refused)] {
+        let mut app = spawn_with(&format!("traces-{name}"), options(&url)).await;
+        app.stop_worker().await;
+        let mut worker = BinaryWorker::start(&app.config_path).await;
+        let channel = app.channels[0].name.clone();
+        let jobs = 300;
+        let started = std::time::Instant::now();
+        for i in 0..jobs {
+            let body = serde_json::to_vec(&button_job(&format!("{name}-{i}"))).expect("json");
+            app.publish_bytes(
+                &channel,
+                &body,
+                traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01")),
+            )
+            .await;
+        }
+        for _ in 0..jobs {
+            assert_eq!(app.next_event().await["event"], "sent", "collector {name}");
+        }
+        eprintln!(
+            "collector {name}: {jobs} jobs sent in {:?}",
+            started.elapsed()
+        );
+        worker.signal("TERM");
+        let status = worker.wait_exit(Duration::from_secs(15)).await;
+        assert!(status.success(), "collector {name}: exit {status:?}");
+    }
+}
