@@ -4,6 +4,12 @@
 #   docker run --rm -v $PWD/worker.toml:/etc/octopods/worker.toml:ro \
 #     -e OCTOPODS_KEY_STORE_EU=... octopods-worker run
 
+# Where the binary comes from: `build` compiles it here (the default, what
+# users build); `prebuilt` takes prebuilt/octopods-worker from the build
+# context instead (CI: no image registry, so no rust image, is reachable
+# there; scripts/check-image.sh builds the runtime stage below as shipped).
+ARG BINARY_FROM=build
+
 # ---- build ----
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -26,6 +32,13 @@ RUN touch src/main.rs src/lib.rs sandbox/src/lib.rs \
  && cargo build --release --locked --bin octopods-worker \
  && strip target/release/octopods-worker
 
+# ---- a binary built outside (BINARY_FROM=prebuilt) ----
+FROM scratch AS prebuilt
+COPY prebuilt/octopods-worker /src/target/release/octopods-worker
+
+# hadolint ignore=DL3006
+FROM ${BINARY_FROM} AS binary
+
 # ---- runtime ----
 FROM debian:bookworm-slim
 # ca-certificates tracks the distribution's trust store; pinning it would only
@@ -35,7 +48,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin octopods
-COPY --from=build /src/target/release/octopods-worker /usr/local/bin/octopods-worker
+COPY --from=binary /src/target/release/octopods-worker /usr/local/bin/octopods-worker
 USER 10001:10001
 # Configuration: mount a file here (or set OCTOPODS_CONFIG); secrets come from
 # the environment (api_key_env) or mounted files (api_key_file), never the image.

@@ -65,6 +65,7 @@ echo "no test topology left on the broker"
 scripts/check-deploy.sh
 scripts/check-fresh-node.sh
 scripts/check-producers.sh
+scripts/check-image.sh
 # The README's main command, as a newcomer runs it: four sent events (one
 # through the fallback template: its window closed long ago) and the
 # deliberately invalid sample dead-lettered.
