@@ -12,6 +12,10 @@
 //!     min(sum of budgets, prefetch × channels / 0.2 s);
 //! (d) the release binary with 5,000 jobs in flight: peak RSS and CPU per job.
 //!
+//! `BENCH_TRACES=on` adds a contender: the worker exporting traces (every
+//! job published with a `traceparent`) to an OTLP/HTTP sink in this process
+//! that takes every export; `hang` to one that never answers, `refuse` to a
+//! closed port. The worker without traces runs beside it, as always.
 //! `BENCH_WRAP=heaptrack` runs (d)'s worker under that command (a profiler).
 //! `BENCH_ONLY=ab` runs (a) and (b) only, `cd` (c) and (d) only, `d` (d) only.
 //! `BENCH_JOBS` sets the job count of (a) and (b) (default 30000),
@@ -67,7 +71,7 @@ async fn publish_jobs(ch: &Channel, exchange: &str, routing_keys: &[String], n: 
                 key.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default().with_delivery_mode(2),
+                job_properties(i),
             )
             .await?,
         );
@@ -77,6 +81,51 @@ async fn publish_jobs(ch: &Channel, exchange: &str, routing_keys: &[String], n: 
     }
     ch.wait_for_confirms().await?;
     Ok(())
+}
+
+/// A job's properties: persistent, and with `BENCH_TRACES` a `traceparent`
+/// of its own trace (the shop's).
+fn job_properties(i: usize) -> BasicProperties {
+    let props = BasicProperties::default().with_delivery_mode(2);
+    if std::env::var_os("BENCH_TRACES").is_none() {
+        return props;
+    }
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(format!(
+            "00-{:032x}-{:016x}-01",
+            i as u128 + 1,
+            i as u64 + 1
+        ))),
+    );
+    props.with_headers(headers)
+}
+
+/// Where the traced worker exports (`BENCH_TRACES`): a sink that takes every
+/// export, one that never answers, or a closed port.
+async fn start_collector(mode: &str) -> Res<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    match mode {
+        "hang" => {
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((socket, _)) = listener.accept().await {
+                    held.push(socket);
+                }
+            });
+        }
+        "refuse" => drop(listener),
+        _ => {
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(|_: axum::body::Bytes| async { axum::http::StatusCode::OK }),
+            );
+            tokio::spawn(async move { drop(axum::serve(listener, app).await) });
+        }
+    }
+    Ok(url)
 }
 
 /// What runs the jobs in a measured round, each in its own process.
@@ -91,6 +140,8 @@ enum Contender {
     SameWork,
     /// `octopods-worker run`, the release binary.
     Worker,
+    /// The same, exporting traces (`BENCH_TRACES`).
+    Traced,
 }
 
 impl Contender {
@@ -99,6 +150,7 @@ impl Contender {
             Contender::Bare => "bare loop",
             Contender::SameWork => "same-work loop",
             Contender::Worker => "octopods-worker",
+            Contender::Traced => "worker + traces",
         }
     }
     fn role(self) -> &'static str {
@@ -106,6 +158,7 @@ impl Contender {
             Contender::Bare => "bare",
             Contender::SameWork => "same-work",
             Contender::Worker => "worker",
+            Contender::Traced => "traced",
         }
     }
 }
@@ -391,6 +444,8 @@ struct Setup<'a> {
     prefetch: u16,
     key_file: &'a std::path::Path,
     dir: &'a std::path::Path,
+    /// The traced worker's collector.
+    otlp: Option<&'a str>,
 }
 
 /// One contender over `n` jobs, in its own process, against `peer`.
@@ -402,11 +457,12 @@ async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measur
         prefetch,
         key_file,
         dir,
+        otlp,
     } = *setup;
     let prefix = format!("bench-{}-{}-{round}", kind.role(), std::process::id());
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    if kind == Contender::Worker {
+    if matches!(kind, Contender::Worker | Contender::Traced) {
         let text = worker_toml(&prefix, peer, key_file, &[("fast", 1_000_000.0)], prefetch);
         let config = Config::from_toml(&text)?;
         let path = dir.join(format!("{prefix}.toml"));
@@ -425,6 +481,9 @@ async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measur
             }
             _ => std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker")),
         };
+        if kind == Contender::Traced {
+            command.env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.unwrap_or_default());
+        }
         let child = command
             .args(["run", "--config"])
             .arg(&path)
@@ -778,9 +837,18 @@ async fn orchestrate() -> Res<()> {
     }
     let peer = Peer::start().await?;
     let rounds = if only == "cd" { 0 } else { rounds };
-    let order = [Contender::Bare, Contender::SameWork, Contender::Worker];
+    let traces = std::env::var("BENCH_TRACES").ok();
+    let otlp = match &traces {
+        Some(mode) => Some(start_collector(mode).await?),
+        None => None,
+    };
+    let mut order = vec![Contender::Bare, Contender::SameWork, Contender::Worker];
+    if traces.is_some() {
+        order.push(Contender::Traced);
+    }
     let mut all: Vec<(Contender, Measured)> = Vec::new();
     let mut ratios = Vec::with_capacity(rounds);
+    let mut traced_ratios: Vec<(f64, f64)> = Vec::with_capacity(rounds);
     for round in 1..=rounds {
         let mut this = Vec::new();
         // Alternate the order from round to round: no contender always first.
@@ -794,6 +862,7 @@ async fn orchestrate() -> Res<()> {
                 prefetch,
                 key_file: &key_file,
                 dir: dir.path(),
+                otlp: otlp.as_deref(),
             };
             let m = contend(&setup, kind, round).await?;
             let peer_cpu = (peer.ticks() - peer_before) as f64 / 100.0 / n as f64 * 1000.0;
@@ -814,6 +883,12 @@ async fn orchestrate() -> Res<()> {
                 w.cpu_per_1000 / s.cpu_per_1000,
             ));
         }
+        if let (Some(t), Some(w)) = (get(Contender::Traced), get(Contender::Worker)) {
+            traced_ratios.push((
+                t.jobs_per_second / w.jobs_per_second,
+                t.cpu_per_1000 / w.cpu_per_1000,
+            ));
+        }
         all.extend(this);
     }
     let peer_name = peer.name;
@@ -829,7 +904,7 @@ async fn orchestrate() -> Res<()> {
         );
         println!("| | jobs/s | CPU s per 1,000 jobs | broker CPU s per 1,000 | peak RSS MiB |");
         println!("|---|---|---|---|---|");
-        for kind in order {
+        for &kind in &order {
             let of = |f: fn(&Measured) -> f64| {
                 median(
                     all.iter()
@@ -852,6 +927,13 @@ async fn orchestrate() -> Res<()> {
             median(ratios.iter().map(|r| r.0).collect()),
             median(ratios.iter().map(|r| r.1).collect())
         );
+        if let Some(mode) = &traces {
+            println!(
+                "worker + traces (collector: {mode}) / worker: throughput {:.2}, CPU per job {:.2}",
+                median(traced_ratios.iter().map(|r| r.0).collect()),
+                median(traced_ratios.iter().map(|r| r.1).collect())
+            );
+        }
     }
 
     if only == "ab" {
