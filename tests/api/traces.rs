@@ -149,10 +149,11 @@ async fn a_job_continues_the_producers_trace_and_the_sent_event_carries_it_on() 
         }
     }
     drop(worker);
+    app.shutdown().await;
 }
 
 #[tokio::test]
-async fn a_malformed_traceparent_is_ignored_and_counted_and_a_dead_letter_carries_the_trace() {
+async fn a_malformed_traceparent_is_ignored_and_a_dead_letter_and_its_replay_carry_the_trace() {
     let collector = Collector::start().await;
     let mut app = spawn_with("traces-bad", options(&collector.url)).await;
     app.stop_worker().await;
@@ -171,7 +172,7 @@ async fn a_malformed_traceparent_is_ignored_and_counted_and_a_dead_letter_carrie
     assert_eq!(metric(&worker.addr, &series).await, 1.0);
 
     // A job that can never be sent: its dead letter carries the trace on,
-    // so a replay of it continues the same trace.
+    // and a replay of it continues the same trace.
     let mut bad = button_job("invalid-1");
     bad["destination_phone"] = serde_json::json!("not a phone");
     let body = serde_json::to_vec(&bad).expect("json");
@@ -181,18 +182,38 @@ async fn a_malformed_traceparent_is_ignored_and_counted_and_a_dead_letter_carrie
         traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01")),
     )
     .await;
+    let consumed = |n: usize| {
+        let collector = &collector;
+        async move {
+            let spans: Vec<_> = collector
+                .trace(TRACE_ID)
+                .into_iter()
+                .filter(|s| s.kind == 5 && s.attr("octopods.job_id") == Some("invalid-1"))
+                .collect();
+            (spans.len() >= n).then_some(spans)
+        }
+    };
+    let first = eventually(Duration::from_secs(15), "the dead letter's span", || consumed(1)).await;
+    assert_eq!(first[0].status, 2, "a dead-lettered job's span is an error");
+    assert_eq!(first[0].parent_span_id, PRODUCER_SPAN);
+    let out = app.cli(&["dlq", "replay", "--job-id", "invalid-1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let both = eventually(Duration::from_secs(15), "the replayed job's span", || consumed(2)).await;
+    let replayed = both
+        .iter()
+        .find(|s| s.parent_span_id != PRODUCER_SPAN)
+        .expect("a second CONSUMER span");
+    let dead_letter_publish = collector
+        .trace(TRACE_ID)
+        .into_iter()
+        .find(|s| s.kind == 4 && s.span_id == replayed.parent_span_id)
+        .expect("the replay continues from the dead letter's PRODUCER span");
+    assert_eq!(dead_letter_publish.parent_span_id, first[0].span_id);
     let dead = app.next_dead_letter().await;
     let parent = header(&dead.properties, "traceparent").expect("the dead letter's traceparent");
     assert!(parent.contains(TRACE_ID), "{parent}");
-    let process = eventually(
-        Duration::from_secs(15),
-        "the dead letter's spans",
-        || async { collector.trace(TRACE_ID).into_iter().find(|s| s.kind == 5) },
-    )
-    .await;
-    assert_eq!(process.status, 2, "a dead-lettered job's span is an error");
-    assert_eq!(process.attr("octopods.job_id"), Some("invalid-1"));
     drop(worker);
+    app.shutdown().await;
 }
 
 /// A collector that hangs on every export, or refuses connections, changes
@@ -231,5 +252,6 @@ async fn a_collector_that_hangs_or_refuses_changes_nothing() {
         worker.signal("TERM");
         let status = worker.wait_exit(Duration::from_secs(15)).await;
         assert!(status.success(), "collector {name}: exit {status:?}");
+        app.shutdown().await;
     }
 }
