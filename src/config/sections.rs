@@ -100,7 +100,8 @@ pub struct TelemetryConfig {
     #[serde(with = "humantime_serde")]
     pub export_timeout: Duration,
     /// Spans kept for export at most; beyond it new spans are dropped, so a
-    /// slow or unreachable collector never grows memory. Default 4096.
+    /// slow or unreachable collector never grows memory. Allocated up front
+    /// (~400 bytes a span). Default 4096, at most 65536.
     pub queue_size: usize,
     /// How often a batch is sent. Default `1s`.
     #[serde(with = "humantime_serde")]
@@ -123,12 +124,8 @@ impl TelemetryConfig {
     /// environment's, with `/v1/traces` appended (as OTLP/HTTP specifies for
     /// a base endpoint). `None`: traces are off.
     pub fn traces_url(&self) -> Option<String> {
-        let base = self
-            .otlp_endpoint
-            .clone()
-            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
-            .filter(|b| !b.trim().is_empty())?;
-        let base = base.trim().trim_end_matches('/');
+        let base = self.base()?;
+        let base = base.trim_end_matches('/');
         Some(if base.ends_with("/v1/traces") {
             base.to_owned()
         } else {
@@ -136,22 +133,33 @@ impl TelemetryConfig {
         })
     }
 
+    fn base(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .map(|b| b.trim().to_owned())
+            .filter(|b| !b.is_empty())
+    }
+
     pub(crate) fn check(&self) -> Result<(), super::ConfigError> {
-        if let Some(url) = self.traces_url() {
-            let ok = reqwest::Url::parse(&url)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        // The base as given must be a URL with a host: appending the path
+        // to a broken one can make a different, valid-looking URL.
+        if let Some(base) = self.base() {
+            let ok = reqwest::Url::parse(&base).ok().filter(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            });
             if ok.is_none() {
                 return Err(super::invalid(
                     "telemetry.otlp_endpoint",
-                    "must be an http:// or https:// URL with a host",
+                    "must be an http:// or https:// URL with a host (this key, or else OTEL_EXPORTER_OTLP_ENDPOINT)",
                 ));
             }
         }
-        if !(1..=1_000_000).contains(&self.queue_size) {
+        if !(1..=65_536).contains(&self.queue_size) {
             return Err(super::invalid(
                 "telemetry.queue_size",
-                "must be from 1 to 1000000",
+                "must be from 1 to 65536",
             ));
         }
         for (key, d) in [

@@ -235,3 +235,37 @@ fn a_recipient_interval_past_a_day_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn telemetry_endpoints_and_bounds_are_checked() {
+    let c = Config::from_toml(&format!(
+        "[telemetry]\notlp_endpoint = \"http://collector:4318/\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    let c = Config::from_toml(&format!(
+        "[telemetry]\notlp_endpoint = \"https://c.example/v1/traces\"\n{MINIMAL}"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.telemetry.traces_url().as_deref(),
+        Some("https://c.example/v1/traces")
+    );
+    for bad in [
+        "otlp_endpoint = \"ftp://collector\"",
+        "otlp_endpoint = \"collector:4318\"",
+        "otlp_endpoint = \"http://\"",
+        "queue_size = 0",
+        "queue_size = 65537",
+        "export_timeout = \"0s\"",
+        "export_interval = \"1h\"",
+    ] {
+        let e = Config::from_toml(&format!("[telemetry]\n{bad}\n{MINIMAL}"))
+            .expect_err(bad)
+            .to_string();
+        assert!(e.contains("telemetry."), "{bad}: {e}");
+    }
+}
