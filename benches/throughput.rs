@@ -16,7 +16,7 @@
 //! job published with a `traceparent`) to an OTLP/HTTP sink in this process
 //! that takes every export; `hang` to one that never answers, `refuse` to a
 //! closed port. The worker without traces runs beside it, as always.
-//! `BENCH_WRAP=heaptrack` runs (d)'s worker under that command (a profiler).
+//! `BENCH_WRAP=heaptrack` runs the workers under that command (a profiler).
 //! `BENCH_ONLY=ab` runs (a) and (b) only, `cd` (c) and (d) only, `d` (d) only.
 //! `BENCH_JOBS` sets the job count of (a) and (b) (default 30000),
 //! `BENCH_ROUNDS` the rounds (default 3), `BENCH_PREFETCH` the prefetch
@@ -479,7 +479,15 @@ async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measur
                     .arg(env!("CARGO_BIN_EXE_octopods-worker"));
                 c
             }
-            _ => std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker")),
+            // BENCH_WRAP (e.g. heaptrack) wraps this worker too.
+            _ => match std::env::var("BENCH_WRAP") {
+                Ok(wrap) if !wrap.is_empty() => {
+                    let mut c = std::process::Command::new(wrap);
+                    c.arg(env!("CARGO_BIN_EXE_octopods-worker"));
+                    c
+                }
+                _ => std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker")),
+            },
         };
         if kind == Contender::Traced {
             command.env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.unwrap_or_default());
