@@ -290,6 +290,12 @@ impl<C: Pace> Limiter<C> {
         if let Ok(mut g) = self.governor.write() {
             *g = Arc::new(fresh);
         }
+        // A takeover's handover still running starts afresh with this rate.
+        if let Ok(mut r) = self.renewal.lock()
+            && let Some(pending) = r.as_mut()
+        {
+            *pending = (rate_per_second, burst);
+        }
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -550,6 +556,19 @@ mod tests {
         limiter.set_rate(1000.0, 5);
         let (_, waited) = limiter.turn("+1", &open).await;
         assert!(waited <= Duration::from_millis(1), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_set_during_the_handover_is_the_one_that_starts() {
+        let limiter = paced(0.001, 1);
+        let open = Semaphore::new(1);
+        limiter.take_over(0.001, 1);
+        // An operator's new rate arrives while the handover holds the channel.
+        limiter.set_rate(1_000.0, 1);
+        let (_, waited) = limiter.turn("+1", &open).await;
+        // Renewed at the handover's end with the new rate (first slot 1 ms
+        // later), not with the takeover's 1 per 1,000 s.
+        assert_eq!(waited, HANDOVER + Duration::from_millis(1));
     }
 
     #[tokio::test(start_paused = true)]
