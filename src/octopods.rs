@@ -146,7 +146,7 @@ impl Client {
                 .http
                 .post(format!("{}{TEMPLATES_PATH}/{id}/messages", self.base)),
         };
-        let (post, span) = traced(post, attempt);
+        let (post, span) = traced(post, "POST", self.interactive.as_ref(), attempt);
         // Boxed: the request's state lives on the heap only while it runs,
         // not in every waiting job's task.
         let request = Box::pin(self.request(post, key, body)).instrument(span.clone());
@@ -230,7 +230,7 @@ impl Client {
             );
         };
         auth.set_sensitive(true);
-        let (get, span) = traced(self.http.get(&url), 1);
+        let (get, span) = traced(self.http.get(&url), "GET", self.interactive.as_ref(), 1);
         let sent = get
             .header(AUTH_HEADER, auth)
             .send()
@@ -297,14 +297,18 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
 
 /// With traces on, the request's CLIENT span, its context sent along in
 /// `traceparent` (Octopods may continue it); off, the request as it was.
-fn traced(request: reqwest::RequestBuilder, attempt: u32) -> (reqwest::RequestBuilder, Span) {
+/// Every request goes to the configured base, so its parsed interactive URL
+/// names the server: nothing is parsed or built again per request.
+fn traced(
+    request: reqwest::RequestBuilder,
+    method: &str,
+    server: Option<&reqwest::Url>,
+    attempt: u32,
+) -> (reqwest::RequestBuilder, Span) {
     if !crate::trace::on() {
         return (request, Span::none());
     }
-    let Some(built) = request.try_clone().and_then(|r| r.build().ok()) else {
-        return (request, Span::none());
-    };
-    let span = crate::trace::request_span(built.method().as_str(), built.url(), attempt);
+    let span = crate::trace::request_span(method, server, attempt);
     let request = match crate::trace::traceparent(&span) {
         Some(value) => request.header("traceparent", value),
         None => request,

@@ -209,8 +209,8 @@ pub(crate) fn process_span(
     span
 }
 
-/// The CLIENT span of one Octopods request (`attempt` from 1).
-pub(crate) fn request_span(method: &str, url: &reqwest::Url, attempt: u32) -> Span {
+/// The CLIENT span of one Octopods request (`attempt` from 1) to `server`.
+pub(crate) fn request_span(method: &str, server: Option<&reqwest::Url>, attempt: u32) -> Span {
     tracing::info_span!(
         target: TARGET,
         "request",
@@ -218,9 +218,8 @@ pub(crate) fn request_span(method: &str, url: &reqwest::Url, attempt: u32) -> Sp
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
         http.request.method = method,
-        server.address = url.host_str().unwrap_or_default(),
-        server.port = url.port_or_known_default().unwrap_or_default(),
-        url.path = url.path(),
+        server.address = server.and_then(reqwest::Url::host_str).unwrap_or_default(),
+        server.port = server.and_then(reqwest::Url::port_or_known_default).unwrap_or_default(),
         http.request.resend_count = attempt.saturating_sub(1),
         octopods.attempt = attempt,
         http.response.status_code = tracing::field::Empty,
