@@ -238,22 +238,16 @@ fn a_recipient_interval_past_a_day_is_refused() {
 
 #[test]
 fn telemetry_endpoints_and_bounds_are_checked() {
-    let c = Config::from_toml(&format!(
-        "[telemetry]\notlp_endpoint = \"http://collector:4318/\"\n{MINIMAL}"
-    ))
-    .unwrap();
-    assert_eq!(
-        c.telemetry.traces_url().as_deref(),
-        Some("http://collector:4318/v1/traces")
-    );
-    let c = Config::from_toml(&format!(
-        "[telemetry]\notlp_endpoint = \"https://c.example/v1/traces\"\n{MINIMAL}"
-    ))
-    .unwrap();
-    assert_eq!(
-        c.telemetry.traces_url().as_deref(),
-        Some("https://c.example/v1/traces")
-    );
+    for (endpoint, traces) in [
+        ("http://collector:4318/", "http://collector:4318/v1/traces"),
+        ("https://c.example/v1/traces", "https://c.example/v1/traces"),
+    ] {
+        let c = Config::from_toml(&format!(
+            "[telemetry]\notlp_endpoint = \"{endpoint}\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.telemetry.traces_url().as_deref(), Some(traces));
+    }
     for bad in [
         "otlp_endpoint = \"ftp://collector\"",
         "otlp_endpoint = \"collector:4318\"",

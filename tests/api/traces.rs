@@ -37,6 +37,14 @@ fn header(props: &BasicProperties, key: &str) -> Option<String> {
     }
 }
 
+/// Publishes `job` to the app's first channel in the shop's trace
+/// (`TRACE_ID`, parent `PRODUCER_SPAN`).
+async fn publish_in_trace(app: &TestApp, job: &serde_json::Value) {
+    let body = serde_json::to_vec(job).expect("json");
+    let props = traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01"));
+    app.publish_bytes(&app.channels[0].name, &body, props).await;
+}
+
 fn options(collector: &str) -> Options {
     Options {
         extra_toml: format!(
@@ -67,9 +75,7 @@ async fn a_job_continues_the_producers_trace_and_the_sent_event_carries_it_on() 
     let channel = app.channels[0].name.clone();
     let key = app.channels[0].key.clone();
 
-    let body = serde_json::to_vec(&button_job("traced-1")).expect("json");
-    let props = traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01"));
-    app.publish_bytes(&channel, &body, props).await;
+    publish_in_trace(&app, &button_job("traced-1")).await;
     let (event, event_props, _) = app.next_event_with_props().await;
     assert_eq!(event["event"], "sent");
 
@@ -175,13 +181,7 @@ async fn a_malformed_traceparent_is_ignored_and_a_dead_letter_and_its_replay_car
     // and a replay of it continues the same trace.
     let mut bad = button_job("invalid-1");
     bad["destination_phone"] = serde_json::json!("not a phone");
-    let body = serde_json::to_vec(&bad).expect("json");
-    app.publish_bytes(
-        &channel,
-        &body,
-        traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01")),
-    )
-    .await;
+    publish_in_trace(&app, &bad).await;
     let consumed = |n: usize| {
         let collector = &collector;
         async move {
@@ -234,13 +234,7 @@ async fn status_events_continue_the_jobs_trace() {
     app.stop_worker().await;
     let worker = BinaryWorker::start(&app.config_path).await;
     let channel = app.channels[0].name.clone();
-    let body = serde_json::to_vec(&button_job("status-1")).expect("json");
-    app.publish_bytes(
-        &channel,
-        &body,
-        traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01")),
-    )
-    .await;
+    publish_in_trace(&app, &button_job("status-1")).await;
     let mut seen = Vec::new();
     while !seen.iter().any(|e: &String| e == "read") {
         let (event, props, _) = app.next_event_with_props().await;
@@ -295,17 +289,10 @@ async fn a_collector_that_hangs_or_refuses_changes_nothing() {
         let mut app = spawn_with(&format!("traces-{name}"), options(&url)).await;
         app.stop_worker().await;
         let mut worker = BinaryWorker::start(&app.config_path).await;
-        let channel = app.channels[0].name.clone();
         let jobs = 300;
         let started = std::time::Instant::now();
         for i in 0..jobs {
-            let body = serde_json::to_vec(&button_job(&format!("{name}-{i}"))).expect("json");
-            app.publish_bytes(
-                &channel,
-                &body,
-                traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01")),
-            )
-            .await;
+            publish_in_trace(&app, &button_job(&format!("{name}-{i}"))).await;
         }
         for _ in 0..jobs {
             assert_eq!(app.next_event().await["event"], "sent", "collector {name}");
@@ -348,20 +335,12 @@ async fn a_hanging_collector_never_grows_memory() {
     let mut app = spawn_with("traces-memory", options(&hanging.url)).await;
     app.stop_worker().await;
     let worker = BinaryWorker::start(&app.config_path).await;
-    let channel = app.channels[0].name.clone();
     let pid = worker.child.id();
     let round = |from: usize, n: usize| {
         let app = &app;
-        let channel = channel.clone();
         async move {
             for i in from..from + n {
-                let body = serde_json::to_vec(&button_job(&format!("mem-{i}"))).expect("json");
-                app.publish_bytes(
-                    &channel,
-                    &body,
-                    traced(&format!("00-{TRACE_ID}-{PRODUCER_SPAN}-01")),
-                )
-                .await;
+                publish_in_trace(app, &button_job(&format!("mem-{i}"))).await;
             }
             for _ in 0..n {
                 assert_eq!(app.next_event().await["event"], "sent");
