@@ -255,6 +255,17 @@ impl Snapshot {
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Release the lock explicitly: RabbitMQ deletes a closed
+            // connection's exclusive queues a moment after the close, and a
+            // command started right after this one exits (a script, an
+            // operator's next line) found it still held ("another dlq command
+            // is working"; seen in CI). A delete is done when it is answered.
+            if let Err(e) = look
+                .queue_delete(lock_name(&self.queue).as_str().into(), Default::default())
+                .await
+            {
+                tracing::info!(error = %e, "releasing the lock failed; it goes with the connection");
+            }
         }
         if let Err(e) = self.conn.close(200, "OK".into()).await {
             tracing::info!(error = %e, "closing the connection failed; RabbitMQ hands the messages back when it ends");
@@ -313,10 +324,15 @@ async fn consumers_of(channel: &Channel, queue: &str) -> Result<u32, lapin::Erro
     Ok(q.consumer_count())
 }
 
+/// The lock queue of `queue` (see the module's docs).
+fn lock_name(queue: &str) -> String {
+    format!("{queue}.lock")
+}
+
 /// Declares the exclusive lock queue, retrying while another connection
 /// holds it, for up to `wait`.
 async fn lock(conn: &Connection, queue: &str, wait: Duration) -> anyhow::Result<()> {
-    let name = format!("{queue}.lock");
+    let name = lock_name(queue);
     let started = Instant::now();
     let mut told = false;
     loop {
