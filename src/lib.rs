@@ -52,6 +52,7 @@ mod clock;
 pub mod config;
 mod consume;
 pub mod control;
+pub mod dlq;
 mod dedup;
 pub mod events;
 mod health;

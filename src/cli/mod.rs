@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod channel;
 pub mod definitions;
-pub mod dlq;
+
 pub mod enqueue;
 pub mod events;
 pub mod loadtest;
@@ -20,7 +20,7 @@ use crate::{
     telemetry::{self, LogFormat},
     worker::Worker,
 };
-use dlq::{Filter, Op, Source};
+use crate::dlq::{self, Filter, Op, Source};
 use octopods_sandbox::{self as sandbox, SandboxConfig};
 
 #[derive(Debug, Parser)]

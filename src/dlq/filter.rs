@@ -72,7 +72,7 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::{cli::dlq::message::Why, outcome::Reason};
+    use crate::{dlq::message::Why, outcome::Reason};
 
     fn msg(reason: Reason, channel: &str, job: &str, at: OffsetDateTime) -> DeadMessage {
         DeadMessage {
