@@ -428,8 +428,18 @@ async fn run_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         wait: args.wait,
         only_exported: only_exported.as_deref(),
     };
-    let mut out = std::io::stdout().lock();
-    let summary = dlq::run(&config, &request, &mut out, true).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let progress = |s: &dlq::Summary, took: Duration| {
+        eprintln!(
+            "… {}: seen {}, matched {}, done {} ({:.0}/s)",
+            s.queue,
+            s.scanned,
+            s.matched,
+            s.acted,
+            f64::from(s.scanned) / took.as_secs_f64().max(1e-3)
+        );
+    };
+    let summary = dlq::run(&config, &request, &mut out, Some(&progress)).await?;
     eprintln!("{}", summary.describe(op, config.dlq.max_replays));
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,12 @@ pub struct Filter {
     /// Only messages that failed longer ago than this, e.g. `1h`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub older_than: Option<Duration>,
+    /// Only this folded error ([`DeadMessage::error_group`]): one group of the console.
+    #[arg(skip)]
+    pub error_group: Option<String>,
+    /// Only these messages ([`DeadMessage::print`]): a selection of the console.
+    #[arg(skip)]
+    pub prints: Option<std::collections::BTreeSet<u64>>,
 }
 
 fn parse_reason(s: &str) -> Result<Why, String> {
@@ -56,6 +62,16 @@ impl Filter {
         {
             return false;
         }
+        if let Some(prints) = &self.prints
+            && !prints.contains(&m.print)
+        {
+            return false;
+        }
+        if let Some(group) = &self.error_group
+            && m.error_group() != *group
+        {
+            return false;
+        }
         if let Some(age) = self.older_than {
             // A message whose failure time is unknown is not known to be old.
             let Some(at) = m.failed_at else { return false };
@@ -83,6 +99,7 @@ mod tests {
             attempts: 1,
             failed_at: Some(at),
             replays: 0,
+            print: 0,
         }
     }
 
@@ -133,6 +150,27 @@ mod tests {
         let mut unknown = msg(Reason::Window, "a", "j", NOW);
         unknown.failed_at = None;
         assert!(!f.matches(&unknown, NOW));
+    }
+
+    #[test]
+    fn a_group_is_the_folded_error_and_a_selection_the_prints() {
+        let mut m = msg(Reason::Validation, "a", "j", NOW);
+        m.error = "buttons[0].title: 21 characters, at most 20".into();
+        m.print = 7;
+        let f = Filter {
+            error_group: Some("buttons[N].title: N characters, at most N".into()),
+            ..Filter::default()
+        };
+        assert!(f.matches(&m, NOW));
+        m.error = "body: 21 characters, at most 20".into();
+        assert!(!f.matches(&m, NOW));
+        let only = |p: &[u64]| Filter {
+            prints: Some(p.iter().copied().collect()),
+            ..Filter::default()
+        };
+        assert!(only(&[1, 7]).matches(&m, NOW));
+        assert!(!only(&[1]).matches(&m, NOW));
+        assert!(!only(&[]).matches(&m, NOW));
     }
 
     #[test]

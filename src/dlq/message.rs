@@ -26,6 +26,16 @@ pub enum Source {
     Unroutable,
 }
 
+impl Source {
+    /// The queue it names.
+    pub fn queue(self, names: &Names) -> String {
+        match self {
+            Source::Dead => names.dead(),
+            Source::Unroutable => names.unroutable(),
+        }
+    }
+}
+
 /// The reason as shown and filtered: a dead-letter [`Reason`], or
 /// `unroutable` for messages from the unroutable queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +63,10 @@ pub struct DeadMessage {
     pub attempts: u32,
     pub failed_at: Option<OffsetDateTime>,
     pub replays: u32,
+    /// Which message this is, for choosing it again in a later snapshot: a
+    /// stable hash of the routing key, the body and the failure record.
+    /// Byte-identical dead letters share it (and are chosen together).
+    pub print: u64,
 }
 
 fn death_time(death: Option<&FieldTable>) -> Option<OffsetDateTime> {
@@ -81,6 +95,12 @@ impl DeadMessage {
     /// only RabbitMQ's record is trusted for it: `x-octopods-*` headers on such
     /// a message are the producer's, and could name another channel.
     pub fn read(delivery: &Delivery, source: Source, names: &Names) -> Self {
+        let mut m = Self::read_fields(delivery, source, names);
+        m.print = print(delivery, &m);
+        m
+    }
+
+    fn read_fields(delivery: &Delivery, source: Source, names: &Names) -> Self {
         let h = delivery.properties.headers().as_ref();
         let job_id = serde_json::from_slice::<Value>(&delivery.data)
             .ok()
@@ -103,6 +123,7 @@ impl DeadMessage {
                     .unwrap_or(0),
                 failed_at: death_time(death),
                 replays,
+                print: 0,
             };
         }
         let why = match source {
@@ -138,7 +159,14 @@ impl DeadMessage {
             attempts: headers::count(h, headers::ATTEMPTS).unwrap_or(0),
             failed_at,
             replays,
+            print: 0,
         }
+    }
+
+    /// The error with its numbers and ids folded (`title 21 chars, limit
+    /// 20` → `title N chars, limit N`): what groups dead letters by cause.
+    pub fn error_group(&self) -> String {
+        fold_error(&self.error)
     }
 
     /// The `dlq list --json` line.
@@ -198,6 +226,57 @@ impl DeadMessage {
     }
 }
 
+/// A stable hash (SipHash with fixed keys) of what makes a dead letter this
+/// one: where it was going, its body, and the record of its failure.
+fn print(delivery: &Delivery, m: &DeadMessage) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)] // SipHasher: fixed keys, the same in every process
+    let mut h = std::hash::SipHasher::new();
+    delivery.routing_key.as_str().hash(&mut h);
+    delivery.data.hash(&mut h);
+    m.error.hash(&mut h);
+    m.failed_at.map(OffsetDateTime::unix_timestamp_nanos).hash(&mut h);
+    m.attempts.hash(&mut h);
+    m.replays.hash(&mut h);
+    h.finish()
+}
+
+/// Longest folded error kept: a group's name, not its whole text.
+const GROUP_TEXT: usize = 160;
+
+/// Folds what varies between messages of one cause: digit runs become `N`,
+/// words of 12 or more characters holding digits (ids, hashes, times) `…`, and the text is cut at
+/// [`GROUP_TEXT`] bytes.
+pub fn fold_error(error: &str) -> String {
+    let mut out = String::with_capacity(error.len().min(GROUP_TEXT));
+    for word in error.split_inclusive(char::is_whitespace) {
+        let token = word.trim_end_matches(|c: char| c.is_whitespace() || c.is_ascii_punctuation());
+        let sep = word.get(token.len()..).unwrap_or_default();
+        let digits = token.chars().filter(char::is_ascii_digit).count();
+        if token.len() >= 12 && digits >= 2 {
+            out.push('…');
+        } else {
+            let mut in_digits = false;
+            for c in token.chars() {
+                if c.is_ascii_digit() {
+                    if !in_digits {
+                        out.push('N');
+                    }
+                    in_digits = true;
+                } else {
+                    in_digits = false;
+                    out.push(c);
+                }
+            }
+        }
+        out.push_str(sep);
+        if out.len() > GROUP_TEXT {
+            break;
+        }
+    }
+    crate::telemetry::truncate(out, GROUP_TEXT)
+}
+
 /// AMQP headers as plain JSON, for export.
 pub fn table_to_json(t: &FieldTable) -> Value {
     Value::Object(
@@ -230,5 +309,35 @@ fn value_to_json(v: &AMQPValue) -> Value {
             json!(base64::engine::general_purpose::STANDARD.encode(b.as_slice()))
         }
         AMQPValue::Void => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod fold_tests {
+    use super::fold_error;
+
+    #[test]
+    fn numbers_and_ids_fold_so_one_cause_is_one_group() {
+        assert_eq!(
+            fold_error("title 21 chars, limit 20"),
+            "title N chars, limit N"
+        );
+        assert_eq!(
+            fold_error("title 3 chars, limit 20"),
+            fold_error("title 21 chars, limit 7")
+        );
+        assert_eq!(
+            fold_error("job 01JDX4ZQ6S3ZK2V9 seen at 2026-11-24T10:00:00Z"),
+            "job … seen at …"
+        );
+        assert_eq!(fold_error("buttons[0].title"), "buttons[N].title");
+        assert_ne!(fold_error("body too long"), fold_error("title too long"));
+    }
+
+    #[test]
+    fn a_huge_error_folds_to_a_bounded_name() {
+        let huge = "x ".repeat(500_000);
+        assert!(fold_error(&huge).len() <= super::GROUP_TEXT);
+        assert!(fold_error(&"é".repeat(1000)).len() <= super::GROUP_TEXT);
     }
 }

@@ -60,19 +60,19 @@ pub struct Request<'a> {
     pub only_exported: Option<&'a std::path::Path>,
 }
 
-/// Runs the request over the whole queue. Results go to `out`; progress to
-/// stderr when `progress`. An error after some work says what was done.
+/// Told the counts so far, about once a second, and how long the command has run.
+pub type Progress<'a> = &'a (dyn Fn(&Summary, Duration) + Send + Sync);
+
+/// Runs the request over the whole queue. Results go to `out`; the counts so
+/// far to `progress`. An error after some work says what was done.
 pub async fn run(
     config: &Config,
     req: &Request<'_>,
-    out: &mut impl Write,
-    progress: bool,
+    out: &mut (impl Write + Send),
+    progress: Option<Progress<'_>>,
 ) -> anyhow::Result<Summary> {
     let names = Names::new(&config.broker.prefix);
-    let queue = match req.source {
-        Source::Dead => names.dead(),
-        Source::Unroutable => names.unroutable(),
-    };
+    let queue = req.source.queue(&names);
     let exported = match req.only_exported {
         Some(path) => Some(Exported::load(path)?),
         None => None,
@@ -121,6 +121,32 @@ pub async fn run(
     Ok(summary)
 }
 
+/// Reads a whole snapshot of `source` and changes nothing: each message goes
+/// to `look` in queue order until it answers `false`; everything goes back
+/// when the snapshot closes. Returns how many were looked at.
+pub async fn visit(
+    config: &Config,
+    source: Source,
+    wait: Duration,
+    mut look: impl FnMut(&Delivery, DeadMessage) -> bool + Send,
+) -> anyhow::Result<u32> {
+    let names = Names::new(&config.broker.prefix);
+    let mut snap = Snapshot::open(config, &source.queue(&names), wait).await?;
+    let mut seen = 0_u32;
+    let read = async {
+        while let Some(delivery) = snap.next().await? {
+            seen = seen.saturating_add(1);
+            if !look(&delivery, DeadMessage::read(&delivery, source, &names)) {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    snap.close(false).await;
+    read.map(|()| seen)
+}
+
 /// One pass over a snapshot: what the command is, and what it has counted.
 struct Pass<'a> {
     config: &'a Config,
@@ -135,8 +161,8 @@ impl Pass<'_> {
     async fn scan(
         &mut self,
         snap: &mut Snapshot,
-        out: &mut impl Write,
-        progress: bool,
+        out: &mut (impl Write + Send),
+        progress: Option<Progress<'_>>,
     ) -> anyhow::Result<()> {
         if matches!(self.req.op, Op::List { json: false }) {
             writeln!(
@@ -165,17 +191,11 @@ impl Pass<'_> {
                     self.act(&m, &delivery, snap.publisher(), out).await?;
                 }
             }
-            if progress && last_progress.elapsed() >= Duration::from_secs(2) {
+            if let Some(tell) = progress
+                && last_progress.elapsed() >= Duration::from_secs(1)
+            {
                 last_progress = Instant::now();
-                let s = &self.summary;
-                eprintln!(
-                    "… {}: seen {}, matched {}, done {} ({:.0}/s)",
-                    s.queue,
-                    s.scanned,
-                    s.matched,
-                    s.acted,
-                    f64::from(s.scanned) / started.elapsed().as_secs_f64().max(1e-3)
-                );
+                tell(&self.summary, started.elapsed());
             }
         }
         Ok(())
@@ -186,7 +206,7 @@ impl Pass<'_> {
         m: &DeadMessage,
         delivery: &Delivery,
         publisher: &Publisher,
-        out: &mut impl Write,
+        out: &mut (impl Write + Send),
     ) -> anyhow::Result<()> {
         let summary = &mut self.summary;
         match self.req.op {
