@@ -25,6 +25,9 @@
 //! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
 //! - [`config`]: the TOML file and the API keys.
 //! - [`control`]: operators' pause / resume / rate commands, on every replica.
+//! - [`overview`]: every channel's state and queue depths, as `channel status` and the console show them.
+//! - [`dlq`]: the dead-letter tools on an exact snapshot (stats, list, export, replay, purge).
+//! - [`console`]: the operators' browser console (its own process and port).
 //! - [`outcome`]: the closed vocabularies (`Reason`, `RetryCause`, `EventKind`, `Outcome`).
 //! - [`events`]: result-event JSON.
 //! - [`health`], [`metrics`], [`http`], [`telemetry`]: what SREs see.
@@ -50,10 +53,11 @@ pub mod classify;
 pub mod cli;
 mod clock;
 pub mod config;
+pub mod console;
 mod consume;
 pub mod control;
-pub mod dlq;
 mod dedup;
+pub mod dlq;
 pub mod events;
 mod health;
 mod http;
@@ -62,6 +66,7 @@ mod limit;
 pub mod metrics;
 mod octopods;
 pub mod outcome;
+pub mod overview;
 mod pipeline;
 mod retry;
 mod settle;

@@ -6,14 +6,14 @@ use std::io::Write;
 
 use anyhow::bail;
 use clap::Subcommand;
-use lapin::{options::QueueDeclareOptions, types::FieldTable};
 use serde_json::json;
 
 use super::ConfigArg;
 use crate::{
     broker::{self, Names, Publisher},
     config::Config,
-    control::{self, Change, Command, Override},
+    control::{self, Change, Command, Paused},
+    overview,
     telemetry::escape,
 };
 
@@ -119,11 +119,7 @@ fn describe(change: &Change) -> String {
 }
 
 async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    let names = Names::new(&config.broker.prefix);
-    let conn = broker::connect(&config.broker, "channel").await?;
-    let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
-    let state = control::snapshot(&conn, &publisher, &names).await?;
-    let ch = conn.create_channel().await?;
+    let overview = overview::read(config).await?;
     if !json {
         writeln!(
             out,
@@ -131,27 +127,8 @@ async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Re
             "CHANNEL", "STATE", "RATE", "BURST", "SOURCE", "READY", "CONSUMERS"
         )?;
     }
-    for c in &config.channels {
-        let o = state.get(&c.name).cloned().unwrap_or_default();
-        let (rate, burst, source) = match o.rate {
-            Some((r, b)) => (r, b.unwrap_or(c.burst), "override"),
-            None => (c.rate_per_second, c.burst, "config"),
-        };
-        let q = ch
-            .queue_declare(
-                names.channel_queue(&c.name).as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok();
-        let (ready, consumers) = q.map_or((None, None), |q| {
-            (Some(q.message_count()), Some(q.consumer_count()))
-        });
-        let state_word = if o.paused.is_some() {
+    for c in &overview.channels {
+        let state_word = if c.paused.is_some() {
             "paused"
         } else {
             "running"
@@ -161,35 +138,34 @@ async fn status(config: &Config, json: bool, out: &mut impl Write) -> anyhow::Re
                 out,
                 "{}",
                 json!({"channel": c.name, "state": state_word,
-                       "paused_since": o.paused.as_ref().map(|p| &p.since),
-                       "paused_reason": o.paused.as_ref().and_then(|p| p.reason.as_ref()),
-                       "paused_by": o.paused.as_ref().map(|p| &p.by),
-                       "rate_per_second": rate, "burst": burst, "source": source,
-                       "ready": ready, "consumers": consumers})
+                       "paused_since": c.paused.as_ref().map(|p| &p.since),
+                       "paused_reason": c.paused.as_ref().and_then(|p| p.reason.as_ref()),
+                       "paused_by": c.paused.as_ref().map(|p| &p.by),
+                       "rate_per_second": c.rate, "burst": c.burst, "source": c.source,
+                       "ready": c.ready, "consumers": c.consumers})
             )?;
         } else {
-            let why = paused_text(&o);
+            let why = paused_text(c.paused.as_ref());
             let dash = |n: Option<u32>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
             writeln!(
                 out,
                 "{:<16}  {:<8}  {:>8}  {:>5}  {:<8}  {:>7}  {:>9}  {}",
                 c.name,
                 state_word,
-                rate,
-                burst,
-                source,
-                dash(ready),
-                dash(consumers),
+                c.rate,
+                c.burst,
+                c.source,
+                dash(c.ready),
+                dash(c.consumers),
                 escape(&why)
             )?;
         }
     }
-    drop(conn.close(200, "OK".into()).await);
     Ok(())
 }
 
-fn paused_text(o: &Override) -> String {
-    match &o.paused {
+fn paused_text(paused: Option<&Paused>) -> String {
+    match paused {
         None => String::new(),
         Some(p) => format!(
             "since {} by {}{}",

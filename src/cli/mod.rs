@@ -14,13 +14,13 @@ pub mod enqueue;
 pub mod events;
 pub mod loadtest;
 
+use crate::dlq::{self, Filter, Op, Source};
 use crate::{
     broker::{self, topology},
     config::Config,
     telemetry::{self, LogFormat},
     worker::Worker,
 };
-use crate::dlq::{self, Filter, Op, Source};
 use octopods_sandbox::{self as sandbox, SandboxConfig};
 
 #[derive(Debug, Parser)]
@@ -76,6 +76,25 @@ pub enum Command {
     /// Pause, resume or re-rate a channel on every replica, or show them all.
     #[command(subcommand)]
     Channel(channel::ChannelCommand),
+    /// The operators' browser console (default 127.0.0.1:9465): channels,
+    /// dead letters by cause, replay and export-then-purge, behind a login.
+    Console(ConsoleArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ConsoleArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(subcommand)]
+    pub action: Option<ConsoleAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleAction {
+    /// Read a password on stdin (one line) and print its argon2 hash for
+    /// `[[console.users]] password_hash`.
+    HashPassword,
 }
 
 #[derive(Debug, Args)]
@@ -366,6 +385,26 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         }
         Command::Dlq(d) => return run_dlq(d).await,
         Command::Channel(c) => channel::run(c, &mut std::io::stdout().lock()).await?,
+        Command::Console(ConsoleArgs {
+            action: Some(ConsoleAction::HashPassword),
+            ..
+        }) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from stdin")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("an empty password");
+            }
+            println!("{}", crate::console::hash_password(password)?);
+        }
+        Command::Console(a) => {
+            let config = Config::load(&a.config.config)?;
+            let console = crate::console::Console::build(config).await?;
+            eprintln!("console listening on http://{}", console.addr());
+            console.run(shutdown).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

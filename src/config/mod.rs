@@ -4,7 +4,7 @@
 //! Every field documents its default and unit. Unknown keys are errors. API keys
 //! live in a secret type and never print. One file per section, each with
 //! its own `check()`:
-//! [`broker`], [`octopods`], [`retry`] (and status), [`channel`], [`sections`] (the small ones).
+//! [`broker`], [`octopods`], [`retry`] (and status), [`channel`], [`console`], [`sections`] (the small ones).
 
 use std::{
     collections::HashSet,
@@ -16,12 +16,14 @@ use serde::Deserialize;
 
 mod broker;
 mod channel;
+mod console;
 mod octopods;
 mod retry;
 mod sections;
 
 pub use broker::{BrokerConfig, DEFAULT_BROKER_URL};
 pub use channel::{ApiKey, ChannelConfig, Provider};
+pub use console::{ConsoleConfig, ConsoleUser, Role};
 pub use octopods::OctopodsConfig;
 pub use retry::{RetryConfig, StatusConfig};
 pub use sections::{DlqConfig, HttpConfig, ResultsConfig, TelemetryConfig, WorkerConfig};
@@ -69,6 +71,8 @@ pub struct Config {
     pub status: StatusConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
     /// The WhatsApp channels this deployment sends for. At least one.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
@@ -112,6 +116,7 @@ impl Config {
             .check(self.octopods.timeout, self.broker.consumer_timeout)?;
         self.status.check()?;
         self.telemetry.check()?;
+        self.console.check()?;
         if self.channels.is_empty() {
             return Err(invalid("channels", "configure at least one [[channels]]"));
         }

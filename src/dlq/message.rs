@@ -27,6 +27,19 @@ pub enum Source {
 }
 
 impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Dead => "dead",
+            Source::Unroutable => "unroutable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Source::Dead, Source::Unroutable]
+            .into_iter()
+            .find(|x| x.as_str() == s)
+    }
+
     /// The queue it names.
     pub fn queue(self, names: &Names) -> String {
         match self {
@@ -235,7 +248,9 @@ fn print(delivery: &Delivery, m: &DeadMessage) -> u64 {
     delivery.routing_key.as_str().hash(&mut h);
     delivery.data.hash(&mut h);
     m.error.hash(&mut h);
-    m.failed_at.map(OffsetDateTime::unix_timestamp_nanos).hash(&mut h);
+    m.failed_at
+        .map(OffsetDateTime::unix_timestamp_nanos)
+        .hash(&mut h);
     m.attempts.hash(&mut h);
     m.replays.hash(&mut h);
     h.finish()
