@@ -147,14 +147,16 @@ fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
-/// Every answer: no script, no framing, no sniffing, no caching, no referrer.
+/// Every answer: no script, no framing, no sniffing, no caching, no referrer to other sites.
 async fn secure_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     for (k, v) in [
         ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: with it a browser sends `Origin: null` on the
+        // console's own form posts, which the CSRF check must refuse.
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
         ("cross-origin-opener-policy", "same-origin"),
     ] {

@@ -4,6 +4,7 @@
 mod alarm;
 mod cli;
 mod cluster;
+mod console;
 mod control;
 mod dlq;
 mod dlq_snapshot;

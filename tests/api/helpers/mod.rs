@@ -9,6 +9,7 @@
 
 mod binary;
 mod broker;
+pub mod browser;
 mod jobs;
 pub mod otlp;
 
@@ -302,6 +303,31 @@ impl TestApp {
             .ch
             .basic_publish(
                 self.queue(exchange).as_str().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "broker nacked");
+    }
+
+    /// Publishes a message to an exchange named in full (`""`: the default
+    /// exchange, routing key = queue name).
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
+        let confirm = self
+            .ch
+            .basic_publish(
+                exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions::default(),
                 body,
