@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-rabbitmq.sh
+# The console's tests drive a real browser.
+scripts/ensure-chromium.sh
 # A run killed during the memory-alarm test (which sets a tiny watermark and
 # restores it when it ends) would leave the broker blocking every publisher.
 if command -v rabbitmqctl >/dev/null 2>&1; then

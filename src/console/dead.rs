@@ -27,9 +27,9 @@ const ROW_TEXT: usize = 300;
 pub(crate) struct Row {
     pub(crate) print: u64,
     pub(crate) group: usize,
-    pub(crate) job_id: Option<String>,
-    pub(crate) channel: Option<String>,
-    pub(crate) error: String,
+    pub(crate) job_id: Option<Box<str>>,
+    /// Its own text (the group holds the folded one and the channel).
+    pub(crate) error: Box<str>,
     pub(crate) attempts: u32,
     pub(crate) replays: u32,
     pub(crate) failed_at: Option<OffsetDateTime>,
@@ -118,9 +118,10 @@ impl Index {
             rows.push(Row {
                 print: m.print,
                 group: g,
-                job_id: m.job_id.map(|j| crate::telemetry::truncate(j, ROW_TEXT)),
-                channel: m.channel,
-                error: crate::telemetry::truncate(m.error, ROW_TEXT),
+                job_id: m
+                    .job_id
+                    .map(|j| crate::telemetry::truncate(j, ROW_TEXT).into_boxed_str()),
+                error: crate::telemetry::truncate(m.error, ROW_TEXT).into_boxed_str(),
                 attempts: m.attempts,
                 replays: m.replays,
                 failed_at: m.failed_at,

@@ -488,7 +488,8 @@ async fn dead_list(State(app): Shared, headers: HeaderMap, Query(q): Query<ListQ
             let g = index.groups.get(r.group);
             (q.reason.is_empty() || g.is_some_and(|g| g.why.as_str() == q.reason))
                 && (q.error.is_empty() || g.is_some_and(|g| g.error == q.error))
-                && (q.channel.is_empty() || r.channel.as_deref().unwrap_or("-") == q.channel)
+                && (q.channel.is_empty()
+                    || g.is_some_and(|g| g.channel.as_deref().unwrap_or("-") == q.channel))
                 && (q.job_id.is_empty()
                     || r.job_id
                         .as_deref()

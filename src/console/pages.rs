@@ -314,7 +314,7 @@ pub(crate) fn list(
                                 @if who.may_change() { td { input type="checkbox" name="print" value=(print); } }
                                 td { (when(r.failed_at)) }
                                 td.job { (mask::shown(r.job_id.as_deref().unwrap_or("-"), 200)) }
-                                td { (mask::shown(r.channel.as_deref().unwrap_or("-"), 200)) }
+                                td { (mask::shown(index.groups.get(r.group).and_then(|g| g.channel.as_deref()).unwrap_or("-"), 200)) }
                                 td.error { (mask::shown(&r.error, FIELD)) }
                                 td { (r.attempts) } td { (r.replays) }
                                 td { a href=(link("/dead/message", &[("source", source.as_str()), ("print", &print)])) { "View" } }
