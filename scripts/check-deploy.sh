@@ -62,6 +62,7 @@ PY
 
 if command -v kubectl >/dev/null 2>&1; then
   kubectl kustomize deploy/k8s >/dev/null && echo "deploy/k8s: kustomize renders"
+  kubectl kustomize deploy/k8s/console >/dev/null && echo "deploy/k8s/console: kustomize renders"
 else
   echo "deploy/k8s: kubectl not installed; kustomize render not checked" >&2
 fi
@@ -80,6 +81,8 @@ bin=target/debug/octopods-worker
 command -v kubernetes-validate >/dev/null 2>&1 || python3 -m pip install -q kubernetes-validate
 kubectl kustomize deploy/k8s >"$work/k8s.yaml"
 kubernetes-validate --strict --quiet --no-warn -k 1.30 "$work/k8s.yaml"
+kubectl kustomize deploy/k8s/console >"$work/k8s-console.yaml"
+kubernetes-validate --strict --quiet --no-warn -k 1.30 "$work/k8s-console.yaml"
 python3 - "$work/k8s.yaml" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]

@@ -45,8 +45,9 @@ pub struct ConsoleConfig {
     pub listen: SocketAddr,
     /// The people who may log in.
     pub users: Vec<ConsoleUser>,
-    /// A file holding a token (from a secret) accepted as
-    /// `Authorization: Bearer <token>`, for scripts. Default: none.
+    /// A file holding a token (from a secret, at least 16 characters): log
+    /// in with the name `token` and it as the password, or send it as
+    /// `Authorization: Bearer <token>` from a script. Default: none.
     pub token_file: Option<PathBuf>,
     /// The role of requests carrying the token. Default `viewer`.
     pub token_role: Role,
@@ -95,6 +96,12 @@ impl ConsoleConfig {
                 return Err(invalid(
                     format!("{key}.name"),
                     "must be 1-64 characters, no spaces or control characters",
+                ));
+            }
+            if u.name == "token" {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "`token` is the login name of console.token_file; choose another",
                 ));
             }
             if !seen.insert(u.name.as_str()) {

@@ -17,6 +17,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::{ConsoleConfig, ConsoleUser, Role};
 
+/// The login name of the token (`console.token_file`), in the login form.
+pub(crate) const TOKEN_USER: &str = "token";
 /// Sessions kept at most; the oldest goes when a login would pass it.
 const MAX_SESSIONS: usize = 10_000;
 /// Password checks at once: argon2 takes ~19 MiB and tens of ms each, so a
@@ -168,6 +170,18 @@ impl Auth {
         if self.failed_recently(bucket) {
             return Err(Refused::TooMany);
         }
+        // The token logs in as the user `token` (a name no user may take).
+        if name == TOKEN_USER {
+            return match &self.token {
+                Some((want, role)) if same(&digest(password), want) => {
+                    Ok(self.open_session(TOKEN_USER, *role))
+                }
+                _ => {
+                    self.count_failure(bucket);
+                    Err(Refused::Wrong)
+                }
+            };
+        }
         let user = self.users.iter().find(|(u, _)| u.name == name);
         let hash = user.map_or(self.decoy.clone(), |(_, h)| h.clone());
         let password = password.as_bytes().to_vec();
@@ -184,10 +198,15 @@ impl Auth {
             self.count_failure(bucket);
             return Err(Refused::Wrong);
         };
+        Ok(self.open_session(&user.name, user.role))
+    }
+
+    /// A new session; the `Set-Cookie` value that carries it.
+    fn open_session(&self, user: &str, role: Role) -> String {
         let id = random_token();
         let session = Session {
-            user: user.name.clone(),
-            role: user.role,
+            user: user.to_owned(),
+            role,
             csrf: random_token(),
             expires: Instant::now()
                 .checked_add(self.ttl)
@@ -206,7 +225,7 @@ impl Auth {
             }
             sessions.insert(id.clone(), session);
         }
-        Ok(self.set_cookie(&id, self.ttl.as_secs()))
+        self.set_cookie(&id, self.ttl.as_secs())
     }
 
     /// Ends the request's session; the `Set-Cookie` that clears it.
@@ -408,6 +427,38 @@ mod tests {
             ("origin", "https://console.example.com"),
         ]);
         assert!(behind.allows(&who, &proxied, Some("tok")));
+    }
+
+    #[tokio::test]
+    async fn the_token_logs_in_as_token_with_its_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "a-token-of-32-characters-or-so-x\n").unwrap();
+        let a = Auth::new(&ConsoleConfig {
+            token_file: Some(file),
+            token_role: Role::Viewer,
+            ..ConsoleConfig::default()
+        })
+        .unwrap();
+        assert_eq!(a.login("token", "wrong").await, Err(Refused::Wrong));
+        let set = a
+            .login("token", "a-token-of-32-characters-or-so-x")
+            .await
+            .unwrap();
+        let id = set.split(';').next().unwrap();
+        let who = a.who(&headers(&[("cookie", id)])).unwrap();
+        assert_eq!((who.user.as_str(), who.role), ("token", Role::Viewer));
+        let bearer = a
+            .who(&headers(&[(
+                "authorization",
+                "Bearer a-token-of-32-characters-or-so-x",
+            )]))
+            .unwrap();
+        assert!(bearer.csrf.is_none());
+        assert!(
+            a.who(&headers(&[("authorization", "Bearer nope")]))
+                .is_none()
+        );
     }
 
     #[test]
