@@ -301,9 +301,12 @@ impl Auth {
 
 /// An argon2id hash (default costs, random salt) as a PHC string.
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
-    use argon2::PasswordHasher;
+    use argon2::{PasswordHasher, password_hash::SaltString};
+    let mut bytes = [0_u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random salt: {e}"))?;
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
     Argon2::default()
-        .hash_password(password.as_bytes())
+        .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))
 }
