@@ -3,7 +3,7 @@
 //! force with their source, queue depths and consumers, and the depth of each
 //! delay queue. `channel status` prints it; the console shows it.
 
-use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use lapin::Channel;
 use time::OffsetDateTime;
 
 use crate::{
@@ -87,18 +87,8 @@ pub async fn read(config: &Config) -> anyhow::Result<Overview> {
 /// A queue's ready messages and consumers; `None` if it does not exist (the
 /// broker closes the channel on a failed passive declare: a new one is opened).
 async fn depth(conn: &lapin::Connection, ch: &mut Channel, queue: &str) -> Option<(u32, u32)> {
-    let declared = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match declared {
-        Ok(q) => Some((q.message_count(), q.consumer_count())),
+    match broker::inspect(ch, queue).await {
+        Ok(found) => Some(found),
         Err(_) => {
             if let Ok(fresh) = conn.create_channel().await {
                 *ch = fresh;

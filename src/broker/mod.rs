@@ -14,6 +14,22 @@ use crate::config::BrokerConfig;
 pub use publish::{PublishError, Publisher, Routed};
 pub use topology::Names;
 
+/// A queue's ready messages and consumers, by a passive declare (it must
+/// exist: if not, the broker closes `channel`).
+pub async fn inspect(channel: &lapin::Channel, queue: &str) -> Result<(u32, u32), lapin::Error> {
+    let q = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok((q.message_count(), q.consumer_count()))
+}
+
 /// No node could be reached; each URL is shown without its password.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot connect to the broker: {}", tried.join("; "))]

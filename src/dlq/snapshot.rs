@@ -311,17 +311,7 @@ async fn settled(channel: &Channel, queue: &str, mut consumers: u32) -> anyhow::
 
 /// How many consumers `queue` has (a passive declare: it must exist).
 async fn consumers_of(channel: &Channel, queue: &str) -> Result<u32, lapin::Error> {
-    let q = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(q.consumer_count())
+    Ok(broker::inspect(channel, queue).await?.1)
 }
 
 /// The lock queue of `queue` (see the module's docs).
