@@ -31,6 +31,9 @@ use crate::{
     telemetry::escape,
 };
 
+/// How long a confirmed action waits for another dlq command on the queue.
+const ACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub(super) async fn dead_groups(
     State(app): Shared,
     headers: HeaderMap,
@@ -149,7 +152,12 @@ pub(super) async fn dead_message(
     .await;
     match (read, found) {
         (Err(e), _) => busy(&who, e),
-        (Ok(_), Some(m)) => page(pages::dead_message(&who, source, &m)),
+        (Ok(_), Some(m)) => page(pages::dead_message(
+            &who,
+            source,
+            &format!("{print:016x}"),
+            &m,
+        )),
         (Ok(_), None) => page_with(
             StatusCode::NOT_FOUND,
             pages::message(
@@ -346,7 +354,8 @@ pub(super) async fn confirm(
             runner.config.clone(),
             action.clone(),
             dir,
-            runner.config.console.lock_wait,
+            // Confirmed: better to wait for another operator's command than to fail.
+            runner.config.console.lock_wait.max(ACTION_WAIT),
         )
         .await;
         runner.mark_stale(source).await;

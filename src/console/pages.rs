@@ -339,7 +339,7 @@ pub(crate) struct Shown {
     pub(crate) routing_key: String,
 }
 
-pub(crate) fn dead_message(who: &Who, source: Source, m: &Shown) -> Markup {
+pub(crate) fn dead_message(who: &Who, source: Source, print: &str, m: &Shown) -> Markup {
     layout(
         "Dead letter",
         Some(who),
@@ -348,7 +348,14 @@ pub(crate) fn dead_message(who: &Who, source: Source, m: &Shown) -> Markup {
                 @for (k, v) in &m.summary { tr { th { (k) } td { (v) } } }
                 tr { th { "routing key" } td { (m.routing_key) } }
             } }
+            @if who.may_change() {
+                form method="post" action="/dead/replay" {
+                    (scope_fields(who, source, &[("print", print)]))
+                    button type="submit" { "Replay this message" }
+                }
+            }
             h2 { "Headers" }
+            p.asof { "The history is in x-death (RabbitMQ's record of each dead-lettering), x-octopods-replays and x-octopods-first-attempt-at." }
             table.headers { tbody { @for (k, v) in &m.headers { tr { th { (k) } td { (v) } } } } }
             h2 { "Body" }
             pre.body { (m.body) }

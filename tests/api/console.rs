@@ -555,3 +555,47 @@ async fn every_answer_forbids_script_and_framing_and_secrets_stay_out() {
     assert_eq!(wrong.status(), 401);
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_message_is_replayed_from_its_own_page() {
+    let c = spawn_console("console-one").await;
+    c.dead_letter(
+        &button_job("one-1"),
+        "retries_exhausted",
+        "gave up after 8 attempts",
+    )
+    .await;
+    c.dead_letter(
+        &button_job("one-2"),
+        "retries_exhausted",
+        "gave up after 8 attempts",
+    )
+    .await;
+    let b = browser::Browser::start().await;
+    b.log_in(&c.base, ANA.0, ANA.1).await;
+    b.goto(&format!("{}/dead/list?source=dead&job_id=one-2", c.base))
+        .await;
+    b.css("tr.row a").await.click().await.expect("view");
+    b.css("form[action='/dead/replay'] button")
+        .await
+        .click()
+        .await
+        .expect("replay");
+    assert_eq!(b.css("strong.would").await.text().await.expect("t"), "1");
+    b.css("form[action$='/confirm'] button")
+        .await
+        .click()
+        .await
+        .expect("confirm");
+    b.css("h2.done").await;
+    let e = c.app.next_event().await;
+    assert_eq!(
+        (e["event"].as_str(), e["job_id"].as_str()),
+        (Some("sent"), Some("one-2"))
+    );
+    let left = c.app.peek_all("dead").await;
+    assert_eq!(left.len(), 1);
+    assert!(String::from_utf8_lossy(&left[0].body).contains("one-1"));
+    b.close().await;
+    c.shutdown().await;
+}
