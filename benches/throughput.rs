@@ -17,6 +17,7 @@
 //! that takes every export; `hang` to one that never answers, `refuse` to a
 //! closed port. The worker without traces runs beside it, as always.
 //! `BENCH_WRAP=heaptrack` runs the workers under that command (a profiler).
+//! `BENCH_DEDUP=N` sets the workers' `worker.dedup_capacity` (default 10,000).
 //! `BENCH_ONLY=ab` runs (a) and (b) only, `cd` (c) and (d) only, `d` (d) only.
 //! `BENCH_JOBS` sets the job count of (a) and (b) (default 30000),
 //! `BENCH_ROUNDS` the rounds (default 3), `BENCH_PREFETCH` the prefetch
@@ -533,8 +534,11 @@ fn worker_toml(
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = {prefetch}\n\
          [octopods]\nbase_url = \"{peer}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-         [worker]\nspread_window = \"0s\"\n[results]\ndeclare_queue = true\n",
-        amqp_url()
+         [worker]\nspread_window = \"0s\"\n{}[results]\ndeclare_queue = true\n",
+        amqp_url(),
+        std::env::var("BENCH_DEDUP")
+            .map(|n| format!("dedup_capacity = {n}\n"))
+            .unwrap_or_default()
     );
     for (name, rate) in channels {
         text.push_str(&format!(

@@ -8,13 +8,23 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
 
-type Key = (String, String);
+/// `channel` NUL `job_id` (a channel name has no NUL): one allocation,
+/// shared by the map and the eviction order.
+type Key = Arc<str>;
+
+fn key(channel: &str, job_id: &str) -> String {
+    let mut k = String::with_capacity(channel.len().saturating_add(job_id.len()).saturating_add(1));
+    k.push_str(channel);
+    k.push('\0');
+    k.push_str(job_id);
+    k
+}
 
 pub(crate) struct Dedup {
     capacity: usize,
@@ -24,7 +34,9 @@ pub(crate) struct Dedup {
 
 #[derive(Default)]
 struct Inner {
-    events: HashMap<Key, (Instant, Vec<u8>)>,
+    /// 10,000 of these are most of a busy worker's memory: the event is kept
+    /// at its exact size.
+    events: HashMap<Key, (Instant, Box<[u8]>)>,
     order: VecDeque<(Instant, Key)>,
     /// Jobs being worked on; waiters watch the sender, which drops when done.
     in_flight: HashMap<Key, watch::Sender<()>>,
@@ -65,18 +77,22 @@ impl Dedup {
 
     /// Claims `job_id` on `channel`, or says why not.
     pub(crate) fn begin(&self, channel: &str, job_id: &str) -> Begin<'_> {
-        let key = (channel.to_owned(), job_id.to_owned());
+        let wanted = key(channel, job_id);
         let Ok(mut inner) = self.inner.lock() else {
             // A poisoned lock only loses the memory, never a job.
-            return Begin::Go(Claim { dedup: self, key });
+            return Begin::Go(Claim {
+                dedup: self,
+                key: Arc::from(wanted),
+            });
         };
         self.evict(&mut inner, Instant::now());
-        if let Some((_, event)) = inner.events.get(&key) {
-            return Begin::Sent(event.clone());
+        if let Some((_, event)) = inner.events.get(wanted.as_str()) {
+            return Begin::Sent(event.to_vec());
         }
-        if let Some(tx) = inner.in_flight.get(&key) {
+        if let Some(tx) = inner.in_flight.get(wanted.as_str()) {
             return Begin::Wait(tx.subscribe());
         }
+        let key: Key = Arc::from(wanted);
         inner.in_flight.insert(key.clone(), watch::channel(()).0);
         Begin::Go(Claim { dedup: self, key })
     }
@@ -93,8 +109,10 @@ impl Dedup {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        let key = (channel.to_owned(), job_id.to_owned());
-        inner.events.insert(key.clone(), (now, event));
+        let key: Key = Arc::from(key(channel, job_id));
+        inner
+            .events
+            .insert(key.clone(), (now, event.into_boxed_slice()));
         inner.order.push_back((now, key));
         self.evict(&mut inner, now);
     }
@@ -103,18 +121,23 @@ impl Dedup {
     fn sent_event_at(&self, channel: &str, job_id: &str, now: Instant) -> Option<Vec<u8>> {
         let mut inner = self.inner.lock().ok()?;
         self.evict(&mut inner, now);
-        let key = (channel.to_owned(), job_id.to_owned());
-        inner.events.get(&key).map(|(_, e)| e.clone())
+        inner
+            .events
+            .get(key(channel, job_id).as_str())
+            .map(|(_, e)| e.to_vec())
     }
 
     fn evict(&self, inner: &mut Inner, now: Instant) {
-        while let Some((at, key)) = inner.order.front().cloned() {
+        // Called for every job: look at the oldest without copying its key.
+        while let Some(&(at, _)) = inner.order.front() {
             let too_many = inner.events.len() > self.capacity;
             let too_old = now.duration_since(at) >= self.ttl;
             if !too_many && !too_old {
                 break;
             }
-            inner.order.pop_front();
+            let Some((at, key)) = inner.order.pop_front() else {
+                break;
+            };
             // Only drop the entry if it was not refreshed by a later remember().
             if inner.events.get(&key).is_some_and(|(t, _)| *t == at) {
                 inner.events.remove(&key);
