@@ -414,10 +414,12 @@ pub(super) async fn export_file(
     if !ok {
         return (StatusCode::NOT_FOUND, "no such backup\n").into_response();
     }
-    match tokio::fs::read(app.config.console.export_dir.join(&name)).await {
-        Ok(bytes) => {
+    // Streamed: a backup of 100,000 dead letters is not read into memory.
+    match tokio::fs::File::open(app.config.console.export_dir.join(&name)).await {
+        Ok(file) => {
             let disposition = format!("attachment; filename=\"{name}\"");
-            let mut r = ([(header::CONTENT_TYPE, "application/x-ndjson")], bytes).into_response();
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            let mut r = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
             if let Ok(v) = HeaderValue::from_str(&disposition) {
                 r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
             }
