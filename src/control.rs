@@ -252,7 +252,7 @@ pub async fn snapshot(
                 .apply(&command),
         );
     }
-    drop(ch.close(200, "OK".into()).await);
+    crate::broker::close_channel(&ch, "OK").await;
     Ok(state)
 }
 

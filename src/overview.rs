@@ -76,7 +76,7 @@ pub async fn read(config: &Config) -> anyhow::Result<Overview> {
         let n = depth(&conn, &mut ch, &name).await.map(|(n, _)| n);
         delay_queues.push((name, n));
     }
-    drop(conn.close(200, "OK".into()).await);
+    crate::broker::close(&conn, 200, "OK").await;
     Ok(Overview {
         as_of: OffsetDateTime::now_utc(),
         channels,

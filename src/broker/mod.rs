@@ -14,6 +14,31 @@ use crate::config::BrokerConfig;
 pub use publish::{PublishError, Publisher, Routed};
 pub use topology::Names;
 
+/// How long closing a channel or connection may take: a blocked or lost
+/// broker may never answer, and lapin can miss a close-ok (a `dlq purge` once
+/// did its work, the broker showed its connection gone, and the command
+/// never exited).
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes a connection, waiting at most [`CLOSE_TIMEOUT`]; whatever it still
+/// held the broker hands back when the connection ends.
+pub async fn close(conn: &Connection, code: u16, why: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(code, why.into())).await {
+        Ok(Err(e)) => tracing::info!(error = %e, "closing the broker connection failed"),
+        Err(_) => tracing::warn!("the broker did not answer the connection close in time"),
+        Ok(Ok(())) => {}
+    }
+}
+
+/// Closes a channel, waiting at most [`CLOSE_TIMEOUT`] (false: it did not
+/// close cleanly in time).
+pub async fn close_channel(channel: &lapin::Channel, why: &str) -> bool {
+    matches!(
+        tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, why.into())).await,
+        Ok(Ok(()))
+    )
+}
+
 /// A queue's ready messages and consumers, by a passive declare (it must
 /// exist: if not, the broker closes `channel`).
 pub async fn inspect(channel: &lapin::Channel, queue: &str) -> Result<(u32, u32), lapin::Error> {

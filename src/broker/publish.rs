@@ -147,7 +147,7 @@ impl Publisher {
             let wait = self.timeout;
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                drop(old.close(200, "replaced after a nack".into()).await);
+                super::close_channel(&old, "replaced after a nack").await;
             });
             renewed = renewed.saturating_add(1);
         }
@@ -265,7 +265,7 @@ impl Publisher {
     /// Closes every channel.
     pub async fn close(&self) {
         for l in std::iter::once(&*self.shared).chain(self.single_file.iter()) {
-            drop(l.channel().close(200, "OK".into()).await);
+            super::close_channel(&l.channel(), "OK").await;
         }
     }
 }

@@ -95,7 +95,7 @@ pub async fn run(command: ChannelCommand, out: &mut impl Write) -> anyhow::Resul
     let conn = broker::connect(&config.broker, "channel").await?;
     let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
     control::append(&publisher, &Names::new(&config.broker.prefix), &command).await?;
-    drop(conn.close(200, "OK".into()).await);
+    crate::broker::close(&conn, 200, "OK").await;
     writeln!(
         out,
         "{name}: {} on every replica",

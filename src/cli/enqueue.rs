@@ -72,7 +72,7 @@ pub async fn publish(config: &Config, jobs: &[Pending]) -> anyhow::Result<usize>
             .await
             .with_context(|| format!("job {} of {}: publish failed (is the topology declared? run `octopods-worker topology`)", i.saturating_add(1), jobs.len()))?;
     }
-    drop(conn.close(200, "OK".into()).await);
+    crate::broker::close(&conn, 200, "OK").await;
     Ok(jobs.len())
 }
 

@@ -49,6 +49,6 @@ pub async fn tail(
         delivery.acker.ack(BasicAckOptions::default()).await?;
         printed = printed.saturating_add(1);
     }
-    drop(conn.close(200, "OK".into()).await);
+    crate::broker::close(&conn, 200, "OK").await;
     Ok(printed)
 }

@@ -204,7 +204,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
         }
     }
     let elapsed = started.elapsed();
-    drop(conn.close(200, "OK".into()).await);
+    crate::broker::close(&conn, 200, "OK").await;
 
     latencies.sort();
     let channels = channels

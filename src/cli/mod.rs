@@ -291,7 +291,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
             topology::declare(&ch, &config)
                 .await
                 .context("cannot declare the topology")?;
-            drop(conn.close(200, "OK".into()).await);
+            crate::broker::close(&conn, 200, "OK").await;
             println!("topology declared with prefix {:?}", config.broker.prefix);
         }
         Command::Definitions(a) => {

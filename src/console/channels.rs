@@ -90,7 +90,7 @@ pub(super) async fn channel_action(
         let conn = broker::connect(&app.config.broker, "console").await?;
         let publisher = Publisher::open(&conn, app.config.command_publish_timeout()).await?;
         control::append(&publisher, &names, &command).await?;
-        drop(conn.close(200, "OK".into()).await);
+        crate::broker::close(&conn, 200, "OK").await;
         anyhow::Ok(())
     }
     .await;

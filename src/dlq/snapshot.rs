@@ -241,8 +241,10 @@ impl Snapshot {
         // Closing the channel ends its consumers and returns every
         // unacknowledged message to the queue, together, before the
         // connection (and with it the lock) goes.
-        if let Err(e) = self.channel.close(200, "OK".into()).await {
-            tracing::info!(error = %e, "closing the channel failed; the connection's close hands the messages back");
+        if !broker::close_channel(&self.channel, "OK").await {
+            tracing::info!(
+                "closing the channel failed; the connection's close hands the messages back"
+            );
         }
         drop(self.consumers);
         // The queue ends the consumers and returns their messages in one
@@ -267,9 +269,7 @@ impl Snapshot {
                 tracing::info!(error = %e, "releasing the lock failed; it goes with the connection");
             }
         }
-        if let Err(e) = self.conn.close(200, "OK".into()).await {
-            tracing::info!(error = %e, "closing the connection failed; RabbitMQ hands the messages back when it ends");
-        }
+        broker::close(&self.conn, 200, "OK").await;
     }
 }
 

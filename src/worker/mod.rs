@@ -333,8 +333,8 @@ impl Worker {
         self.health.set_consuming(false);
         while consumers.join_next().await.is_some() {}
         if let Some(e) = failure {
-            close(conn, 320, "reconnecting").await;
-            close(publishing, 320, "reconnecting").await;
+            broker::close(&conn, 320, "reconnecting").await;
+            broker::close(&publishing, 320, "reconnecting").await;
             return Err(e);
         }
 
@@ -361,10 +361,10 @@ impl Worker {
         }
         drop(events);
         for amqp in &amqp_channels {
-            drop(tokio::time::timeout(CLOSE_TIMEOUT, amqp.close(200, "shutdown".into())).await);
+            broker::close_channel(amqp, "shutdown").await;
         }
-        close(publishing, 200, "shutdown").await;
-        close(conn, 200, "shutdown").await;
+        broker::close(&publishing, 200, "shutdown").await;
+        broker::close(&conn, 200, "shutdown").await;
         Ok(())
     }
 }
@@ -372,24 +372,12 @@ impl Worker {
 mod follow;
 use follow::Followed;
 
-/// How long closing a channel or connection may take (a blocked or lost
-/// broker may never answer).
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-async fn close(conn: Connection, code: u16, why: &str) {
-    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(code, why.into())).await {
-        Ok(Err(e)) => error!(error = %e, "closing the broker connection failed"),
-        Err(_) => warn!("the broker did not answer the connection close in time"),
-        Ok(Ok(())) => {}
-    }
-}
-
 async fn declare(conn: &Connection, config: &Config) -> anyhow::Result<()> {
     let setup = conn.create_channel().await?;
     topology::declare(&setup, config)
         .await
         .context("cannot declare the topology")?;
-    drop(tokio::time::timeout(CLOSE_TIMEOUT, setup.close(200, "OK".into())).await);
+    broker::close_channel(&setup, "OK").await;
     Ok(())
 }
 
