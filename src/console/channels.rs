@@ -10,18 +10,14 @@ use axum::{
 };
 use tracing::info;
 
-use super::{Form, Shared, mask, page, page_with, pages};
+use super::{Form, Shared, auth::Who, mask, page, page_with, pages};
 use crate::{
     broker::{self, Names, Publisher},
     control::{self, Change, Command},
     overview,
 };
 
-pub(super) async fn channels(State(app): Shared, headers: HeaderMap) -> Response {
-    let who = match app.who(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn channels(State(app): Shared, who: Who) -> Response {
     match overview::read(&app.config).await {
         Ok(o) => page(pages::channels(&who, &o)),
         Err(e) => page_with(

@@ -36,13 +36,9 @@ const ACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub(super) async fn dead_groups(
     State(app): Shared,
-    headers: HeaderMap,
+    who: Who,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let who = match app.who(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     let source = source_of(Some(&q.source));
     match app.index(source, false).await {
         Ok((index, stale)) => page(pages::groups(&who, &index, stale)),
@@ -79,13 +75,9 @@ pub(super) async fn refresh(State(app): Shared, headers: HeaderMap, body: Bytes)
 
 pub(super) async fn dead_list(
     State(app): Shared,
-    headers: HeaderMap,
+    who: Who,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let who = match app.who(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     let source = source_of(Some(&q.source));
     let (index, stale) = match app.index(source, false).await {
         Ok(i) => i,
@@ -125,13 +117,9 @@ pub(super) async fn dead_list(
 
 pub(super) async fn dead_message(
     State(app): Shared,
-    headers: HeaderMap,
+    who: Who,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let who = match app.who(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     let source = source_of(q.get("source").map(String::as_str));
     let Some(print) = q.get("print").and_then(|p| u64::from_str_radix(p, 16).ok()) else {
         return (StatusCode::BAD_REQUEST, "which message? (print)\n").into_response();
@@ -366,15 +354,7 @@ pub(super) async fn confirm(
     Redirect::to(&format!("/actions/{id}")).into_response()
 }
 
-pub(super) async fn action_page(
-    State(app): Shared,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let who = match app.who(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn action_page(State(app): Shared, who: Who, Path(id): Path<String>) -> Response {
     let found = app
         .actions
         .lock()
@@ -394,13 +374,9 @@ pub(super) async fn action_page(
 
 pub(super) async fn export_file(
     State(app): Shared,
-    headers: HeaderMap,
+    who: Who,
     Path(name): Path<String>,
 ) -> Response {
-    let who = match app.who(&headers) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     if !who.may_change() {
         return (StatusCode::FORBIDDEN, "backups are for operators\n").into_response();
     }

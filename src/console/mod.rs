@@ -166,16 +166,24 @@ async fn secure_headers(mut r: Response) -> Response {
 
 pub(super) type Shared = State<Arc<App>>;
 
+/// A handler that takes a [`Who`] serves only the signed-in; anyone else
+/// is sent to the login.
+impl axum::extract::FromRequestParts<Arc<App>> for Who {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Response> {
+        app.auth
+            .who(&parts.headers)
+            .ok_or_else(|| Redirect::to("/login").into_response())
+    }
+}
+
 impl App {
     pub(super) fn count(&self, action: &str) {
         self.counted.with_label_values(&[action]).inc();
-    }
-
-    /// The signed-in user, or the answer for one who is not.
-    pub(super) fn who(&self, headers: &HeaderMap) -> Result<Who, Box<Response>> {
-        self.auth
-            .who(headers)
-            .ok_or_else(|| Box::new(Redirect::to("/login").into_response()))
     }
 
     /// A signed-in user whose POST passes the cross-site checks (and, with
