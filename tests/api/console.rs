@@ -80,6 +80,13 @@ impl ConsoleApp {
             .await;
     }
 
+    /// A browser signed in as `user`.
+    async fn browser_as(&self, user: (&str, &str)) -> browser::Browser {
+        let b = browser::Browser::start().await;
+        b.log_in(&self.base, user.0, user.1).await;
+        b
+    }
+
     async fn shutdown(self) {
         self.stop.cancel();
         self.app.shutdown().await;
@@ -179,8 +186,7 @@ async fn a_group_of_50_validation_dead_letters_is_replayed_after_its_dry_run() {
         "octopods said 400: bad template",
     )
     .await;
-    let b = browser::Browser::start().await;
-    b.log_in(&c.base, ANA.0, ANA.1).await;
+    let b = c.browser_as(ANA).await;
     b.goto(&format!("{}/dead?source=dead", c.base)).await;
     let groups = b.all("tr.group").await;
     assert_eq!(groups.len(), 2, "two causes: {}", b.body_text().await);
@@ -262,8 +268,7 @@ async fn export_then_purge_deletes_exactly_what_the_backup_holds_while_new_ones_
         )
         .await;
     }
-    let b = browser::Browser::start().await;
-    b.log_in(&c.base, ANA.0, ANA.1).await;
+    let b = c.browser_as(ANA).await;
     b.goto(&format!("{}/dead?source=dead", c.base)).await;
     b.css("tr.group form[action='/dead/purge'] button")
         .await
@@ -351,8 +356,7 @@ async fn a_viewer_sees_but_cannot_replay() {
     let c = spawn_console("console-viewer").await;
     c.dead_letter(&button_job("v-1"), "validation", "title 21 chars, limit 20")
         .await;
-    let b = browser::Browser::start().await;
-    b.log_in(&c.base, VIC.0, VIC.1).await;
+    let b = c.browser_as(VIC).await;
     b.goto(&format!("{}/dead?source=dead", c.base)).await;
     assert_eq!(b.all("tr.group").await.len(), 1);
     assert!(
@@ -418,8 +422,7 @@ async fn a_cross_origin_post_is_refused() {
         );
         drop(axum::serve(evil, router).await);
     });
-    let b = browser::Browser::start().await;
-    b.log_in(&c.base, ANA.0, ANA.1).await;
+    let b = c.browser_as(ANA).await;
     b.goto(&evil_base).await;
     b.css("#go").await.click().await.expect("click");
     let text = b.body_text().await;
@@ -475,8 +478,7 @@ async fn hostile_dead_letters_render_inert_and_bounded() {
         "\"><img src=x onerror=alert(3)> \u{202e}gnp.exe <b>bold</b>",
     )
     .await;
-    let b = browser::Browser::start().await;
-    b.log_in(&c.base, ANA.0, ANA.1).await;
+    let b = c.browser_as(ANA).await;
     for page in ["/dead?source=dead", "/dead/list?source=dead"] {
         b.goto(&format!("{}{page}", c.base)).await;
         assert!(b.no_dialog().await, "{page}: a script ran");
@@ -571,8 +573,7 @@ async fn one_message_is_replayed_from_its_own_page() {
         "gave up after 8 attempts",
     )
     .await;
-    let b = browser::Browser::start().await;
-    b.log_in(&c.base, ANA.0, ANA.1).await;
+    let b = c.browser_as(ANA).await;
     b.goto(&format!("{}/dead/list?source=dead&job_id=one-2", c.base))
         .await;
     b.css("tr.row a").await.click().await.expect("view");

@@ -299,20 +299,8 @@ impl TestApp {
         body: &[u8],
         props: BasicProperties,
     ) {
-        let confirm = self
-            .ch
-            .basic_publish(
-                self.queue(exchange).as_str().into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(confirm.is_ack(), "broker nacked");
+        self.publish_raw(&self.queue(exchange), routing_key, body, props)
+            .await;
     }
 
     /// Publishes a message to an exchange named in full (`""`: the default
