@@ -242,7 +242,7 @@ impl App {
             queue = source.as_str(),
             messages = index.rows.len(),
             groups = index.groups.len(),
-            held_ms = index.took.as_millis() as u64,
+            held_ms = u64::try_from(index.took.as_millis()).unwrap_or(u64::MAX),
             "console: dead-letter snapshot read"
         );
         indexes.insert(source.as_str(), (index.clone(), false));
