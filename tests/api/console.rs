@@ -120,13 +120,16 @@ async fn http_login(base: &str, user: (&str, &str)) -> (reqwest::Client, String)
 #[tokio::test]
 async fn log_in_and_see_a_paused_channel_with_who_and_why() {
     let c = spawn_console("console-channels").await;
-    let paused = c.app.cli(&[
-        "channel",
-        "pause",
-        "store-eu",
-        "--reason",
-        "carrier maintenance",
-    ]);
+    let paused = c
+        .app
+        .cli(&[
+            "channel",
+            "pause",
+            "store-eu",
+            "--reason",
+            "carrier maintenance",
+        ])
+        .await;
     ok(&paused);
     let b = browser::Browser::start().await;
     // Without a session every page sends you to the login.
@@ -451,7 +454,7 @@ async fn a_cross_origin_post_is_refused() {
         let r = req.send().await.expect("post");
         assert_eq!(r.status(), 403, "{origin:?} {site:?}");
     }
-    let status = ok(&c.app.cli(&["channel", "status", "--json"]));
+    let status = ok(&c.app.cli(&["channel", "status", "--json"]).await);
     assert!(
         status.contains("\"state\":\"running\""),
         "nothing was paused: {status}"

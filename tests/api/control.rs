@@ -28,13 +28,15 @@ async fn a_pause_reaches_every_replica_and_leaves_the_jobs_in_their_queue() {
         replicas.push(BinaryWorker::start(&app.config_path).await);
     }
     let paused = "octopods_channel_paused{channel=\"store-eu\"}";
-    let out = app.cli(&[
-        "channel",
-        "pause",
-        "store-eu",
-        "--reason",
-        "number suspended",
-    ]);
+    let out = app
+        .cli(&[
+            "channel",
+            "pause",
+            "store-eu",
+            "--reason",
+            "number suspended",
+        ])
+        .await;
     assert!(ok(&out).contains("store-eu: paused on every replica"));
     let asked = Instant::now();
     for r in &replicas {
@@ -79,7 +81,7 @@ async fn a_pause_reaches_every_replica_and_leaves_the_jobs_in_their_queue() {
         10,
         "its jobs wait ready in the queue"
     );
-    let status: Vec<Value> = ok(&app.cli(&["channel", "status", "--json"]))
+    let status: Vec<Value> = ok(&app.cli(&["channel", "status", "--json"]).await)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -95,7 +97,7 @@ async fn a_pause_reaches_every_replica_and_leaves_the_jobs_in_their_queue() {
     assert_eq!(us["state"], "running");
 
     // Resume: the backlog drains at the configured rate (5/s, burst 1).
-    ok(&app.cli(&["channel", "resume", "store-eu"]));
+    ok(&app.cli(&["channel", "resume", "store-eu"]).await);
     for _ in 0..10 {
         assert_eq!(app.next_event().await["event"], "sent");
     }
@@ -113,7 +115,7 @@ async fn a_new_rate_applies_within_two_seconds_and_survives_a_restart() {
     let mut app = spawn_with("control-rate", two_channels()).await;
     let budget = "octopods_channel_rate_budget{channel=\"store-eu\"}";
     assert_eq!(app.metric(budget).await, 5.0);
-    let out = app.cli(&["channel", "set-rate", "store-eu", "20"]);
+    let out = app.cli(&["channel", "set-rate", "store-eu", "20"]).await;
     assert!(ok(&out).contains("store-eu: rate 20/s on every replica"));
     eventually(Duration::from_secs(2), "the new rate in force", || async {
         (app.metric(budget).await == 20.0).then_some(())
@@ -135,7 +137,7 @@ async fn a_new_rate_applies_within_two_seconds_and_survives_a_restart() {
     app.stop_worker().await;
     app.start_worker().await;
     assert_eq!(app.metric(budget).await, 20.0);
-    ok(&app.cli(&["channel", "clear", "store-eu"]));
+    ok(&app.cli(&["channel", "clear", "store-eu"]).await);
     eventually(
         Duration::from_secs(2),
         "the configured rate back",
@@ -143,14 +145,14 @@ async fn a_new_rate_applies_within_two_seconds_and_survives_a_restart() {
     )
     .await;
     // Operator mistakes are named.
-    let out = app.cli(&["channel", "pause", "store-xx"]);
+    let out = app.cli(&["channel", "pause", "store-xx"]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("unknown channel \"store-xx\"; configured: store-eu, store-us"),
         "{err}"
     );
-    let out = app.cli(&["channel", "set-rate", "store-eu", "0"]);
+    let out = app.cli(&["channel", "set-rate", "store-eu", "0"]).await;
     assert!(!out.status.success());
     app.shutdown().await;
 }
@@ -180,7 +182,9 @@ async fn a_pause_returns_started_and_buffered_jobs_alike() {
     let first = app.next_event().await;
     assert_eq!(first["event"], "sent");
     let first = first["job_id"].as_str().unwrap().to_owned();
-    ok(&app.cli(&["channel", "pause", "store-eu", "--reason", "test"]));
+    ok(&app
+        .cli(&["channel", "pause", "store-eu", "--reason", "test"])
+        .await);
     let sent_before = eventually(
         Duration::from_secs(10),
         "every unsent job back in the queue, ready",
@@ -193,7 +197,7 @@ async fn a_pause_returns_started_and_buffered_jobs_alike() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.requests().len(), sent_before, "no request while paused");
     assert_eq!(app.depth("jobs.store-eu").await as usize, N - sent_before);
-    ok(&app.cli(&["channel", "resume", "store-eu"]));
+    ok(&app.cli(&["channel", "resume", "store-eu"]).await);
     let mut ids = std::collections::BTreeSet::from([first]);
     while ids.len() < N {
         let e = app.next_event().await;
@@ -234,7 +238,7 @@ async fn records_out_of_range_or_unreadable_are_skipped_and_the_replica_serves_o
         app.append_control(r).await;
     }
     // A good record after them is still applied: the replica is alive.
-    ok(&app.cli(&["channel", "set-rate", "store-eu", "7"]));
+    ok(&app.cli(&["channel", "set-rate", "store-eu", "7"]).await);
     eventually(
         Duration::from_secs(5),
         "the good record applied",
@@ -252,24 +256,28 @@ async fn records_out_of_range_or_unreadable_are_skipped_and_the_replica_serves_o
     assert_eq!(app.metric(budget).await, 7.0);
     assert_eq!(app.metric(&rejected("out_of_range")).await, 4.0);
     // `channel status` reads the same log and does not fail either.
-    let status = ok(&app.cli(&["channel", "status", "--json"]));
+    let status = ok(&app.cli(&["channel", "status", "--json"]).await);
     assert!(status.contains("\"store-eu\""), "{status}");
     // The CLI refuses the same values, naming the value and the limit.
-    let out = app.cli(&[
-        "channel",
-        "set-rate",
-        "store-eu",
-        "0.01",
-        "--burst",
-        "4000000000",
-    ]);
+    let out = app
+        .cli(&[
+            "channel",
+            "set-rate",
+            "store-eu",
+            "0.01",
+            "--burst",
+            "4000000000",
+        ])
+        .await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("burst 4000000000: must be from 1 to 100000"),
         "{err}"
     );
-    let out = app.cli(&["channel", "set-rate", "store-eu", "2000000"]);
+    let out = app
+        .cli(&["channel", "set-rate", "store-eu", "2000000"])
+        .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("rate 2000000: must be from 0.001 to 1000000 per second"),
@@ -299,7 +307,7 @@ async fn a_record_that_panics_is_skipped_and_the_replica_serves_on() {
     .await;
     app.append_control(br#"{"channel":"boom","op":"resume","at":"t"}"#)
         .await;
-    ok(&app.cli(&["channel", "set-rate", "store-eu", "9"]));
+    ok(&app.cli(&["channel", "set-rate", "store-eu", "9"]).await);
     let budget = "octopods_channel_rate_budget{channel=\"store-eu\"}";
     eventually(
         Duration::from_secs(5),
@@ -408,20 +416,8 @@ async fn a_job_published_with_the_shops_user_id_is_handed_back_as_a_copy() {
     )
     .await;
     let user = unique_prefix("shop");
-    let ctl = |args: &[&str]| {
-        let out = std::process::Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(args)
-            .output()
-            .expect("rabbitmqctl runs");
-        assert!(
-            out.status.success(),
-            "rabbitmqctl {args:?}: {}",
-            stderr(&out)
-        );
-    };
-    ctl(&["add_user", &user, "pw"]);
-    ctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]);
+    rabbitmqctl(&["add_user", &user, "pw"]).await;
+    rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]).await;
     let shop = lapin::Connection::connect(
         &format!("amqp://{user}:pw@127.0.0.1:5672/%2f"),
         lapin::ConnectionProperties::default(),
@@ -475,6 +471,6 @@ async fn a_job_published_with_the_shops_user_id_is_handed_back_as_a_copy() {
         .await;
     assert_eq!(app.next_event().await["event"], "sent");
     drop(shop.close(200, "OK".into()).await);
-    ctl(&["delete_user", &user]);
+    rabbitmqctl(&["delete_user", &user]).await;
     app.shutdown().await;
 }

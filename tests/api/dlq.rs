@@ -69,7 +69,7 @@ async fn replay_by_reason_moves_exactly_the_matching_jobs() {
     })
     .await;
 
-    let listed = app.cli(&["dlq", "list", "--json"]);
+    let listed = app.cli(&["dlq", "list", "--json"]).await;
     assert!(listed.status.success(), "{}", stderr(&listed));
     let lines: Vec<Value> = stdout(&listed)
         .lines()
@@ -82,7 +82,7 @@ async fn replay_by_reason_moves_exactly_the_matching_jobs() {
             .iter()
             .all(|l| l["channel"] == "store-eu" && l["replays"] == 0 && l["attempts"] == 1)
     );
-    let stats = app.cli(&["dlq", "stats", "--json"]);
+    let stats = app.cli(&["dlq", "stats", "--json"]).await;
     let stats: Value = serde_json::from_str(stdout(&stats).trim()).unwrap();
     assert_eq!(stats["total"], 5);
 
@@ -96,7 +96,7 @@ async fn replay_by_reason_moves_exactly_the_matching_jobs() {
     assert_eq!(before.len(), 2);
 
     app.clear_scripts();
-    let out = app.cli(&["dlq", "replay", "--reason", "window"]);
+    let out = app.cli(&["dlq", "replay", "--reason", "window"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("matched 3; replayed 3"),
@@ -137,12 +137,12 @@ async fn dry_run_changes_nothing_and_purge_needs_yes() {
     let before: BTreeSet<_> = app.peek_all("dead").await.iter().map(fingerprint).collect();
     assert_eq!(before.len(), 3);
 
-    let out = app.cli(&["dlq", "replay", "--dry-run"]);
+    let out = app.cli(&["dlq", "replay", "--dry-run"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("would replay 3"), "{}", stderr(&out));
-    let out = app.cli(&["dlq", "purge", "--dry-run"]);
+    let out = app.cli(&["dlq", "purge", "--dry-run"]).await;
     assert!(stderr(&out).contains("would purge 3"), "{}", stderr(&out));
-    let out = app.cli(&["dlq", "purge", "--reason", "window"]);
+    let out = app.cli(&["dlq", "purge", "--reason", "window"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--yes"), "{}", stderr(&out));
     let after: BTreeSet<_> = app.peek_all("dead").await.iter().map(fingerprint).collect();
@@ -152,7 +152,9 @@ async fn dry_run_changes_nothing_and_purge_needs_yes() {
     );
     assert_eq!(app.depth("results").await, 0, "no job was replayed");
 
-    let out = app.cli(&["dlq", "purge", "--reason", "window", "--yes"]);
+    let out = app
+        .cli(&["dlq", "purge", "--reason", "window", "--yes"])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("purged 2"), "{}", stderr(&out));
     let left = app.peek_all("dead").await;
@@ -179,7 +181,7 @@ async fn replay_cap_stops_a_job_that_keeps_failing() {
     app.publish_job(&job).await;
     dead_events(&app, 1).await;
     for round in 1..=2 {
-        let out = app.cli(&["dlq", "replay", "--job-id", "loop"]);
+        let out = app.cli(&["dlq", "replay", "--job-id", "loop"]).await;
         assert!(
             stderr(&out).contains("replayed 1"),
             "round {round}: {}",
@@ -194,7 +196,7 @@ async fn replay_cap_stops_a_job_that_keeps_failing() {
         .await;
         assert_eq!(d.int("x-octopods-replays"), Some(round));
     }
-    let out = app.cli(&["dlq", "replay", "--job-id", "loop"]);
+    let out = app.cli(&["dlq", "replay", "--job-id", "loop"]).await;
     assert!(
         stderr(&out).contains("replayed 0; skipped 1 (replay cap 2 reached: 1"),
         "{}",
@@ -252,7 +254,7 @@ async fn replay_killed_midway_and_run_again_loses_no_job() {
         "the replay finished before it could be killed"
     );
 
-    let out = app.cli(&["dlq", "replay"]);
+    let out = app.cli(&["dlq", "replay"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(app.depth("dead").await, 0);
 
@@ -330,7 +332,9 @@ async fn poison_job_is_shown_as_poison_and_can_be_replayed() {
         }
     }
     drop(conn.close(200, "OK".into()).await);
-    let listed = app.cli(&["dlq", "list", "--json", "--reason", "poison"]);
+    let listed = app
+        .cli(&["dlq", "list", "--json", "--reason", "poison"])
+        .await;
     let line: Value = serde_json::from_str(stdout(&listed).trim())
         .unwrap_or_else(|_| panic!("{}", stdout(&listed)));
     assert_eq!(line["reason"], "poison");
@@ -338,7 +342,7 @@ async fn poison_job_is_shown_as_poison_and_can_be_replayed() {
     assert_eq!(line["job_id"], "poison-1");
 
     app.start_worker().await;
-    let out = app.cli(&["dlq", "replay", "--reason", "poison"]);
+    let out = app.cli(&["dlq", "replay", "--reason", "poison"]).await;
     assert!(stderr(&out).contains("replayed 1"), "{}", stderr(&out));
     let e = app.next_event().await;
     assert_eq!(e["event"], "sent", "{e}");
@@ -356,12 +360,14 @@ async fn unroutable_jobs_can_be_replayed_once_the_channel_is_configured() {
         (app.depth("unroutable").await == 1).then_some(())
     })
     .await;
-    let listed = app.cli(&["dlq", "list", "--from", "unroutable", "--json"]);
+    let listed = app
+        .cli(&["dlq", "list", "--from", "unroutable", "--json"])
+        .await;
     let line: Value = serde_json::from_str(stdout(&listed).trim()).unwrap();
     assert_eq!(line["reason"], "unroutable");
     assert_eq!(line["channel"], "store-us");
 
-    let out = app.cli(&["dlq", "replay", "--from", "unroutable"]);
+    let out = app.cli(&["dlq", "replay", "--from", "unroutable"]).await;
     assert!(
         stderr(&out).contains("channel not configured: 1"),
         "{}",
@@ -378,9 +384,9 @@ async fn unroutable_jobs_can_be_replayed_once_the_channel_is_configured() {
         key_file.display()
     ));
     std::fs::write(&app.config_path, text).unwrap();
-    let out = app.cli(&["topology"]);
+    let out = app.cli(&["topology"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = app.cli(&["dlq", "replay", "--from", "unroutable"]);
+    let out = app.cli(&["dlq", "replay", "--from", "unroutable"]).await;
     assert!(stderr(&out).contains("replayed 1"), "{}", stderr(&out));
     assert_eq!(app.depth("unroutable").await, 0);
     assert_eq!(app.depth("jobs.store-us").await, 1);

@@ -63,11 +63,11 @@ async fn commands_back_to_back_each_see_the_whole_queue() {
     dead_letters(&app, "v", "validation", N).await;
 
     // stats → export
-    let stats = app.cli(&["dlq", "stats", "--json"]);
+    let stats = app.cli(&["dlq", "stats", "--json"]).await;
     assert!(stats.status.success(), "{}", stderr(&stats));
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["total"], N);
-    let export = app.cli(&["dlq", "export"]);
+    let export = app.cli(&["dlq", "export"]).await;
     assert!(export.status.success(), "{}", stderr(&export));
     assert_eq!(export.stdout.iter().filter(|b| **b == b'\n').count(), N);
     assert!(
@@ -77,7 +77,7 @@ async fn commands_back_to_back_each_see_the_whole_queue() {
     );
 
     // export → replay --dry-run
-    let dry = app.cli(&["dlq", "replay", "--dry-run"]);
+    let dry = app.cli(&["dlq", "replay", "--dry-run"]).await;
     assert!(dry.status.success(), "{}", stderr(&dry));
     assert!(
         stderr(&dry).contains(&format!("would replay {N}")),
@@ -86,10 +86,10 @@ async fn commands_back_to_back_each_see_the_whole_queue() {
     );
 
     // list → purge
-    let list = app.cli(&["dlq", "list", "--json"]);
+    let list = app.cli(&["dlq", "list", "--json"]).await;
     assert!(list.status.success(), "{}", stderr(&list));
     assert_eq!(list.stdout.iter().filter(|b| **b == b'\n').count(), N);
-    let purge = app.cli(&["dlq", "purge", "--yes"]);
+    let purge = app.cli(&["dlq", "purge", "--yes"]).await;
     assert!(purge.status.success(), "{}", stderr(&purge));
     assert!(
         stderr(&purge).contains(&format!("purged {N}")),
@@ -147,7 +147,7 @@ async fn a_second_operator_waits_or_refuses_never_works_on_a_part() {
         )
         .await
         .unwrap();
-    let refused = app.cli(&["dlq", "purge", "--yes"]);
+    let refused = app.cli(&["dlq", "purge", "--yes"]).await;
     assert!(!refused.status.success());
     assert!(
         stderr(&refused).contains("another dlq command is working on")
@@ -169,9 +169,10 @@ async fn a_second_operator_waits_or_refuses_never_works_on_a_part() {
         || {
             let prefix = prefix.clone();
             async move {
-                let out = std::process::Command::new("rabbitmqctl")
+                let out = tokio::process::Command::new("rabbitmqctl")
                     .args(["-q", "list_connections", "client_properties"])
                     .output()
+                    .await
                     .ok()?;
                 let text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.contains(&format!("octopods-worker dlq prefix={prefix} "))
@@ -204,20 +205,22 @@ async fn purge_bound_to_an_export_deletes_exactly_the_exported_dead_letters() {
     dead_letters(&app, "old", "validation", N).await;
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup.jsonl");
-    let export = app.cli(&["dlq", "export"]);
+    let export = app.cli(&["dlq", "export"]).await;
     assert!(export.status.success(), "{}", stderr(&export));
     std::fs::write(&backup, &export.stdout).unwrap();
     // New dead letters arrive between the backup and the purge, some of them
     // byte-identical in body to exported ones.
     dead_letters(&app, "new", "window", 300).await;
     dead_letters(&app, "old", "expired", 5).await;
-    let purge = app.cli(&[
-        "dlq",
-        "purge",
-        "--yes",
-        "--only-exported",
-        backup.to_str().unwrap(),
-    ]);
+    let purge = app
+        .cli(&[
+            "dlq",
+            "purge",
+            "--yes",
+            "--only-exported",
+            backup.to_str().unwrap(),
+        ])
+        .await;
     assert!(purge.status.success(), "{}", stderr(&purge));
     assert!(
         stderr(&purge).contains(&format!("purged {N}")),
@@ -233,13 +236,15 @@ async fn purge_bound_to_an_export_deletes_exactly_the_exported_dead_letters() {
     assert_eq!(left.len(), 305);
     assert!(left.iter().all(|d| d.routing_key != "validation.store-eu"));
     // Purging against the same backup again finds nothing of it: an error.
-    let again = app.cli(&[
-        "dlq",
-        "purge",
-        "--yes",
-        "--only-exported",
-        backup.to_str().unwrap(),
-    ]);
+    let again = app
+        .cli(&[
+            "dlq",
+            "purge",
+            "--yes",
+            "--only-exported",
+            backup.to_str().unwrap(),
+        ])
+        .await;
     assert!(!again.status.success());
     assert!(
         stderr(&again).contains(&format!(

@@ -135,7 +135,7 @@ async fn closing_the_broker_connection_while_jobs_flow_loses_and_duplicates_noth
         (app.requests().len() >= 50).then_some(())
     })
     .await;
-    close_worker_connection(&app.prefix);
+    close_worker_connection(&app.prefix).await;
     let events = collect_events(&app, &ids, Duration::from_secs(60)).await;
     let lost = lost(&ids, &events);
     let dups = duplicate_sends(&app);

@@ -294,7 +294,7 @@ async fn dlq_list_cannot_be_forged_and_metrics_exist_from_the_start() {
     let evil = "evil\n2026-01-01T00:00:00.000Z  validation  store-eu  forged-row\u{1b}[2J";
     app.publish_job(&invalid_job(evil)).await;
     assert_eq!(app.next_event().await["job_id"], json!(evil));
-    let out = app.cli(&["dlq", "list"]);
+    let out = app.cli(&["dlq", "list"]).await;
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 2, "a header and one row:\n{stdout}");
@@ -435,7 +435,7 @@ async fn dlq_tools_read_a_failure_time_at_the_calendar_edge() {
         &["dlq", "list", "--older-than", "1h"],
         &["dlq", "replay", "--dry-run"],
     ] {
-        let out = app.cli(args);
+        let out = app.cli(args).await;
         assert!(
             out.status.success(),
             "{args:?}: {}",

@@ -145,7 +145,7 @@ async fn readiness_follows_the_broker_connection() {
         200
     );
 
-    close_worker_connection(&app.prefix);
+    close_worker_connection(&app.prefix).await;
     eventually(Duration::from_secs(10), "/readyz to turn 503", || async {
         (reqwest::get(&readyz).await.ok()?.status() == 503).then_some(())
     })

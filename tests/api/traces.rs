@@ -199,7 +199,7 @@ async fn a_malformed_traceparent_is_ignored_and_a_dead_letter_and_its_replay_car
     .await;
     assert_eq!(first[0].status, 2, "a dead-lettered job's span is an error");
     assert_eq!(first[0].parent_span_id, PRODUCER_SPAN);
-    let out = app.cli(&["dlq", "replay", "--job-id", "invalid-1"]);
+    let out = app.cli(&["dlq", "replay", "--job-id", "invalid-1"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let both = eventually(Duration::from_secs(15), "the replayed job's span", || {
         consumed(2)

@@ -47,24 +47,34 @@ impl DeadLetter {
     }
 }
 
+/// Runs `rabbitmqctl -q ARGS` (awaited: the test's runtime keeps running the
+/// sandbox and the worker meanwhile), failing the test if it fails.
+pub async fn rabbitmqctl(args: &[&str]) -> std::process::Output {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl must be installed for this test");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Closes the worker's broker connection the way an operator (or a broker
 /// restart) would.
-pub fn close_worker_connection(prefix: &str) {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl must be installed for this test");
+pub async fn close_worker_connection(prefix: &str) {
+    let out = rabbitmqctl(&["list_connections", "pid", "client_properties"]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     let pid = text
         .lines()
         .find(|l| l.contains(&format!("octopods-worker worker prefix={prefix} ")))
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no worker connection for {prefix} in:\n{text}"));
-    let status = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", pid, "closed by test"])
-        .status()
-        .expect("rabbitmqctl close_connection");
-    assert!(status.success());
+    rabbitmqctl(&["close_connection", pid, "closed by test"]).await;
 }
 
 /// Messages ready in `queue`, read through `ch` without taking them.

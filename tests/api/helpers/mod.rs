@@ -281,13 +281,18 @@ impl TestApp {
         self.wait_ready().await;
     }
 
-    /// Runs the real binary with this test's config appended.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+    /// Runs the real binary with this test's config appended. Awaited, not
+    /// blocking: the test's runtime also runs the sandbox, the in-process
+    /// worker and any in-test collector, and a blocked runtime stalls them
+    /// (a trace export timed out against a collector frozen while a `dlq`
+    /// command ran, and its spans were gone).
+    pub async fn cli(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
             .args(args)
             .arg("--config")
             .arg(&self.config_path)
             .output()
+            .await
             .expect("run the binary")
     }
 
