@@ -53,11 +53,14 @@ struct Session {
     expires: Instant,
 }
 
-/// Why a login did not work (all shown to the user the same way).
+/// Why a login did not work. A wrong name and a wrong password are one
+/// answer, so the page never says which names exist.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Refused {
     Wrong,
     TooMany,
+    /// The OS gave no randomness for a session id: no session is opened.
+    NoRandomness,
 }
 
 pub(crate) struct Auth {
@@ -173,9 +176,9 @@ impl Auth {
         // The token logs in as the user `token` (a name no user may take).
         if name == TOKEN_USER {
             return match &self.token {
-                Some((want, role)) if same(&digest(password), want) => {
-                    Ok(self.open_session(TOKEN_USER, *role))
-                }
+                Some((want, role)) if same(&digest(password), want) => self
+                    .open_session(TOKEN_USER, *role)
+                    .ok_or(Refused::NoRandomness),
                 _ => {
                     self.count_failure(bucket);
                     Err(Refused::Wrong)
@@ -198,16 +201,18 @@ impl Auth {
             self.count_failure(bucket);
             return Err(Refused::Wrong);
         };
-        Ok(self.open_session(&user.name, user.role))
+        self.open_session(&user.name, user.role)
+            .ok_or(Refused::NoRandomness)
     }
 
-    /// A new session; the `Set-Cookie` value that carries it.
-    fn open_session(&self, user: &str, role: Role) -> String {
-        let id = random_token();
+    /// A new session; the `Set-Cookie` value that carries it. None when the
+    /// OS cannot give the randomness its id and CSRF token need.
+    fn open_session(&self, user: &str, role: Role) -> Option<String> {
+        let id = random_token()?;
         let session = Session {
             user: user.to_owned(),
             role,
-            csrf: random_token(),
+            csrf: random_token()?,
             expires: Instant::now()
                 .checked_add(self.ttl)
                 .unwrap_or_else(Instant::now),
@@ -225,7 +230,7 @@ impl Auth {
             }
             sessions.insert(id.clone(), session);
         }
-        self.set_cookie(&id, self.ttl.as_secs())
+        Some(self.set_cookie(&id, self.ttl.as_secs()))
     }
 
     /// Ends the request's session; the `Set-Cookie` that clears it.
@@ -320,15 +325,12 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn random_token() -> String {
+/// 256 bits from the OS, or nothing: a guessable session id is worse than
+/// a refused login.
+fn random_token() -> Option<String> {
     let mut bytes = [0_u8; 32];
-    // The OS's generator failing is not something to serve sessions through.
-    if getrandom::fill(&mut bytes).is_err() {
-        let fallback = ulid::Ulid::generate().to_string();
-        return base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(Sha256::digest(fallback.as_bytes()));
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    getrandom::fill(&mut bytes).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

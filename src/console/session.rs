@@ -42,12 +42,19 @@ pub(super) async fn login(State(app): Shared, headers: HeaderMap, body: Bytes) -
         }
         Err(why) => {
             app.count("login_failed");
-            warn!(user = %escape(&mask::shown(name, 64)), too_many = why == Refused::TooMany, "console: login refused");
-            let text = match why {
-                Refused::Wrong => "Wrong user name or password.",
-                Refused::TooMany => "Too many failed logins for this name; wait a minute.",
+            warn!(user = %escape(&mask::shown(name, 64)), why = ?why, "console: login refused");
+            let (status, text) = match why {
+                Refused::Wrong => (StatusCode::UNAUTHORIZED, "Wrong user name or password."),
+                Refused::TooMany => (
+                    StatusCode::UNAUTHORIZED,
+                    "Too many failed logins for this name; wait a minute.",
+                ),
+                Refused::NoRandomness => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The console cannot open a session now: the OS gave no randomness for it.",
+                ),
             };
-            page_with(StatusCode::UNAUTHORIZED, pages::login(Some(text)))
+            page_with(status, pages::login(Some(text)))
         }
     }
 }
