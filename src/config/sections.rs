@@ -30,6 +30,9 @@ pub struct WorkerConfig {
     /// How many recently sent `job_id`s are remembered, so a redelivered job
     /// is not sent twice. Default 10000.
     pub dedup_capacity: usize,
+    /// At most this many bytes of remembered events (the oldest go first):
+    /// a producer decides an event's size. Default 8388608 (8 MiB).
+    pub dedup_max_bytes: usize,
     /// How long a sent `job_id` is remembered. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub dedup_ttl: Duration,
@@ -49,6 +52,7 @@ impl Default for WorkerConfig {
         Self {
             grace_period: Duration::from_secs(30),
             dedup_capacity: 10_000,
+            dedup_max_bytes: 8 * 1024 * 1024,
             dedup_ttl: Duration::from_secs(3600),
             replica_id: None,
             spread_window: Duration::from_secs(2),

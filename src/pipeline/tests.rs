@@ -74,7 +74,7 @@ fn fixture() -> (Shared, ChannelState) {
         open: Semaphore::new(8),
         flow: Arc::new(Flow::default()),
         metrics: Arc::new(Metrics::new()),
-        dedup: Dedup::new(100, Duration::from_secs(60)),
+        dedup: Dedup::new(100, usize::MAX, Duration::from_secs(60)),
         replica_id: "r".into(),
         fault: None,
         config,

@@ -89,7 +89,11 @@ impl Worker {
         for c in &config.channels {
             metrics.register_channel(&c.name, c.rate_per_second, &delays);
         }
-        let dedup = Dedup::new(config.worker.dedup_capacity, config.worker.dedup_ttl);
+        let dedup = Dedup::new(
+            config.worker.dedup_capacity,
+            config.worker.dedup_max_bytes,
+            config.worker.dedup_ttl,
+        );
         let replica_id = config.replica_id();
         let open = Semaphore::new(config.octopods.max_concurrent_requests);
         Ok(Self {
