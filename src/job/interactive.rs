@@ -4,7 +4,10 @@
 //!
 //! The sandbox runs the same checks, as Octopods would on its side.
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    fmt::{self, Display},
+};
 
 use serde_json::{Map, Value};
 
@@ -20,11 +23,37 @@ pub struct Invalid {
 
 type Check<T = ()> = Result<T, Invalid>;
 
-fn fail<T>(path: impl Into<String>, problem: impl Into<String>) -> Check<T> {
+fn fail<T>(path: impl Display, problem: impl Into<String>) -> Check<T> {
     Err(Invalid {
-        path: path.into(),
+        path: path.to_string(),
         problem: problem.into(),
     })
+}
+
+/// A field's JSON path, written out only when a check fails: a valid message
+/// (every job) builds no path strings. `&str`, [`Field`] and [`Item`] are
+/// paths.
+pub(crate) trait Path: Display + Copy {}
+impl<T: Display + Copy> Path for T {}
+
+/// `parent.name`.
+#[derive(Clone, Copy)]
+pub(crate) struct Field<P>(P, &'static str);
+
+/// `parent[index]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Item<P>(P, usize);
+
+impl<P: Display> Display for Field<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+impl<P: Display> Display for Item<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
+    }
 }
 
 /// The interactive message types Octopods accepts.
@@ -139,22 +168,22 @@ fn button(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
     let mut ids = HashSet::new();
     let mut titles = HashSet::new();
     for (i, b) in buttons.iter().enumerate() {
-        let p = format!("action.buttons[{i}]");
-        let b = object(b, &p)?;
-        let t = required_str(b, "type", &format!("{p}.type"))?;
+        let p = Item("action.buttons", i);
+        let b = object(b, p)?;
+        let t = required_str(b, "type", Field(p, "type"))?;
         if t != "reply" {
             return fail(
-                format!("{p}.type"),
+                Field(p, "type"),
                 format!("{t:?}, only \"reply\" is allowed"),
             );
         }
-        let reply = object_at(b, "reply", &format!("{p}.reply"))?;
-        let id = required_str(reply, "id", &format!("{p}.reply.id"))?;
-        length(Some(id), &format!("{p}.reply.id"), 1, 256)?;
-        let title = required_str(reply, "title", &format!("{p}.reply.title"))?;
-        length(Some(title), &format!("{p}.reply.title"), 1, 20)?;
-        unique(&mut ids, id, &format!("{p}.reply.id"))?;
-        unique(&mut titles, title, &format!("{p}.reply.title"))?;
+        let reply = object_at(b, "reply", Field(p, "reply"))?;
+        let id = required_str(reply, "id", Field(p, "reply.id"))?;
+        length(Some(id), Field(p, "reply.id"), 1, 256)?;
+        let title = required_str(reply, "title", Field(p, "reply.title"))?;
+        length(Some(title), Field(p, "reply.title"), 1, 20)?;
+        unique(&mut ids, id, Field(p, "reply.id"))?;
+        unique(&mut titles, title, Field(p, "reply.title"))?;
     }
     Ok(())
 }
@@ -180,29 +209,30 @@ fn list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
     let mut row_ids = HashSet::new();
     let mut total_rows: usize = 0;
     for (i, s) in sections.iter().enumerate() {
-        let p = format!("action.sections[{i}]");
-        let s = object(s, &p)?;
-        let title = optional_str(s, "title", &format!("{p}.title"))?;
+        let p = Item("action.sections", i);
+        let s = object(s, p)?;
+        let title = optional_str(s, "title", Field(p, "title"))?;
         if title.is_none() && sections.len() > 1 {
             return fail(
-                format!("{p}.title"),
+                Field(p, "title"),
                 "required when there is more than one section",
             );
         }
-        length(title, &format!("{p}.title"), 1, 24)?;
-        let rows = array_at(s, "rows", &format!("{p}.rows"))?;
-        count(rows.len(), &format!("{p}.rows"), "rows", 1, 10)?;
+        length(title, Field(p, "title"), 1, 24)?;
+        let rows = array_at(s, "rows", Field(p, "rows"))?;
+        count(rows.len(), Field(p, "rows"), "rows", 1, 10)?;
         total_rows = total_rows.saturating_add(rows.len());
         for (j, r) in rows.iter().enumerate() {
-            let rp = format!("{p}.rows[{j}]");
-            let r = object(r, &rp)?;
-            let id = required_str(r, "id", &format!("{rp}.id"))?;
-            length(Some(id), &format!("{rp}.id"), 1, 200)?;
-            unique(&mut row_ids, id, &format!("{rp}.id"))?;
-            let title = required_str(r, "title", &format!("{rp}.title"))?;
-            length(Some(title), &format!("{rp}.title"), 1, 24)?;
-            let description = optional_str(r, "description", &format!("{rp}.description"))?;
-            length(description, &format!("{rp}.description"), 0, 72)?;
+            let rows_p = Field(p, "rows");
+            let rp = Item(rows_p, j);
+            let r = object(r, rp)?;
+            let id = required_str(r, "id", Field(rp, "id"))?;
+            length(Some(id), Field(rp, "id"), 1, 200)?;
+            unique(&mut row_ids, id, Field(rp, "id"))?;
+            let title = required_str(r, "title", Field(rp, "title"))?;
+            length(Some(title), Field(rp, "title"), 1, 24)?;
+            let description = optional_str(r, "description", Field(rp, "description"))?;
+            length(description, Field(rp, "description"), 0, 72)?;
         }
     }
     if total_rows > 10 {
@@ -230,26 +260,27 @@ fn product_list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
     count(sections.len(), "action.sections", "sections", 1, 10)?;
     let mut total: usize = 0;
     for (i, s) in sections.iter().enumerate() {
-        let p = format!("action.sections[{i}]");
-        let s = object(s, &p)?;
-        let title = optional_str(s, "title", &format!("{p}.title"))?;
+        let p = Item("action.sections", i);
+        let s = object(s, p)?;
+        let title = optional_str(s, "title", Field(p, "title"))?;
         if title.is_none() && sections.len() > 1 {
             return fail(
-                format!("{p}.title"),
+                Field(p, "title"),
                 "required when there is more than one section",
             );
         }
-        length(title, &format!("{p}.title"), 1, 24)?;
-        let items = array_at(s, "product_items", &format!("{p}.product_items"))?;
-        count(items.len(), &format!("{p}.product_items"), "items", 1, 30)?;
+        length(title, Field(p, "title"), 1, 24)?;
+        let items = array_at(s, "product_items", Field(p, "product_items"))?;
+        count(items.len(), Field(p, "product_items"), "items", 1, 30)?;
         total = total.saturating_add(items.len());
         for (j, item) in items.iter().enumerate() {
-            let ip = format!("{p}.product_items[{j}]");
-            let item = object(item, &ip)?;
+            let items_p = Field(p, "product_items");
+            let ip = Item(items_p, j);
+            let item = object(item, ip)?;
             non_empty(
                 item,
                 "product_retailer_id",
-                &format!("{ip}.product_retailer_id"),
+                Field(ip, "product_retailer_id"),
             )?;
         }
     }
@@ -310,9 +341,9 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-pub(crate) fn object<'a>(v: &'a Value, path: &str) -> Check<&'a Map<String, Value>> {
+pub(crate) fn object(v: &Value, path: impl Path) -> Check<&Map<String, Value>> {
     v.as_object().ok_or_else(|| Invalid {
-        path: path.into(),
+        path: path.to_string(),
         problem: format!("expected an object, got {}", type_name(v)),
     })
 }
@@ -320,7 +351,7 @@ pub(crate) fn object<'a>(v: &'a Value, path: &str) -> Check<&'a Map<String, Valu
 fn object_at<'a>(
     m: &'a Map<String, Value>,
     key: &str,
-    path: &str,
+    path: impl Path,
 ) -> Check<&'a Map<String, Value>> {
     match m.get(key) {
         Some(v) => object(v, path),
@@ -331,12 +362,12 @@ fn object_at<'a>(
 fn optional_object<'a>(
     m: &'a Map<String, Value>,
     key: &str,
-    path: &str,
+    path: impl Path,
 ) -> Check<Option<&'a Map<String, Value>>> {
     m.get(key).map(|v| object(v, path)).transpose()
 }
 
-fn array_at<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Check<&'a Vec<Value>> {
+fn array_at<'a>(m: &'a Map<String, Value>, key: &str, path: impl Path) -> Check<&'a Vec<Value>> {
     match m.get(key) {
         Some(Value::Array(a)) => Ok(a),
         Some(v) => fail(path, format!("expected an array, got {}", type_name(v))),
@@ -344,7 +375,11 @@ fn array_at<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Check<&'a V
     }
 }
 
-fn optional_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Check<Option<&'a str>> {
+fn optional_str<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+    path: impl Path,
+) -> Check<Option<&'a str>> {
     match m.get(key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -352,11 +387,11 @@ fn optional_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Check<O
     }
 }
 
-fn required_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Check<&'a str> {
+fn required_str<'a>(m: &'a Map<String, Value>, key: &str, path: impl Path) -> Check<&'a str> {
     optional_str(m, key, path)?.map_or_else(|| fail(path, "required"), Ok)
 }
 
-fn non_empty(m: &Map<String, Value>, key: &str, path: &str) -> Check {
+fn non_empty(m: &Map<String, Value>, key: &str, path: impl Path) -> Check {
     match m.get(key) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(()),
         Some(Value::Number(_)) => Ok(()),
@@ -367,7 +402,7 @@ fn non_empty(m: &Map<String, Value>, key: &str, path: &str) -> Check {
 }
 
 /// Checks a text's length in characters; `None` passes (presence is checked elsewhere).
-fn length(s: Option<&str>, path: &str, min: usize, max: usize) -> Check {
+fn length(s: Option<&str>, path: impl Path, min: usize, max: usize) -> Check {
     let Some(s) = s else { return Ok(()) };
     let n = s.chars().count();
     if n > max {
@@ -379,7 +414,7 @@ fn length(s: Option<&str>, path: &str, min: usize, max: usize) -> Check {
     Ok(())
 }
 
-fn count(n: usize, path: &str, what: &str, min: usize, max: usize) -> Check {
+fn count(n: usize, path: impl Path, what: &str, min: usize, max: usize) -> Check {
     if n > max {
         return fail(path, format!("{n} {what}, limit {max}"));
     }
@@ -389,7 +424,7 @@ fn count(n: usize, path: &str, what: &str, min: usize, max: usize) -> Check {
     Ok(())
 }
 
-fn unique<'a>(seen: &mut HashSet<&'a str>, value: &'a str, path: &str) -> Check {
+fn unique<'a>(seen: &mut HashSet<&'a str>, value: &'a str, path: impl Path) -> Check {
     if !seen.insert(value) {
         return fail(path, format!("duplicate {value:?}, must be unique"));
     }
