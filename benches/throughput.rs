@@ -1,13 +1,17 @@
 //! `cargo bench --bench throughput`: on the same broker, against the same
-//! constant-answer HTTP server running in its own process
-//! (`octopods-worker sandbox --constant`), measures in alternating rounds
+//! constant HTTP answer in its own process (Debian's nginx, `nginx-light`;
+//! `octopods-worker sandbox --constant` without it, or with
+//! `BENCH_PEER=sandbox`), over the same pre-published jobs, in rounds whose
+//! order rotates, each contender in its own process:
 //!
-//! (a) the ceiling of this machine — a bare lapin loop doing the same broker
-//!     work: consume from a quorum queue → one HTTP POST → publish a
-//!     persistent result to a quorum queue with a confirm → ack;
-//! (b) the worker doing the full job (parse, validate, limit, send, classify,
-//!     event with confirm, ack), limits out of the way; the median (b)/(a) of
-//!     the rounds is printed last;
+//! (a) a bare lapin loop: classic queues, consume → POST → a small body → ack;
+//!     the same-work loop: the contract's broker work (the channel queue's
+//!     quorum arguments, the ≈420-byte event to a topic exchange bound to a
+//!     quorum queue, persistent, mandatory, confirmed) → ack;
+//! (b) `octopods-worker run`, the release binary, one channel, limits out of
+//!     the way; the medians of (b)/(same-work loop) are printed last, with
+//!     each process's CPU per job, the broker's, peak RSS and context
+//!     switches per job;
 //! (c) the worker with sandbox latency 200 ms against
 //!     min(sum of budgets, prefetch × channels / 0.2 s);
 //! (d) the release binary with 5,000 jobs in flight: peak RSS and CPU per job.
@@ -16,7 +20,10 @@
 //! job published with a `traceparent`) to an OTLP/HTTP sink in this process
 //! that takes every export; `hang` to one that never answers, `refuse` to a
 //! closed port. The worker without traces runs beside it, as always.
-//! `BENCH_WRAP=heaptrack` runs the workers under that command (a profiler).
+//! `BENCH_WRAP=heaptrack` runs the workers under that command (a profiler;
+//! build with `--features system-allocator` for heaptrack to see the
+//! allocations), `BENCH_PERF=FILE` records a `perf` profile of the worker
+//! (`BENCH_PERF_ARGS` adds perf options); the figures stay the worker's own.
 //! `BENCH_DEDUP=N` sets the workers' `worker.dedup_capacity` (default 10,000).
 //! `BENCH_ONLY=ab` runs (a) and (b) only, `cd` (c) and (d) only, `d` (d) only.
 //! `BENCH_JOBS` sets the job count of (a) and (b) (default 30000),
@@ -361,6 +368,63 @@ struct Measured {
     /// CPU seconds of the broker (every `beam.smp`) per 1,000 jobs.
     broker_per_1000: f64,
     peak_rss_mib: f64,
+    /// Context switches of the contender's threads per job: its wake-ups
+    /// and thread hops.
+    switches_per_job: f64,
+}
+
+/// Context switches (voluntary and not) of every thread of `pid`.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// The measured process under `pid`: `pid` itself, or (when a profiler such
+/// as `perf` or `heaptrack` wraps it) its descendant running this project's
+/// binary or the bench's own loop. Measuring or signalling the wrapper
+/// would count the wrapper and leave the worker running.
+fn measured_pid(pid: u32) -> u32 {
+    let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let parent = |p: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let wanted = |p: u32| {
+        let c = comm(p);
+        c.starts_with("octopods-worke") || c.starts_with("throughput")
+    };
+    let mut frontier = vec![pid];
+    while let Some(p) = frontier.pop() {
+        if wanted(p) {
+            return p;
+        }
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            break;
+        };
+        frontier.extend(
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|c| parent(*c) == Some(p)),
+        );
+    }
+    pid
 }
 
 /// CPU ticks (1/100 s) of every `beam.smp` process.
@@ -399,21 +463,27 @@ async fn watch(
     results: &str,
     n: usize,
 ) -> Res<Measured> {
-    let pid = child.id();
     let started = Instant::now();
+    // A wrapper starts the measured process a moment after itself.
+    let mut pid = measured_pid(child.id());
     let mut tenth = None;
     let outcome = loop {
         let done = message_count(ch, results).await? as usize;
+        if done == 0 {
+            pid = measured_pid(child.id());
+        }
         if tenth.is_none() && done >= n / 10 {
             tenth = Some((
                 Instant::now(),
                 done,
                 cpu_ticks(pid).unwrap_or(0),
                 broker_ticks(),
+                switches(pid),
             ));
         }
         if done >= n {
-            let (from, done_then, cpu_then, broker_then) = tenth.unwrap_or((started, 0, 0, 0));
+            let (from, done_then, cpu_then, broker_then, switches_then) =
+                tenth.unwrap_or((started, 0, 0, 0, 0));
             let jobs = (n - done_then) as f64;
             let per_1000 = |ticks: u64| ticks as f64 / 100.0 / jobs * 1000.0;
             break Ok(Measured {
@@ -421,6 +491,7 @@ async fn watch(
                 cpu_per_1000: per_1000(cpu_ticks(pid).unwrap_or(0).saturating_sub(cpu_then)),
                 broker_per_1000: per_1000(broker_ticks().saturating_sub(broker_then)),
                 peak_rss_mib: proc_status(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+                switches_per_job: switches(pid).saturating_sub(switches_then) as f64 / jobs,
             });
         }
         if started.elapsed() > Duration::from_secs(300) {
@@ -428,6 +499,8 @@ async fn watch(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // TERM to the measured process: a wrapper then finishes its own work
+    // (a profile written) and exits with it.
     drop(
         std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -471,13 +544,17 @@ async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measur
         topology::declare(&ch, &config).await?;
         let names = Names::new(&prefix);
         publish_jobs(&ch, &names.jobs_exchange(), &["fast".to_owned()], n).await?;
-        // BENCH_PERF=FILE records a flat profile of the worker with perf
-        // (the CPU figure is then perf's own process, not the worker's).
+        // BENCH_PERF=FILE records a profile of the worker with perf (flat;
+        // BENCH_PERF_ARGS adds perf's own options, e.g. a call graph). The
+        // figures are still the worker's own (`measured_pid`).
         let mut command = match std::env::var("BENCH_PERF") {
             Ok(file) if !file.is_empty() => {
                 let mut c = std::process::Command::new("perf");
-                c.args(["record", "-F", "1999", "-o", &file, "--"])
-                    .arg(env!("CARGO_BIN_EXE_octopods-worker"));
+                c.args(["record", "-F", "1999", "-o", &file]);
+                if let Ok(extra) = std::env::var("BENCH_PERF_ARGS") {
+                    c.args(extra.split_whitespace());
+                }
+                c.arg("--").arg(env!("CARGO_BIN_EXE_octopods-worker"));
                 c
             }
             // BENCH_WRAP (e.g. heaptrack) wraps this worker too.
@@ -879,12 +956,13 @@ async fn orchestrate() -> Res<()> {
             let m = contend(&setup, kind, round).await?;
             let peer_cpu = (peer.ticks() - peer_before) as f64 / 100.0 / n as f64 * 1000.0;
             println!(
-                "round {round}: {:<16} {:8.0} jobs/s   CPU {:.3} s/1000 jobs (broker {:.3}, peer {peer_cpu:.3})   peak RSS {:.1} MiB",
+                "round {round}: {:<16} {:8.0} jobs/s   CPU {:.3} s/1000 jobs (broker {:.3}, peer {peer_cpu:.3})   peak RSS {:.1} MiB   {:.1} switches/job",
                 kind.label(),
                 m.jobs_per_second,
                 m.cpu_per_1000,
                 m.broker_per_1000,
-                m.peak_rss_mib
+                m.peak_rss_mib,
+                m.switches_per_job
             );
             this.push((kind, m));
         }
@@ -914,8 +992,10 @@ async fn orchestrate() -> Res<()> {
             "\n{n} jobs × {rounds} rounds, prefetch {prefetch}, peer {}; medians:",
             peer_name
         );
-        println!("| | jobs/s | CPU s per 1,000 jobs | broker CPU s per 1,000 | peak RSS MiB |");
-        println!("|---|---|---|---|---|");
+        println!(
+            "| | jobs/s | CPU s per 1,000 jobs | broker CPU s per 1,000 | peak RSS MiB | context switches per job |"
+        );
+        println!("|---|---|---|---|---|---|");
         for &kind in &order {
             let of = |f: fn(&Measured) -> f64| {
                 median(
@@ -926,12 +1006,13 @@ async fn orchestrate() -> Res<()> {
                 )
             };
             println!(
-                "| {} | {:.0} | {:.3} | {:.3} | {:.1} |",
+                "| {} | {:.0} | {:.3} | {:.3} | {:.1} | {:.1} |",
                 kind.label(),
                 of(|m| m.jobs_per_second),
                 of(|m| m.cpu_per_1000),
                 of(|m| m.broker_per_1000),
-                of(|m| m.peak_rss_mib)
+                of(|m| m.peak_rss_mib),
+                of(|m| m.switches_per_job)
             );
         }
         println!(

@@ -10,6 +10,10 @@ use tokio_util::sync::CancellationToken;
 /// jemalloc: glibc's malloc/free were a quarter of the worker's CPU at full
 /// speed (docs/performance.md); jemalloc's thread caches cut that without a
 /// change per allocation, and keep peak RSS lower than mimalloc's defaults.
+/// `--features system-allocator` builds with the system's malloc instead, for
+/// tools that only see glibc's (heaptrack counts and attributes allocations
+/// per call stack; docs/performance.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -18,6 +22,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// second — 4 MiB less peak RSS at full speed, the same CPU per job
 /// (docs/performance.md). `_RJEM_MALLOC_CONF` in the environment still
 /// overrides each option.
+#[cfg(not(feature = "system-allocator"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: Option<&'static std::ffi::c_char> =
     // SAFETY: a pointer to the first byte of a NUL-terminated static string,
