@@ -1,7 +1,10 @@
 //! The recent-`job_id` memory (CONTRACT §10): jobs this process has sent,
-//! with their `sent` event, so a redelivered or re-published job is not sent
-//! twice — its event is re-published instead. Bounded by count and by age;
-//! the oldest entries go first.
+//! with how each send came out, so a redelivered or re-published job is not
+//! sent twice — its `sent` event is rebuilt and re-published instead. What
+//! is kept is [`SentEvent::kept`](crate::events::SentEvent::kept) (~100
+//! bytes), not the event: the job that comes back carries its id and
+//! metadata again. Bounded by count, bytes and age; the oldest entries go
+//! first.
 //!
 //! It also knows which jobs are in flight: a second delivery of a job that is
 //! being sent right now waits for the first to finish, then looks again.
@@ -26,9 +29,8 @@ fn key(channel: &str, job_id: &str) -> String {
     k
 }
 
-/// What an entry costs beyond its key and event bytes: its map slot, its
-/// place in the eviction order and the allocator's rounding (measured: 10,000
-/// entries of a ~420-byte event took ~5.8 MiB of RSS, ~600 bytes each).
+/// What an entry costs beyond its key and kept bytes: its map slot, its
+/// place in the eviction order and the allocator's rounding.
 const ENTRY_OVERHEAD: usize = 160;
 
 pub(crate) struct Dedup {
@@ -40,19 +42,19 @@ pub(crate) struct Dedup {
 
 #[derive(Default)]
 struct Inner {
-    /// 10,000 of these are most of a busy worker's memory: the event is kept
-    /// at its exact size.
+    /// What each send came to, at its exact size.
     events: HashMap<Key, (Instant, Box<[u8]>)>,
     order: VecDeque<(Instant, Key)>,
     /// What `events` costs, by `cost()`.
     bytes: usize,
-    /// Jobs being worked on; waiters watch the sender, which drops when done.
-    in_flight: HashMap<Key, watch::Sender<()>>,
+    /// Jobs being worked on. A duplicate that waits watches the sender
+    /// (made when the first one waits), which drops when the claim ends.
+    in_flight: HashMap<Key, Option<watch::Sender<()>>>,
 }
 
 /// What to do with a delivery.
 pub(crate) enum Begin<'a> {
-    /// Sent recently: re-publish this event instead.
+    /// Sent recently: what was kept of its event, to re-publish instead.
     Sent(Vec<u8>),
     /// Nobody else has it: go ahead; the claim ends when dropped.
     Go(Claim<'a>),
@@ -64,6 +66,14 @@ pub(crate) enum Begin<'a> {
 pub(crate) struct Claim<'a> {
     dedup: &'a Dedup,
     key: Key,
+}
+
+impl Claim<'_> {
+    /// Remembers that the claimed job was sent, with what
+    /// [`SentEvent::kept`](crate::events::SentEvent::kept) wrote.
+    pub(crate) fn remember(&self, kept: Vec<u8>) {
+        self.dedup.remember_at(&self.key, kept, Instant::now());
+    }
 }
 
 impl Drop for Claim<'_> {
@@ -104,27 +114,22 @@ impl Dedup {
         if let Some((_, event)) = inner.events.get(wanted.as_str()) {
             return Begin::Sent(event.to_vec());
         }
-        if let Some(tx) = inner.in_flight.get(wanted.as_str()) {
-            return Begin::Wait(tx.subscribe());
+        if let Some(tx) = inner.in_flight.get_mut(wanted.as_str()) {
+            return Begin::Wait(tx.get_or_insert_with(|| watch::channel(()).0).subscribe());
         }
         let key: Key = Arc::from(wanted);
-        inner.in_flight.insert(key.clone(), watch::channel(()).0);
+        inner.in_flight.insert(key.clone(), None);
         Begin::Go(Claim { dedup: self, key })
     }
 
-    /// Remembers that `job_id` on `channel` was sent, with its event body.
-    pub(crate) fn remember(&self, channel: &str, job_id: &str, event: Vec<u8>) {
-        self.remember_at(channel, job_id, event, Instant::now());
-    }
-
-    fn remember_at(&self, channel: &str, job_id: &str, event: Vec<u8>, now: Instant) {
+    fn remember_at(&self, key: &Key, event: Vec<u8>, now: Instant) {
         if self.capacity == 0 {
             return;
         }
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        let key: Key = Arc::from(key(channel, job_id));
+        let key = key.clone();
         let added = cost(&key, &event);
         if let Some((_, old)) = inner
             .events
@@ -172,10 +177,17 @@ impl Dedup {
 mod tests {
     use super::*;
 
+    impl Dedup {
+        /// Remembers `job_id` on `channel` as a claim would.
+        fn put(&self, channel: &str, job_id: &str, kept: Vec<u8>, now: Instant) {
+            self.remember_at(&Arc::from(key(channel, job_id)), kept, now);
+        }
+    }
+
     #[test]
     fn remembers_sent_jobs_per_channel() {
         let d = Dedup::new(10, usize::MAX, Duration::from_secs(60));
-        d.remember("a", "j1", b"e1".to_vec());
+        d.put("a", "j1", b"e1".to_vec(), Instant::now());
         assert!(matches!(d.begin("a", "j1"), Begin::Sent(e) if e == b"e1"));
         assert!(matches!(d.begin("b", "j1"), Begin::Go(_)));
     }
@@ -184,7 +196,7 @@ mod tests {
     fn forgets_after_the_ttl() {
         let d = Dedup::new(10, usize::MAX, Duration::from_secs(60));
         let t0 = Instant::now();
-        d.remember_at("a", "j1", b"e".to_vec(), t0);
+        d.put("a", "j1", b"e".to_vec(), t0);
         assert!(
             d.sent_event_at("a", "j1", t0 + Duration::from_secs(59))
                 .is_some()
@@ -200,7 +212,7 @@ mod tests {
         let d = Dedup::new(2, usize::MAX, Duration::from_secs(60));
         let t0 = Instant::now();
         for (i, j) in ["j1", "j2", "j3"].iter().enumerate() {
-            d.remember_at("a", j, vec![], t0 + Duration::from_millis(i as u64));
+            d.put("a", j, vec![], t0 + Duration::from_millis(i as u64));
         }
         assert!(d.sent_event_at("a", "j1", t0).is_none());
         assert!(d.sent_event_at("a", "j2", t0).is_some());
@@ -215,7 +227,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..1_000_u64 {
             let job = format!("j{i}");
-            d.remember_at("a", &job, vec![b'x'; 4600], t0 + Duration::from_millis(i));
+            d.put("a", &job, vec![b'x'; 4600], t0 + Duration::from_millis(i));
         }
         let inner = d.inner.lock().expect("not poisoned");
         assert!(inner.bytes <= budget, "{} bytes held", inner.bytes);
@@ -231,8 +243,8 @@ mod tests {
     fn a_refreshed_entry_is_counted_once() {
         let d = Dedup::new(10, usize::MAX, Duration::from_secs(60));
         let t0 = Instant::now();
-        d.remember_at("a", "j", vec![0; 100], t0);
-        d.remember_at("a", "j", vec![0; 50], t0 + Duration::from_millis(1));
+        d.put("a", "j", vec![0; 100], t0);
+        d.put("a", "j", vec![0; 50], t0 + Duration::from_millis(1));
         let bytes = d.inner.lock().expect("not poisoned").bytes;
         assert_eq!(bytes, cost("a\0j", &[0; 50]));
     }
@@ -246,10 +258,25 @@ mod tests {
         let Begin::Wait(mut rx) = d.begin("a", "j") else {
             panic!("second waits")
         };
-        d.remember("a", "j", b"event".to_vec());
+        let Begin::Wait(mut rx2) = d.begin("a", "j") else {
+            panic!("a third waits too")
+        };
+        claim.remember(b"kept".to_vec());
         drop(claim);
         rx.changed().await.expect_err("the claim's sender is gone");
-        assert!(matches!(d.begin("a", "j"), Begin::Sent(_)));
+        rx2.changed().await.expect_err("every waiter is woken");
+        assert!(matches!(d.begin("a", "j"), Begin::Sent(k) if k == b"kept"));
+        assert!(d.inner.lock().expect("not poisoned").in_flight.is_empty());
+    }
+
+    #[test]
+    fn a_claim_nobody_waits_for_makes_no_channel() {
+        let d = Dedup::new(10, usize::MAX, Duration::from_secs(60));
+        let Begin::Go(_claim) = d.begin("a", "j") else {
+            panic!()
+        };
+        let inner = d.inner.lock().expect("not poisoned");
+        assert!(inner.in_flight.values().all(Option::is_none));
     }
 
     #[test]

@@ -108,26 +108,25 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
     if let Some(hook) = shared.fault {
         hook(job.id.as_str());
     }
-    let _claim = loop {
+    let claim = loop {
         match shared.dedup.begin(name, job.id.as_str()) {
             Begin::Go(claim) => break claim,
-            Begin::Sent(event) => {
-                info!("already sent by this worker; re-publishing its sent event instead");
-                shared.metrics.duplicate_suppressed(name);
-                // Only the bytes are remembered: the check is read back from them.
-                let check = channel
-                    .config
-                    .track_status
-                    .then(|| Check::from_sent_event(&event))
-                    .flatten()
-                    .filter(|c| crate::octopods::path_segment(&c.message_id).is_some());
-                let first = first_check(check, shared);
-                return context(&delivery, shared, name, OffsetDateTime::now_utc()).sent(
-                    job.id.as_str(),
-                    event,
-                    first,
-                );
-            }
+            Begin::Sent(kept) => match SentEvent::from_kept(&kept, &job, name) {
+                Some(event) => {
+                    info!("already sent by this worker; re-publishing its sent event instead");
+                    shared.metrics.duplicate_suppressed(name);
+                    return sent(&delivery, channel, shared, &event);
+                }
+                // Never written by `kept`: a bug, not a reason to lose the job.
+                None => {
+                    return context(&delivery, shared, name, now).dead_letter(
+                        crate::outcome::Reason::Internal,
+                        Failure::local("the remembered send of this job cannot be read"),
+                        job.echo(),
+                        history.attempts.max(1),
+                    );
+                }
+            },
             // The same job is in flight on another delivery: wait for it.
             Begin::Wait(mut done) => tokio::select! {
                 biased;
@@ -164,22 +163,10 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
                 via,
                 OffsetDateTime::now_utc(),
             );
-            // A message_id that cannot be one path segment is never polled.
-            let check = channel
-                .config
-                .track_status
-                .then(|| Check::from(&event))
-                .filter(|c| crate::octopods::path_segment(&c.message_id).is_some());
-            let event = serde_json::to_vec(&event).unwrap_or_default();
             // Remember before publishing: if the broker goes away now, the
             // redelivered job re-publishes this event instead of re-sending.
-            shared.dedup.remember(name, job.id.as_str(), event.clone());
-            let first = first_check(check, shared);
-            context(&delivery, shared, name, OffsetDateTime::now_utc()).sent(
-                job.id.as_str(),
-                event,
-                first,
-            )
+            claim.remember(event.kept());
+            sent(&delivery, channel, shared, &event)
         }
         Final::DeadLetter(reason, failure) => context(
             &delivery,
@@ -262,6 +249,29 @@ fn context<'a>(
         body: delivery.body,
         now,
     }
+}
+
+/// Publishing `event` (and, on a tracked channel, scheduling the message's
+/// first status check).
+fn sent(
+    delivery: &Delivered<'_>,
+    channel: &ChannelState,
+    shared: &Shared,
+    event: &SentEvent,
+) -> Settlement {
+    // A message_id that cannot be one path segment is never polled.
+    let check = channel
+        .config
+        .track_status
+        .then(|| Check::from(event))
+        .filter(|c| crate::octopods::path_segment(&c.message_id).is_some());
+    let first = first_check(check, shared);
+    let name = channel.config.name.as_str();
+    context(delivery, shared, name, OffsetDateTime::now_utc()).sent(
+        &event.job_id,
+        event.to_bytes(),
+        first,
+    )
 }
 
 /// A tracked message's first status check, after the schedule's first delay.

@@ -47,27 +47,6 @@ pub struct Check {
     pub metadata: Option<Value>,
 }
 
-impl Check {
-    /// The first check of a message, from its `sent` event's bytes (the
-    /// dedup memory keeps only those).
-    pub fn from_sent_event(event: &[u8]) -> Option<Check> {
-        let v: Value = serde_json::from_slice(event).ok()?;
-        Some(Check {
-            message_id: v.get("message_id")?.as_str()?.to_owned(),
-            job_id: v.get("job_id")?.as_str()?.to_owned(),
-            channel: v.get("channel")?.as_str()?.to_owned(),
-            channel_message_id: v
-                .get("channel_message_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            sent_at: v.get("sent_at")?.as_str()?.to_owned(),
-            polls: 0,
-            published: Stage::Sent,
-            metadata: v.get("metadata").filter(|m| m.is_object()).cloned(),
-        })
-    }
-}
-
 impl From<&crate::events::SentEvent> for Check {
     /// The first check of a message, from its `sent` event.
     fn from(e: &crate::events::SentEvent) -> Check {
@@ -369,17 +348,5 @@ mod tests {
                 proptest::prop_assert_eq!(next.polls, polls.saturating_add(1));
             }
         }
-    }
-
-    #[test]
-    fn a_check_starts_from_the_sent_event() {
-        let e = json!({"event": "sent", "job_id": "j", "channel": "c", "message_id": "m",
-                       "channel_message_id": "w", "sent_at": "2026-11-25T10:00:00.000Z", "metadata": {"a": 1}});
-        let c = Check::from_sent_event(e.to_string().as_bytes()).unwrap();
-        assert_eq!(
-            (c.message_id.as_str(), c.polls, c.published),
-            ("m", 0, Stage::Sent)
-        );
-        assert!(Check::from_sent_event(b"{}").is_none());
     }
 }
