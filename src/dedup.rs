@@ -122,7 +122,7 @@ impl Dedup {
         Begin::Go(Claim { dedup: self, key })
     }
 
-    fn remember_at(&self, key: &Key, event: Vec<u8>, now: Instant) {
+    fn remember_at(&self, key: &Key, kept: Vec<u8>, now: Instant) {
         if self.capacity == 0 {
             return;
         }
@@ -130,10 +130,10 @@ impl Dedup {
             return;
         };
         let key = key.clone();
-        let added = cost(&key, &event);
+        let added = cost(&key, &kept);
         if let Some((_, old)) = inner
             .events
-            .insert(key.clone(), (now, event.into_boxed_slice()))
+            .insert(key.clone(), (now, kept.into_boxed_slice()))
         {
             inner.bytes = inner.bytes.saturating_sub(cost(&key, &old));
         }
@@ -220,8 +220,8 @@ mod tests {
     }
 
     #[test]
-    fn events_as_large_as_a_producer_can_make_them_stay_within_the_byte_budget() {
-        // 4 KiB of metadata is legal in every job.
+    fn entries_as_large_as_octopods_can_make_them_stay_within_the_byte_budget() {
+        // Octopods' answer (up to 256 KiB read) decides how long its ids are.
         let budget = 1024 * 1024;
         let d = Dedup::new(10_000, budget, Duration::from_secs(60));
         let t0 = Instant::now();
