@@ -20,7 +20,8 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin" sandbox --listen 127.0.0.1:18080 >.demo/sandbox.log 2>&1 &
-pids+=($!)
+sandbox=$!
+pids+=($sandbox)
 "$bin" run --config "$config" >.demo/worker.log 2>&1 &
 pids+=($!)
 
@@ -30,6 +31,13 @@ for i in $(seq 1 60); do
   if [ "$i" = 60 ]; then echo "worker not ready after 30 s; see .demo/worker.log" >&2; exit 1; fi
   sleep 0.5
 done
+
+# Another program on the sandbox's port would answer in its place.
+if ! kill -0 "$sandbox" 2>/dev/null; then
+  echo "the sandbox did not start (is 127.0.0.1:18080 in use?):" >&2
+  cat .demo/sandbox.log >&2
+  exit 1
+fi
 
 # Leftover events from an earlier run would be confusing: take them off first.
 "$bin" events --config "$config" --timeout 1s >/dev/null 2>&1 || true

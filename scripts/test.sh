@@ -71,9 +71,11 @@ scripts/check-image.sh
 # The README's main command, as a newcomer runs it: four sent events (one
 # through the fallback template: its window closed long ago) and the
 # deliberately invalid sample dead-lettered.
-demo=$(scripts/demo.sh 2>/dev/null)
+demo_err=$(mktemp)
+demo=$(scripts/demo.sh 2>"$demo_err") \
+  || { echo "scripts/demo.sh failed:" >&2; cat "$demo_err" >&2; exit 1; }
 [ "$(grep -c '"event":"sent"' <<<"$demo")" = 4 ] && grep -q '"via":"template"' <<<"$demo" \
   && grep -q '"event":"dead_lettered".*"reason":"validation"' <<<"$demo" \
   && [ "$(grep -c '"event":"read"' <<<"$demo")" = 3 ] \
-  || { echo "scripts/demo.sh did not print 4 sent events (one via template), 1 dead letter and 3 read:" >&2; echo "$demo" >&2; exit 1; }
+  || { echo "scripts/demo.sh did not print 4 sent events (one via template), 1 dead letter and 3 read:" >&2; echo "$demo" >&2; cat "$demo_err" >&2; exit 1; }
 echo "scripts/demo.sh: 4 sent (1 via template), 1 dead-lettered, 3 delivered and read"
