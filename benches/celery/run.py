@@ -44,7 +44,8 @@ with Connection(tasks.BROKER) as conn:
     def done():
         return ch.queue_declare(f"{prefix}.results", passive=True).message_count
 
-    worker = subprocess.Popen(["celery", "-A", "tasks", "worker", "--pool", "prefork", "-c", conc,
+    # The Celery of the interpreter running this script (a venv's), not whatever is on PATH.
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork", "-c", conc,
                                "--without-gossip", "--without-mingle", "--without-heartbeat",
                                "-l", "warning"], cwd=here, env=env)
     t10 = None
