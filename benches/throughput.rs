@@ -745,7 +745,6 @@ async fn memory(
         .arg(&path)
         .env("RUST_LOG", "warn")
         .spawn()?;
-    let pid = child.id();
     let started = Instant::now();
     let mut peak_in_flight = 0;
     loop {
@@ -757,6 +756,8 @@ async fn memory(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The worker, not a BENCH_WRAP wrapper around it (started by now).
+    let pid = measured_pid(child.id());
     let hwm_kib = proc_status(pid, "VmHWM:").unwrap_or(0);
     let ticks = cpu_ticks(pid).unwrap_or(0);
     drop(
