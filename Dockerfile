@@ -16,6 +16,8 @@ WORKDIR /src
 # Dependencies first, in their own layer: rebuilt only when Cargo.* change.
 COPY Cargo.toml Cargo.lock ./
 COPY sandbox/Cargo.toml ./sandbox/
+# Patched dependencies ([patch.crates-io]; vendor/README.md).
+COPY vendor ./vendor
 RUN mkdir -p src benches examples/producers/rust sandbox/src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs sandbox/src/lib.rs \

@@ -17,6 +17,8 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
   fi
 fi
 cargo fmt --all -- --check
+# vendor/lapin is lapin as published plus vendor/lapin.patch, and the patch's tests pass.
+scripts/check-vendor.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Supply chain: licenses, duplicate versions, sources (deny.toml says why each
 # exception is there). Advisories need RustSec's database from github.com.
