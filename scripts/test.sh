@@ -74,6 +74,7 @@ scripts/check-image.sh
 # through the fallback template: its window closed long ago) and the
 # deliberately invalid sample dead-lettered.
 demo_err=$(mktemp)
+trap 'stop_cluster; rm -f "$demo_err"' EXIT
 demo=$(scripts/demo.sh 2>"$demo_err") \
   || { echo "scripts/demo.sh failed:" >&2; cat "$demo_err" >&2; exit 1; }
 [ "$(grep -c '"event":"sent"' <<<"$demo")" = 4 ] && grep -q '"via":"template"' <<<"$demo" \
