@@ -219,11 +219,11 @@ fn list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
             );
         }
         length(title, Field(p, "title"), 1, 24)?;
-        let rows = array_at(s, "rows", Field(p, "rows"))?;
-        count(rows.len(), Field(p, "rows"), "rows", 1, 10)?;
+        let rows_p = Field(p, "rows");
+        let rows = array_at(s, "rows", rows_p)?;
+        count(rows.len(), rows_p, "rows", 1, 10)?;
         total_rows = total_rows.saturating_add(rows.len());
         for (j, r) in rows.iter().enumerate() {
-            let rows_p = Field(p, "rows");
             let rp = Item(rows_p, j);
             let r = object(r, rp)?;
             let id = required_str(r, "id", Field(rp, "id"))?;
@@ -270,11 +270,11 @@ fn product_list(m: &Map<String, Value>, action: &Map<String, Value>) -> Check {
             );
         }
         length(title, Field(p, "title"), 1, 24)?;
-        let items = array_at(s, "product_items", Field(p, "product_items"))?;
-        count(items.len(), Field(p, "product_items"), "items", 1, 30)?;
+        let items_p = Field(p, "product_items");
+        let items = array_at(s, "product_items", items_p)?;
+        count(items.len(), items_p, "items", 1, 30)?;
         total = total.saturating_add(items.len());
         for (j, item) in items.iter().enumerate() {
-            let items_p = Field(p, "product_items");
             let ip = Item(items_p, j);
             let item = object(item, ip)?;
             non_empty(
