@@ -145,11 +145,8 @@ async fn log_in_and_see_a_paused_channel_with_who_and_why() {
     );
     b.screenshot("console-channels").await;
     // Resume from the page: the control stream carries it to every replica.
-    b.css("tr[data-channel=store-eu] form[action$='/resume'] button")
-        .await
-        .click()
-        .await
-        .expect("click");
+    b.click_through("tr[data-channel=store-eu] form[action$='/resume'] button")
+        .await;
     eventually(
         Duration::from_secs(10),
         "the channel to show running",
@@ -202,7 +199,7 @@ async fn a_group_of_50_validation_dead_letters_is_replayed_after_its_dry_run() {
     );
     b.screenshot("console-dead-letters").await;
     // Drill into the group: 50 rows over one page, then a message.
-    b.css("tr.group a").await.click().await.expect("open");
+    b.click_through("tr.group a").await;
     assert!(
         b.css("p.count")
             .await
@@ -213,7 +210,7 @@ async fn a_group_of_50_validation_dead_letters_is_replayed_after_its_dry_run() {
     );
     assert_eq!(b.all("tr.row").await.len(), 50);
     b.screenshot("console-group").await;
-    b.css("tr.row a").await.click().await.expect("view");
+    b.click_through("tr.row a").await;
     let body = b.css("pre.body").await.text().await.expect("t");
     assert!(
         body.contains("\"job_id\": \"val-") && !body.contains(PHONE),
@@ -222,20 +219,13 @@ async fn a_group_of_50_validation_dead_letters_is_replayed_after_its_dry_run() {
     b.screenshot("console-message").await;
     // Replay the group: the dry run counts first, nothing moves yet.
     b.goto(&format!("{}/dead?source=dead", c.base)).await;
-    b.css("tr.group form[action='/dead/replay'] button")
-        .await
-        .click()
-        .await
-        .expect("replay");
+    b.click_through("tr.group form[action='/dead/replay'] button")
+        .await;
     let would = b.css("strong.would").await.text().await.expect("t");
     assert_eq!(would, "50");
     assert_eq!(c.app.depth("dead").await, 51, "a dry run moves nothing");
     b.screenshot("console-replay-dry-run").await;
-    b.css("form[action$='/confirm'] button")
-        .await
-        .click()
-        .await
-        .expect("confirm");
+    b.click_through("form[action$='/confirm'] button").await;
     b.css("h2.done").await;
     let summary = b.css("ul.summary").await.text().await.expect("t");
     assert!(summary.contains("replayed 50"), "{summary}");
@@ -273,11 +263,8 @@ async fn export_then_purge_deletes_exactly_what_the_backup_holds_while_new_ones_
     }
     let b = c.browser_as(ANA).await;
     b.goto(&format!("{}/dead?source=dead", c.base)).await;
-    b.css("tr.group form[action='/dead/purge'] button")
-        .await
-        .click()
-        .await
-        .expect("purge");
+    b.click_through("tr.group form[action='/dead/purge'] button")
+        .await;
     assert_eq!(b.css("strong.would").await.text().await.expect("t"), "30");
     // New dead letters of the same cause arrive before and while it runs.
     for i in 0..10 {
@@ -288,11 +275,7 @@ async fn export_then_purge_deletes_exactly_what_the_backup_holds_while_new_ones_
         )
         .await;
     }
-    b.css("form[action$='/confirm'] button")
-        .await
-        .click()
-        .await
-        .expect("confirm");
+    b.click_through("form[action$='/confirm'] button").await;
     for i in 10..20 {
         c.dead_letter(
             &button_job(&format!("new-{i}")),
@@ -427,7 +410,7 @@ async fn a_cross_origin_post_is_refused() {
     });
     let b = c.browser_as(ANA).await;
     b.goto(&evil_base).await;
-    b.css("#go").await.click().await.expect("click");
+    b.click_through("#go").await;
     let text = b.body_text().await;
     assert!(
         text.contains("log in first") || text.contains("refused"),
@@ -500,7 +483,7 @@ async fn hostile_dead_letters_render_inert_and_bounded() {
         );
     }
     assert!(b.body_text().await.contains("<script>alert(1)</script>"));
-    b.css("tr.row a").await.click().await.expect("view");
+    b.click_through("tr.row a").await;
     assert!(b.no_dialog().await);
     let source = b.client.source().await.expect("source");
     assert!(
@@ -579,18 +562,10 @@ async fn one_message_is_replayed_from_its_own_page() {
     let b = c.browser_as(ANA).await;
     b.goto(&format!("{}/dead/list?source=dead&job_id=one-2", c.base))
         .await;
-    b.css("tr.row a").await.click().await.expect("view");
-    b.css("form[action='/dead/replay'] button")
-        .await
-        .click()
-        .await
-        .expect("replay");
+    b.click_through("tr.row a").await;
+    b.click_through("form[action='/dead/replay'] button").await;
     assert_eq!(b.css("strong.would").await.text().await.expect("t"), "1");
-    b.css("form[action$='/confirm'] button")
-        .await
-        .click()
-        .await
-        .expect("confirm");
+    b.click_through("form[action$='/confirm'] button").await;
     b.css("h2.done").await;
     let e = c.app.next_event().await;
     assert_eq!(
@@ -602,4 +577,45 @@ async fn one_message_is_replayed_from_its_own_page() {
     assert!(String::from_utf8_lossy(&left[0].body).contains("one-1"));
     b.close().await;
     c.shutdown().await;
+}
+
+/// The class behind a flaky failure: a test that reads the page right after a
+/// click that navigates can read the page being left, whose elements then go
+/// stale. A form that posts to a slow page makes the race certain;
+/// `click_through` must still hand over the page the click led to.
+#[tokio::test]
+async fn after_a_click_the_test_reads_the_page_the_click_led_to() {
+    let site = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!(
+        "http://127.0.0.1:{}",
+        site.local_addr().expect("addr").port()
+    );
+    tokio::spawn(async move {
+        let router = axum::Router::new()
+            .route(
+                "/",
+                axum::routing::get(|| async {
+                    axum::response::Html(
+                        "<!doctype html><p>the form page</p>\
+                         <form method=post action=/slow><button id=go>go</button></form>",
+                    )
+                }),
+            )
+            .route(
+                "/slow",
+                axum::routing::post(|| async {
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    axum::response::Html("<!doctype html><p>the page it led to</p>")
+                }),
+            );
+        drop(axum::serve(site, router).await);
+    });
+    let b = browser::Browser::start().await;
+    b.goto(&base).await;
+    b.click_through("#go").await;
+    let text = b.body_text().await;
+    assert!(text.contains("the page it led to"), "{text}");
+    b.close().await;
 }

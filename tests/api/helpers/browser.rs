@@ -91,6 +91,29 @@ impl Browser {
             .expect("find_all")
     }
 
+    /// Clicks what `selector` finds and waits until the page it was on is
+    /// gone, so what the test reads next is the page the click led to and
+    /// never the one it left (whose elements go stale under the reader).
+    pub async fn click_through(&self, selector: &str) {
+        let old = self.css("html").await;
+        self.css(selector)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {selector}: {e}"));
+        eventually(
+            Duration::from_secs(10),
+            &format!("the click on {selector} to leave the page"),
+            || async {
+                match old.tag_name().await {
+                    Err(e) if e.is_stale_element_reference() => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    }
+
     pub async fn body_text(&self) -> String {
         self.css("body").await.text().await.expect("body text")
     }
@@ -108,11 +131,7 @@ impl Browser {
             .send_keys(password)
             .await
             .expect("type");
-        self.css("form[action='/login'] button")
-            .await
-            .click()
-            .await
-            .expect("click");
+        self.click_through("form[action='/login'] button").await;
         let signed_in = self
             .client
             .wait()
