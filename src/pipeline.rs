@@ -74,6 +74,19 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
             0,
         );
     }
+    if let Some(header) = crate::broker::headers::too_deep(delivery.properties.headers().as_ref()) {
+        let failure = Failure::local(format!(
+            "header {header}: tables or arrays nested deeper than {} levels (dropped on receipt)",
+            crate::broker::headers::MAX_NESTING
+        ));
+        let echo = crate::job::Echo::read(delivery.body);
+        return context(&delivery, shared, name, OffsetDateTime::now_utc()).dead_letter(
+            crate::outcome::Reason::Malformed,
+            failure,
+            echo,
+            0,
+        );
+    }
     let now = OffsetDateTime::now_utc();
     let (history, trust) =
         History::read(delivery.properties, delivery.body, name, &channel.key, now);

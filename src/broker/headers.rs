@@ -68,6 +68,55 @@ pub(crate) const BROKER_DEATH: &[&str] = &[
 /// The longest text header value the worker writes, in bytes.
 pub(crate) const MAX_TEXT_HEADER: usize = 1000;
 
+/// How deep header tables and arrays may nest: deeper values are dropped
+/// on receipt, below the worker, by the patched `amq-protocol-types`
+/// (vendor/README.md), which leaves a marker in their place.
+pub(crate) use lapin::types::parsing::MAX_NESTING;
+
+/// The first header (its name, escaped) whose value nested deeper than
+/// [`MAX_NESTING`] and was dropped on receipt. A job carrying one is
+/// malformed: what its producer sent never reached the worker whole.
+pub(crate) fn too_deep(headers: Option<&FieldTable>) -> Option<String> {
+    let (key, _) = headers?.inner().iter().find(|(_, v)| holds_marker(v))?;
+    Some(truncate(
+        crate::telemetry::escape(key.as_str()).into_owned(),
+        80,
+    ))
+}
+
+/// Whether `value` holds the marker of a value dropped for its depth.
+fn holds_marker(value: &AMQPValue) -> bool {
+    let marker = lapin::types::parsing::TOO_DEEP.as_bytes();
+    // Iterative, though the parser already bounds the depth.
+    let mut open = vec![value];
+    while let Some(v) = open.pop() {
+        match v {
+            AMQPValue::LongString(s) if s.as_bytes() == marker => return true,
+            AMQPValue::FieldArray(a) => open.extend(a.as_slice()),
+            AMQPValue::FieldTable(t) => open.extend(t.inner().values()),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// The job's headers, for a copy the worker publishes. A value that held
+/// the marker of a value dropped for its depth becomes the marker alone:
+/// no copy carries even the levels the parser kept.
+fn copied_headers(props: &BasicProperties) -> std::collections::BTreeMap<ShortString, AMQPValue> {
+    let mut map = props
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().clone())
+        .unwrap_or_default();
+    for v in map.values_mut() {
+        if holds_marker(v) {
+            *v = AMQPValue::LongString(lapin::types::parsing::TOO_DEEP.into());
+        }
+    }
+    map
+}
+
 /// Reads a header as an integer, whatever width it was sent with.
 pub fn int(headers: Option<&FieldTable>, key: &str) -> Option<i64> {
     match headers?.inner().get(key)? {
@@ -107,7 +156,7 @@ pub(crate) fn spent_deliveries(headers: Option<&FieldTable>) -> u32 {
 pub(crate) fn returned_copy(props: &BasicProperties) -> BasicProperties {
     let headers = props.headers().as_ref();
     let spent = spent_deliveries(headers);
-    let mut map = headers.map(|t| t.inner().clone()).unwrap_or_default();
+    let mut map = copied_headers(props);
     map.retain(|k, _| k.as_str() != DELIVERY_COUNT && k.as_str() != RETURNED);
     if let Some(k) = short(RETURNED).filter(|_| spent > 0) {
         map.insert(k, AMQPValue::LongLongInt(i64::from(spent)));
@@ -307,11 +356,7 @@ pub(crate) fn durable_copy(
     props: &BasicProperties,
     set: Vec<(&str, AMQPValue)>,
 ) -> BasicProperties {
-    let mut map = props
-        .headers()
-        .as_ref()
-        .map(|t| t.inner().clone())
-        .unwrap_or_default();
+    let mut map = copied_headers(props);
     map.retain(|k, _| {
         let k = k.as_str();
         !k.starts_with(OURS) && k != DELAY && !BROKER_DEATH.contains(&k)

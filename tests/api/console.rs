@@ -15,17 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
 
-const ANA: (&str, &str) = ("ana", "ana-operator-password");
-const VIC: (&str, &str) = ("vic", "vic-viewer-password");
+pub(crate) const ANA: (&str, &str) = ("ana", "ana-operator-password");
+pub(crate) const VIC: (&str, &str) = ("vic", "vic-viewer-password");
 
-struct ConsoleApp {
-    app: TestApp,
-    base: String,
+pub(crate) struct ConsoleApp {
+    pub(crate) app: TestApp,
+    pub(crate) base: String,
     exports: tempfile::TempDir,
     stop: CancellationToken,
 }
 
-async fn spawn_console(test: &str) -> ConsoleApp {
+pub(crate) async fn spawn_console(test: &str) -> ConsoleApp {
     let exports = tempfile::tempdir().expect("tempdir");
     let users = format!(
         "\n[console]\nlisten = \"127.0.0.1:0\"\nexport_dir = \"{}\"\nlock_wait = \"20s\"\n\
@@ -62,7 +62,7 @@ async fn spawn_console(test: &str) -> ConsoleApp {
 impl ConsoleApp {
     /// Publishes a dead letter as the worker writes one, straight into
     /// `<prefix>.dead`: a valid job (so a replay sends it) with its record.
-    async fn dead_letter(&self, job: &Value, reason: &str, error: &str) {
+    pub(crate) async fn dead_letter(&self, job: &Value, reason: &str, error: &str) {
         let mut h = FieldTable::default();
         let text = |s: &str| AMQPValue::LongString(LongString::from(s));
         h.insert("x-octopods-reason".into(), text(reason));
@@ -81,20 +81,20 @@ impl ConsoleApp {
     }
 
     /// A browser signed in as `user`.
-    async fn browser_as(&self, user: (&str, &str)) -> browser::Browser {
+    pub(crate) async fn browser_as(&self, user: (&str, &str)) -> browser::Browser {
         let b = browser::Browser::start().await;
         b.log_in(&self.base, user.0, user.1).await;
         b
     }
 
-    async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.stop.cancel();
         self.app.shutdown().await;
     }
 }
 
 /// A plain HTTP client logged in as `user` (cookies kept), and the page's CSRF token.
-async fn http_login(base: &str, user: (&str, &str)) -> (reqwest::Client, String) {
+pub(crate) async fn http_login(base: &str, user: (&str, &str)) -> (reqwest::Client, String) {
     let client = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::limited(3))

@@ -10,6 +10,7 @@ mod dlq;
 mod dlq_snapshot;
 mod faults;
 mod helpers;
+mod hostile;
 mod input;
 mod lifecycle;
 mod observability;

@@ -12,10 +12,12 @@ mod broker;
 pub mod browser;
 mod jobs;
 pub mod otlp;
+mod raw_amqp;
 
 pub use binary::*;
 pub use broker::*;
 pub use jobs::*;
+pub use raw_amqp::*;
 
 use std::{
     future::Future,
