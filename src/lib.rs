@@ -30,6 +30,7 @@
 //! - [`console`]: the operators' browser console (its own process and port).
 //! - [`outcome`]: the closed vocabularies (`Reason`, `RetryCause`, `EventKind`, `Outcome`).
 //! - [`events`]: result-event JSON.
+//! - [`privacy`]: what a phone number looks like and how it is masked, everywhere.
 //! - [`health`], [`metrics`], [`http`], [`telemetry`]: what SREs see.
 //! - [`cli`]: the command line — `run`, `topology`, `dlq` (dead-letter tools),
 //!   `enqueue`, `events`, `loadtest`, `sandbox` (runs the stand-in Octopods of the
@@ -68,6 +69,7 @@ mod octopods;
 pub mod outcome;
 pub mod overview;
 mod pipeline;
+pub mod privacy;
 mod retry;
 mod settle;
 mod settlement;

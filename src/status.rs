@@ -201,7 +201,7 @@ fn event(check: &Check, kind: EventKind, a: &Answer) -> Value {
             .or_else(|| a.status_message.clone());
         o.insert(
             "failure_reason".into(),
-            serde_json::json!(reason.map(|r| crate::telemetry::redact_phones(&r))),
+            serde_json::json!(reason.map(|r| crate::privacy::redact(&r).into_owned())),
         );
     }
     e

@@ -1,6 +1,6 @@
 //! Logging set-up (`tracing`, text or JSON; the trace exporter's layer when
-//! traces are on) and the helpers that keep phone
-//! numbers out of logs, events and errors.
+//! traces are on) and the helpers that keep outside text from forging a
+//! log line or driving a terminal. Phone numbers: [`crate::privacy`].
 
 use std::io::IsTerminal;
 
@@ -56,59 +56,6 @@ pub fn init(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::SdkTrace
     drop(result);
 }
 
-/// Masks an E.164 number: `+15551234567` → `+1555***4567`. Short numbers show
-/// fewer leading digits so at least three stay hidden.
-pub fn mask_phone(phone: &str) -> String {
-    let digits: Vec<char> = phone.trim_start_matches('+').chars().collect();
-    let n = digits.len();
-    if n < 5 {
-        return "+***".into();
-    }
-    let tail = 4;
-    let head = n.saturating_sub(tail + 3).min(4);
-    let head: String = digits.iter().take(head).collect();
-    let tail: String = digits.iter().skip(n.saturating_sub(tail)).collect();
-    format!("+{head}***{tail}")
-}
-
-/// Masks every phone number in free text (Octopods' error messages may quote
-/// it, with or without the `+`): a run of 8 to 15 digits standing alone, or
-/// a `+` and 7 or more digits.
-pub fn redact_phones(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(i) = rest.find(|c: char| c == '+' || c.is_ascii_digit()) {
-        let (before, from) = rest.split_at(i);
-        out.push_str(before);
-        let plus = from.starts_with('+');
-        let digits_at = usize::from(plus);
-        let digits = from
-            .bytes()
-            .skip(digits_at)
-            .take_while(u8::is_ascii_digit)
-            .count();
-        let run = digits_at.saturating_add(digits);
-        let glued = before
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_');
-        let phone = if plus {
-            digits >= 7
-        } else {
-            !glued && (8..=15).contains(&digits)
-        };
-        let (number, after) = from.split_at(run.max(1));
-        if phone {
-            out.push_str(&mask_phone(number));
-        } else {
-            out.push_str(number);
-        }
-        rest = after;
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Text made safe for a log line or a terminal: control characters
 /// (newlines, escape sequences) and bidirectional overrides are shown
 /// escaped, so input can neither forge a line nor drive the terminal.
@@ -156,38 +103,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_like_the_contract_example() {
-        assert_eq!(mask_phone("+15551234567"), "+1555***4567");
-    }
-
-    #[test]
-    fn short_numbers_keep_three_digits_hidden() {
-        assert_eq!(mask_phone("+12345678"), "+1***5678");
-        assert_eq!(mask_phone("+123"), "+***");
-    }
-
-    #[test]
-    fn redacts_numbers_without_a_plus_and_keeps_codes() {
-        assert_eq!(
-            redact_phones("recipient 15551234567 failed (#131047) id abc12345678"),
-            "recipient +1555***4567 failed (#131047) id abc12345678"
-        );
-    }
-
-    #[test]
     fn escape_neutralises_newlines_and_terminal_codes() {
         assert_eq!(
             escape("a\nb\x1b[31mc\u{202e}"),
             "a\\nb\\u{1b}[31mc\\u{202e}"
         );
         assert!(matches!(escape("plain"), std::borrow::Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn redacts_numbers_inside_text() {
-        assert_eq!(
-            redact_phones("to +15551234567, not +12 or +"),
-            "to +1555***4567, not +12 or +"
-        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::{
     config::RetryConfig,
     outcome::{Failure, OctopodsError, Outcome, Reason, Receipt, RetryCause},
-    telemetry::redact_phones,
+    privacy::redact,
 };
 
 /// What an answer means before the failure details are attached.
@@ -58,7 +58,7 @@ pub fn classify(
         message: describe(status, error.as_ref(), body),
         http_status: Some(status),
         octopods_error: error.map(|mut e| {
-            e.error = e.error.map(|t| redact_phones(&t));
+            e.error = e.error.map(|t| redact(&t).into_owned());
             e
         }),
     };
@@ -93,7 +93,7 @@ pub(crate) fn transport(t: Transport) -> Outcome {
         Transport::Connect => (RetryCause::Connect, "cannot connect to Octopods".to_owned()),
         Transport::Broken(why) => (
             RetryCause::Connect,
-            format!("request to Octopods failed: {}", redact_phones(&why)),
+            format!("request to Octopods failed: {}", redact(&why)),
         ),
     };
     Outcome::Retry {
@@ -250,11 +250,11 @@ fn by_code(family: Family, code: i64) -> Option<Verdict> {
 
 fn describe(status: u16, error: Option<&OctopodsError>, body: &[u8]) -> String {
     let detail = match error.and_then(|e| e.error.as_deref()) {
-        Some(text) => redact_phones(text),
+        Some(text) => redact(text).into_owned(),
         None if body.is_empty() => "empty body".to_owned(),
         None => {
             let text = String::from_utf8_lossy(body.get(..body.len().min(200)).unwrap_or_default());
-            redact_phones(text.trim())
+            redact(text.trim()).into_owned()
         }
     };
     format!("Octopods answered {status}: {detail}")

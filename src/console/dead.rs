@@ -38,6 +38,10 @@ pub(crate) struct Row {
 /// Dead letters of one cause.
 #[derive(Debug, Clone)]
 pub(crate) struct Group {
+    /// What a page names the group by: a digest of its cause, made here,
+    /// never its text (a browser posts `\n` back as `\r\n`, and an error
+    /// can hold NUL, bidi controls or 2,000 characters).
+    pub(crate) id: String,
     pub(crate) why: Why,
     pub(crate) channel: Option<String>,
     /// The folded error ([`DeadMessage::error_group`]).
@@ -47,23 +51,27 @@ pub(crate) struct Group {
     pub(crate) newest: Option<OffsetDateTime>,
 }
 
-/// What a page names a group by (its query parameters).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-pub(crate) struct GroupKey {
-    pub(crate) reason: String,
+impl Group {
     /// `-` for messages without a channel.
-    pub(crate) channel: String,
-    pub(crate) error: String,
+    pub(crate) fn channel_shown(&self) -> &str {
+        self.channel.as_deref().unwrap_or("-")
+    }
 }
 
-impl Group {
-    pub(crate) fn key(&self) -> GroupKey {
-        GroupKey {
-            reason: self.why.as_str().into(),
-            channel: self.channel.clone().unwrap_or_else(|| "-".into()),
-            error: self.error.clone(),
-        }
+/// A group's id: 128 bits of SHA-256 over its reason, channel and folded
+/// error, each length-prefixed (so no two causes can spell the same input).
+fn group_id(why: Why, channel: Option<&str>, error: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [why.as_str(), channel.unwrap_or("\u{0}"), error] {
+        h.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+        h.update(part.as_bytes());
     }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// One queue as one snapshot had it.
@@ -99,6 +107,7 @@ impl Index {
                 .entry(key)
                 .or_insert_with_key(|(why, channel, error)| {
                     groups.push(Group {
+                        id: group_id(*why, channel.as_deref(), error),
                         why: *why,
                         channel: channel.clone(),
                         error: error.clone(),
@@ -160,8 +169,9 @@ impl Index {
         })
     }
 
-    pub(crate) fn find(&self, key: &GroupKey) -> Option<usize> {
-        self.groups.iter().position(|g| g.key() == *key)
+    /// The group a page named by its id.
+    pub(crate) fn find(&self, id: &str) -> Option<usize> {
+        self.groups.iter().position(|g| g.id == id)
     }
 
     /// The prints of one group's messages.

@@ -91,7 +91,7 @@ pub(super) async fn dead_list(
         .filter(|r| {
             let g = index.groups.get(r.group);
             (q.reason.is_empty() || g.is_some_and(|g| g.why.as_str() == q.reason))
-                && (q.error.is_empty() || g.is_some_and(|g| g.error == q.error))
+                && (q.group.is_empty() || g.is_some_and(|g| g.id == q.group))
                 && (q.channel.is_empty()
                     || g.is_some_and(|g| g.channel.as_deref().unwrap_or("-") == q.channel))
                 && (q.job_id.is_empty()
@@ -237,16 +237,14 @@ pub(super) async fn plan(
             format!("{n} selected"),
         )
     } else {
-        let key = dead::GroupKey {
-            reason: form.one("reason").unwrap_or_default().into(),
-            channel: form.one("channel").unwrap_or_default().into(),
-            error: form.one("error").unwrap_or_default().into(),
-        };
         let (index, _) = match app.index(source, false).await {
             Ok(i) => i,
             Err(e) => return busy(&who, e),
         };
-        let Some(g) = index.find(&key) else {
+        let found = index
+            .find(form.one("group").unwrap_or_default())
+            .and_then(|g| Some((g, index.groups.get(g)?)));
+        let Some((g, group)) = found else {
             return page_with(
                 StatusCode::BAD_REQUEST,
                 pages::message(
@@ -259,11 +257,16 @@ pub(super) async fn plan(
         };
         (
             Filter {
-                error_group: Some(key.error.clone()),
+                error_group: Some(group.error.clone()),
                 prints: Some(index.prints_of(g)),
                 ..Filter::default()
             },
-            format!("group {} × {} × {}", key.reason, key.channel, key.error),
+            format!(
+                "group {} × {} × {}",
+                group.why.as_str(),
+                group.channel_shown(),
+                group.error
+            ),
         )
     };
     let mut plan = Plan {

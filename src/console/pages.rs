@@ -207,16 +207,15 @@ pub(crate) fn groups(who: &Who, index: &Index, stale: bool) -> Markup {
                 } }
                 tbody {
                     @for g in &index.groups {
-                        @let key = g.key();
-                        @let params = [("reason", key.reason.as_str()), ("channel", key.channel.as_str()), ("error", key.error.as_str())];
+                        @let params = [("group", g.id.as_str())];
                         tr.group {
                             td { (g.why.as_str()) }
-                            td { (mask::shown(&key.channel, 200)) }
+                            td { (mask::shown(g.channel_shown(), 200)) }
                             td.error { (mask::shown(&g.error, FIELD)) }
                             td.count { (g.count) }
                             td { (when(g.oldest)) } td { (when(g.newest)) }
                             td.actions {
-                                a href=(link("/dead/list", &[("source", source.as_str()), params[0], params[1], params[2]])) { "Open" }
+                                a href=(link("/dead/list", &[("source", source.as_str()), params[0]])) { "Open" }
                                 @if who.may_change() {
                                     form.inline method="post" action="/dead/replay" {
                                         (scope_fields(who, source, &params))
@@ -245,8 +244,9 @@ pub(crate) struct ListQuery {
     pub(crate) reason: String,
     #[serde(default)]
     pub(crate) channel: String,
+    /// A group's id ([`Group::id`](super::dead::Group)), never its text.
     #[serde(default)]
-    pub(crate) error: String,
+    pub(crate) group: String,
     #[serde(default)]
     pub(crate) job_id: String,
     /// e.g. `1h`.
@@ -277,7 +277,7 @@ pub(crate) fn list(
                 ("source", source.as_str()),
                 ("reason", &q.reason),
                 ("channel", &q.channel),
-                ("error", &q.error),
+                ("group", &q.group),
                 ("job_id", &q.job_id),
                 ("older_than", &q.older_than),
                 ("page", &p),
@@ -291,14 +291,16 @@ pub(crate) fn list(
             (as_of(who, index, stale))
             form.filters method="get" action="/dead/list" {
                 input type="hidden" name="source" value=(source.as_str());
-                input type="hidden" name="error" value=(q.error);
+                input type="hidden" name="group" value=(q.group);
                 label { "Reason " input type="text" name="reason" value=(q.reason); }
                 label { "Channel " input type="text" name="channel" value=(q.channel); }
                 label { "Job id " input type="text" name="job_id" value=(q.job_id); }
                 label { "Older than " input type="text" name="older_than" value=(q.older_than) placeholder="1h"; }
                 button type="submit" { "Filter" }
             }
-            @if !q.error.is_empty() { p { "Error group: " code { (mask::shown(&q.error, FIELD)) } } }
+            @if let Some(g) = index.find(&q.group).and_then(|g| index.groups.get(g)) {
+                p { "Error group: " code { (mask::shown(&g.error, FIELD)) } }
+            }
             p.count { (total) " matching; page " (page.saturating_add(1)) " of " (pages) }
             form method="post" action="/dead/replay" {
                 (scope_fields(who, source, &[]))

@@ -242,6 +242,35 @@ async fn a_group_of_50_validation_dead_letters_is_replayed_after_its_dry_run() {
     c.shutdown().await;
 }
 
+/// A browser posts a hidden field's `\n` back as `\r\n`: a group named by
+/// its error text no longer matched ("Nothing chosen"). Groups are named by
+/// an id the server made.
+#[tokio::test]
+async fn a_group_whose_error_has_a_line_break_is_replayed_from_the_page() {
+    let c = spawn_console("console-crlf").await;
+    let error = "Octopods answered 503: upstream unavailable\nplease retry \u{202e}later\u{0}";
+    for i in 0..3 {
+        c.dead_letter(&button_job(&format!("lb-{i}")), "retries_exhausted", error)
+            .await;
+    }
+    let b = c.browser_as(ANA).await;
+    b.goto(&format!("{}/dead?source=dead", c.base)).await;
+    b.click_through("tr.group form[action='/dead/replay'] button")
+        .await;
+    let would = b.css("strong.would").await.text().await.expect("t");
+    assert_eq!(would, "3", "{}", b.body_text().await);
+    b.click_through("form[action$='/confirm'] button").await;
+    b.css("h2.done").await;
+    let summary = b.css("ul.summary").await.text().await.expect("t");
+    assert!(summary.contains("replayed 3"), "{summary}");
+    for _ in 0..3 {
+        assert_eq!(c.app.next_event().await["event"], "sent");
+    }
+    assert_eq!(c.app.depth("dead").await, 0);
+    b.close().await;
+    c.shutdown().await;
+}
+
 #[tokio::test]
 async fn export_then_purge_deletes_exactly_what_the_backup_holds_while_new_ones_arrive() {
     let c = spawn_console("console-purge").await;
@@ -363,7 +392,7 @@ async fn a_viewer_sees_but_cannot_replay() {
             ("source", "dead"),
             ("reason", "validation"),
             ("channel", "store-eu"),
-            ("error", "title N chars, limit N"),
+            ("group", "0123456789abcdef0123456789abcdef"),
         ])
         .send()
         .await
