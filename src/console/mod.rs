@@ -106,7 +106,11 @@ impl Console {
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(addr = %self.addr(), "console listening");
-        axum::serve(self.listener, self.router)
+        // The client's address feeds the failure budget every way in shares.
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
         Ok(())
@@ -142,8 +146,48 @@ fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(256 * 1024))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), bearer))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(app)
+}
+
+/// The client's address (the peer's; behind a proxy, the proxy's).
+pub(super) fn peer(extensions: &axum::http::Extensions) -> std::net::IpAddr {
+    extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// A request with `Authorization: Bearer` passes only with the right token
+/// and while the token's and the client's failure budgets last; a wrong
+/// token spends both, as a wrong password at the login form does.
+async fn bearer(
+    State(app): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let from = peer(request.extensions());
+    match app.auth.bearer(request.headers(), from) {
+        auth::Bearer::Absent | auth::Bearer::Valid => next.run(request).await,
+        auth::Bearer::Wrong => {
+            app.count("login_failed");
+            warn!(user = auth::TOKEN_USER, "console: wrong bearer token");
+            (StatusCode::UNAUTHORIZED, "wrong token\n").into_response()
+        }
+        auth::Bearer::TooMany => {
+            app.count("refused");
+            warn!(
+                user = auth::TOKEN_USER,
+                "console: bearer token refused: too many failures"
+            );
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "60")],
+                "too many failed logins; wait a minute\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Every answer: no script, no framing, no sniffing, no caching, no referrer to other sites.

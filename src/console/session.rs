@@ -9,8 +9,7 @@ use axum::{
 };
 use tracing::{info, warn};
 
-use super::{Form, Shared, auth::Refused, mask, page, page_with, pages};
-use crate::telemetry::escape;
+use super::{Form, Shared, auth::Refused, page, page_with, pages};
 
 pub(super) async fn login_page(State(app): Shared, headers: HeaderMap) -> Response {
     if app.auth.who(&headers).is_some() {
@@ -19,7 +18,12 @@ pub(super) async fn login_page(State(app): Shared, headers: HeaderMap) -> Respon
     page(pages::login(None))
 }
 
-pub(super) async fn login(State(app): Shared, headers: HeaderMap, body: Bytes) -> Response {
+pub(super) async fn login(
+    State(app): Shared,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Response {
     if !app.auth.same_site(&headers) {
         app.count("refused");
         return (StatusCode::FORBIDDEN, "refused: cross-site login\n").into_response();
@@ -28,12 +32,19 @@ pub(super) async fn login(State(app): Shared, headers: HeaderMap, body: Bytes) -
     let name = form.one("name").unwrap_or_default();
     match app
         .auth
-        .login(name, form.one("password").unwrap_or_default())
+        .login(
+            name,
+            form.one("password").unwrap_or_default(),
+            super::peer(&extensions),
+        )
         .await
     {
         Ok(cookie) => {
             app.count("login");
-            info!(user = %escape(name), "console: logged in");
+            info!(
+                user = app.auth.known(name).unwrap_or("?"),
+                "console: logged in"
+            );
             let mut r = Redirect::to("/channels").into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
@@ -42,7 +53,10 @@ pub(super) async fn login(State(app): Shared, headers: HeaderMap, body: Bytes) -
         }
         Err(why) => {
             app.count("login_failed");
-            warn!(user = %escape(&mask::shown(name, 64)), why = ?why, "console: login refused");
+            // What was typed is logged only when it names a known user: a
+            // password typed into the name field must not reach the log.
+            let user = app.auth.known(name).unwrap_or("unknown name");
+            warn!(user, why = ?why, "console: login refused");
             let (status, text) = match why {
                 Refused::Wrong => (StatusCode::UNAUTHORIZED, "Wrong user name or password."),
                 Refused::TooMany => (

@@ -26,11 +26,17 @@ pub(crate) struct ConsoleApp {
 }
 
 pub(crate) async fn spawn_console(test: &str) -> ConsoleApp {
+    spawn_console_with(test, "", "").await
+}
+
+/// A console whose `[console]` table also has `keys`, with `users` (more
+/// `[[console.users]]` tables) after ana and vic.
+pub(crate) async fn spawn_console_with(test: &str, keys: &str, users: &str) -> ConsoleApp {
     let exports = tempfile::tempdir().expect("tempdir");
     let users = format!(
-        "\n[console]\nlisten = \"127.0.0.1:0\"\nexport_dir = \"{}\"\nlock_wait = \"20s\"\n\
+        "\n[console]\nlisten = \"127.0.0.1:0\"\nexport_dir = \"{}\"\nlock_wait = \"20s\"\n{keys}\n\
          [[console.users]]\nname = \"{}\"\nrole = \"operator\"\npassword_hash = \"{}\"\n\
-         [[console.users]]\nname = \"{}\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
+         [[console.users]]\nname = \"{}\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n{users}",
         exports.path().display(),
         ANA.0,
         hash_password(ANA.1).expect("hash"),

@@ -5,6 +5,7 @@ mod alarm;
 mod cli;
 mod cluster;
 mod console;
+mod console_guard;
 mod control;
 mod dlq;
 mod dlq_snapshot;

@@ -13,23 +13,35 @@ pub struct BinaryWorker {
 impl BinaryWorker {
     /// Starts the binary and waits until `/readyz` answers 200.
     pub async fn start(config: &std::path::Path) -> Self {
+        Self::spawn("run", "http", "/readyz", config).await
+    }
+
+    /// Starts `console` and waits until its `/healthz` answers 200.
+    pub async fn console(config: &std::path::Path) -> Self {
+        Self::spawn("console", "addr", "/healthz", config).await
+    }
+
+    /// Starts `command` with JSON logs, reads its address from the log
+    /// field `addr_field`, and waits until `ready` answers 200 there.
+    async fn spawn(command: &str, addr_field: &str, ready: &str, config: &std::path::Path) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
-            .args(["--log-format", "json", "run", "--config"])
+            .args(["--log-format", "json", command, "--config"])
             .arg(config)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start the binary");
-        // The worker logs its HTTP address; read it, and keep the log.
+        // The process logs its HTTP address; read it, and keep the log.
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, rx) = std::sync::mpsc::channel();
         let so_far = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let shared = so_far.clone();
+        let field = addr_field.to_owned();
         let log = std::thread::spawn(move || {
             let mut log = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let parsed: Option<Value> = serde_json::from_str(&line).ok();
-                if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"]["http"].as_str()) {
+                if let Some(addr) = parsed.as_ref().and_then(|v| v["fields"][&field].as_str()) {
                     drop(tx.send(addr.to_owned()));
                 }
                 if let Ok(mut s) = shared.lock() {
@@ -41,8 +53,8 @@ impl BinaryWorker {
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(15))
-            .expect("the worker logs its HTTP address");
-        let url = format!("http://{addr}/readyz");
+            .expect("the process logs its HTTP address");
+        let url = format!("http://{addr}{ready}");
         eventually(
             Duration::from_secs(15),
             "the binary to be ready",

@@ -1,0 +1,208 @@
+//! The console's guard as an attacker meets it: one failure budget for
+//! every way in, unknown names as slow as known ones, nothing typed in the
+//! log unless it names a user, and phone numbers masked in every form a
+//! dead letter can carry them.
+
+use std::time::{Duration, Instant};
+
+use argon2::PasswordHasher;
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+use crate::console::{ANA, http_login, spawn_console, spawn_console_with};
+use crate::helpers::*;
+
+const TOKEN: &str = "the-console-token-of-scripts-0123";
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A console with `console.token_file` holding [`TOKEN`].
+async fn console_with_token(test: &str, dir: &tempfile::TempDir) -> crate::console::ConsoleApp {
+    let file = dir.path().join("token");
+    std::fs::write(&file, TOKEN).expect("write the token");
+    spawn_console_with(test, &format!("token_file = \"{}\"\n", file.display()), "").await
+}
+
+async fn with_bearer(base: &str, token: &str) -> u16 {
+    client()
+        .get(format!("{base}/channels"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET")
+        .status()
+        .as_u16()
+}
+
+async fn form_login(base: &str, name: &str, password: &str) -> u16 {
+    client()
+        .post(format!("{base}/login"))
+        .form(&[("name", name), ("password", password)])
+        .send()
+        .await
+        .expect("POST /login")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn wrong_bearer_tokens_spend_the_budget_every_way_in_shares() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = console_with_token("guard-bearer", &dir).await;
+    assert_eq!(with_bearer(&c.base, TOKEN).await, 200);
+    for i in 0..10 {
+        let guess = format!("guess-{i:02}-of-an-attacker-xxxxx");
+        assert_eq!(with_bearer(&c.base, &guess).await, 401, "guess {i}");
+    }
+    // Spent: the right token waits too, by header and by the login form.
+    assert_eq!(with_bearer(&c.base, TOKEN).await, 429);
+    assert_eq!(form_login(&c.base, "token", TOKEN).await, 401);
+    // The address is spent as well: another name from it waits.
+    assert_eq!(form_login(&c.base, ANA.0, ANA.1).await, 401);
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_form_logins_spend_the_bearer_budget_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = console_with_token("guard-form", &dir).await;
+    for i in 0..10 {
+        assert_eq!(
+            form_login(&c.base, "token", &format!("guess-{i}")).await,
+            401
+        );
+    }
+    assert_eq!(with_bearer(&c.base, TOKEN).await, 429);
+    c.shutdown().await;
+}
+
+/// A PHC string with costs above argon2's defaults (the config accepts them).
+fn costly_hash(password: &str) -> String {
+    let params = argon2::Params::new(65_536, 3, 4, None).expect("params");
+    let salt = argon2::password_hash::SaltString::encode_b64(&[9; 16]).expect("salt");
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .expect("hash")
+        .to_string()
+}
+
+/// The median of three wrong logins as `name`, in milliseconds.
+async fn median_refusal_ms(base: &str, name: &str) -> f64 {
+    let mut ms = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(form_login(base, name, "not the password").await, 401);
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    ms[1]
+}
+
+#[tokio::test]
+async fn a_wrong_password_takes_as_long_for_every_user_as_for_an_unknown_name() {
+    let dear = format!(
+        "[[console.users]]\nname = \"dear\"\nrole = \"operator\"\npassword_hash = \"{}\"\n",
+        costly_hash("dear-password")
+    );
+    let c = spawn_console_with("guard-timing", "", &dear).await;
+    // 9 failures: inside the address's budget of 10 a minute.
+    let unknown = median_refusal_ms(&c.base, "nobody-here").await;
+    let costly = median_refusal_ms(&c.base, "dear").await;
+    let default = median_refusal_ms(&c.base, ANA.0).await;
+    println!(
+        "wrong password: dear {costly:.0} ms, ana {default:.0} ms; unknown name {unknown:.0} ms"
+    );
+    for (who, ms) in [("dear", costly), ("ana", default)] {
+        let ratio = ms / unknown;
+        assert!(
+            (1.0 / 1.5..=1.5).contains(&ratio),
+            "{who}: {ms:.0} ms against {unknown:.0} ms for an unknown name"
+        );
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_is_typed_as_a_name_is_logged_only_when_it_is_a_user() {
+    let c = spawn_console("guard-log").await;
+    let mut console = BinaryWorker::console(&c.app.config_path).await;
+    let base = format!("http://{}", console.addr);
+    let secret = "ana-operator-password";
+    // A password typed into the name field, then a known user's mistake.
+    assert_eq!(form_login(&base, secret, "x").await, 401);
+    assert_eq!(form_login(&base, ANA.0, "wrong").await, 401);
+    assert_eq!(form_login(&base, ANA.0, ANA.1).await, 303);
+    console.signal("TERM");
+    console.wait_exit(Duration::from_secs(10)).await;
+    let log = console.log().join("\n");
+    assert!(!log.contains(secret), "{log}");
+    assert!(log.contains("\"user\":\"unknown name\""), "{log}");
+    assert!(log.contains("\"user\":\"ana\""), "{log}");
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_shows_no_phone_in_any_form() {
+    let c = spawn_console("guard-phones").await;
+    let phone = "4915112345678";
+    let job = serde_json::json!({
+        "job_id": "phones-1",
+        "destination_phone": 4915112345678_u64,
+        "metadata": {
+            "customer": phone,
+            phone: "as a key",
+            "link": format!("https://wa.me/{phone}"),
+            "call": format!("tel:+{phone}"),
+            "note": format!("[{phone}] <+{phone}>"),
+        }
+    });
+    let mut h = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    h.insert("x-octopods-reason".into(), text("rejected"));
+    h.insert("x-octopods-channel".into(), text("store-eu"));
+    h.insert(
+        "x-octopods-error".into(),
+        text(&format!("Octopods answered 400: to=%2B{phone}&text=hi")),
+    );
+    h.insert(
+        "x-customer".into(),
+        AMQPValue::LongLongInt(4_915_112_345_678),
+    );
+    let body = serde_json::to_vec(&job).expect("json");
+    let props = BasicProperties::default().with_headers(h);
+    c.app
+        .publish_raw("", &c.app.queue("dead"), &body, props)
+        .await;
+    let (http, _) = http_login(&c.base, ANA).await;
+    let get = |path: String| {
+        let http = http.clone();
+        let base = c.base.clone();
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.expect("GET");
+            assert_eq!(r.status(), 200, "{path}");
+            r.text().await.expect("page")
+        }
+    };
+    let groups = get("/dead?source=dead".into()).await;
+    assert!(!groups.contains(phone), "{groups}");
+    let start = groups.find("href=\"/dead/list").expect("a group link") + 6;
+    let list_link =
+        groups[start..][..groups[start..].find('"').expect("quote")].replace("&amp;", "&");
+    let list = get(list_link).await;
+    assert!(!list.contains(phone), "{list}");
+    let start = list.find("href=\"/dead/message").expect("a message link") + 6;
+    let message_link =
+        list[start..][..list[start..].find('"').expect("quote")].replace("&amp;", "&");
+    let message = get(message_link).await;
+    assert!(message.contains("phones-1"), "{message}");
+    assert!(!message.contains(phone), "{message}");
+    assert!(message.contains("+4915***5678"), "{message}");
+    c.shutdown().await;
+}
