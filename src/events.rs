@@ -63,7 +63,7 @@ type Kept = (
 
 impl SentEvent {
     /// This event as the recent-`job_id` memory keeps it (see [`Kept`]).
-    pub(crate) fn kept(&self) -> Vec<u8> {
+    pub(crate) fn kept(&self) -> Result<Vec<u8>, serde_json::Error> {
         let kept = (
             &self.message_id,
             &self.channel_message_id,
@@ -75,7 +75,7 @@ impl SentEvent {
             self.via,
             self.template_id,
         );
-        serde_json::to_vec(&kept).unwrap_or_default()
+        serde_json::to_vec(&kept)
     }
 
     /// The event again, from what [`SentEvent::kept`] wrote and the job
@@ -111,13 +111,10 @@ impl SentEvent {
     }
 
     /// The event's JSON, written once into a buffer of its usual size.
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut out = Vec::with_capacity(512);
-        // Serializing plain strings, numbers and a JSON value cannot fail.
-        if serde_json::to_writer(&mut out, self).is_err() {
-            out.clear();
-        }
-        out
+        serde_json::to_writer(&mut out, self)?;
+        Ok(out)
     }
 
     pub fn new(
@@ -258,16 +255,22 @@ mod tests {
                 datetime!(9999-12-31 23:59:59.999 UTC),
             );
             event.template_id = template_id;
-            let kept = event.kept();
-            assert!(kept.len() < event.to_bytes().len(), "kept is smaller");
+            let kept = event.kept().unwrap();
+            assert!(
+                kept.len() < event.to_bytes().unwrap().len(),
+                "kept is smaller"
+            );
             let again = SentEvent::from_kept(&kept, &job, "store-eu").expect("reads back");
             assert_eq!(again, event);
             assert_eq!(
-                again.to_bytes(),
-                event.to_bytes(),
+                again.to_bytes().unwrap(),
+                event.to_bytes().unwrap(),
                 "re-published byte for byte"
             );
-            assert_eq!(event.to_bytes(), serde_json::to_vec(&event).unwrap());
+            assert_eq!(
+                event.to_bytes().unwrap(),
+                serde_json::to_vec(&event).unwrap()
+            );
         }
     }
 
@@ -290,7 +293,11 @@ mod tests {
             Via::Interactive,
             OffsetDateTime::UNIX_EPOCH,
         );
-        assert!(event.kept().len() < 200, "{} bytes", event.kept().len());
+        assert!(
+            event.kept().unwrap().len() < 200,
+            "{} bytes",
+            event.kept().unwrap().len()
+        );
         for junk in [&b""[..], b"{}", b"[]", b"null", b"[\"m\"]", &[0xff, 0xfe]] {
             assert!(SentEvent::from_kept(junk, &job, "c").is_none());
         }

@@ -178,7 +178,11 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
             );
             // Remember before publishing: if the broker goes away now, the
             // redelivered job re-publishes this event instead of re-sending.
-            claim.remember(event.kept());
+            // Cannot fail (strings and numbers); if it did, a redelivery
+            // would send again rather than re-publish: still no job lost.
+            if let Ok(kept) = event.kept() {
+                claim.remember(kept);
+            }
             sent(&delivery, channel, shared, &event)
         }
         Final::DeadLetter(reason, failure) => context(

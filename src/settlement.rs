@@ -118,20 +118,20 @@ impl Context<'_> {
 
     /// A status check into the delay queue for `delay`, from which it
     /// expires into the channel's status queue.
-    fn check(&self, check: &Check, delay: Duration) -> Message {
+    fn check(&self, check: &Check, delay: Duration) -> Result<Message, Settlement> {
         let label = crate::broker::topology::delay_label(delay);
         let mut h = lapin::types::FieldTable::default();
         h.insert(headers::DELAY.into(), headers::text_value(&label));
-        Message {
+        Ok(Message {
             exchange: self.names.retry_exchange(),
             routing_key: self.names.status_queue(self.channel),
-            body: Body::New(serde_json::to_vec(check).unwrap_or_default()),
+            body: Body::New(written(serde_json::to_vec(check))?),
             properties: BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_headers(h),
             event: None,
-        }
+        })
     }
 
     /// Sent (now, or earlier by this process): the `sent` event, then the
@@ -139,12 +139,19 @@ impl Context<'_> {
     pub(crate) fn sent(
         &self,
         job_id: &str,
-        event: Vec<u8>,
+        event: Result<Vec<u8>, serde_json::Error>,
         first_check: Option<(Check, Duration)>,
     ) -> Settlement {
+        let event = match written(event) {
+            Ok(e) => e,
+            Err(reject) => return reject,
+        };
         let mut messages = vec![self.event(EventKind::Sent, event, Some(job_id))];
         if let Some((check, delay)) = first_check {
-            messages.push(self.check(&check, delay));
+            match self.check(&check, delay) {
+                Ok(m) => messages.push(m),
+                Err(reject) => return reject,
+            }
         }
         Settlement::Publish {
             messages,
@@ -186,11 +193,10 @@ impl Context<'_> {
             ),
             event: None,
         };
-        let event = self.event(
-            EventKind::DeadLettered,
-            serde_json::to_vec(&event).unwrap_or_default(),
-            job_id.as_deref(),
-        );
+        let event = match written(serde_json::to_vec(&event)) {
+            Ok(body) => self.event(EventKind::DeadLettered, body, job_id.as_deref()),
+            Err(reject) => return reject,
+        };
         Settlement::Publish {
             messages: vec![copy, event],
             report: Report::DeadLettered { reason, failure },
@@ -232,22 +238,43 @@ impl Context<'_> {
         next: Option<(Check, Duration)>,
     ) -> Settlement {
         let kinds = events.iter().map(|(k, _)| *k).collect();
-        let mut messages: Vec<Message> = events
-            .into_iter()
-            .map(|(kind, event)| {
-                let job_id = event.get("job_id").and_then(Value::as_str);
-                let body = serde_json::to_vec(&event).unwrap_or_default();
-                self.event(kind, body, job_id)
-            })
-            .collect();
+        let mut messages = Vec::with_capacity(events.len().saturating_add(1));
+        for (kind, event) in events {
+            let job_id = event.get("job_id").and_then(Value::as_str);
+            match written(serde_json::to_vec(&event)) {
+                Ok(body) => messages.push(self.event(kind, body, job_id)),
+                Err(reject) => return reject,
+            }
+        }
         if let Some((check, delay)) = next {
-            messages.push(self.check(&check, delay));
+            match self.check(&check, delay) {
+                Ok(m) => messages.push(m),
+                Err(reject) => return reject,
+            }
         }
         Settlement::Publish {
             messages,
             report: Report::Polled { events: kinds },
         }
     }
+}
+
+/// How long a delivery waits before it goes back when its settlement could
+/// not be written.
+const UNWRITABLE_WAIT: Duration = Duration::from_secs(1);
+
+/// A body's bytes, or — should serialising one ever fail — the delivery
+/// rejected: counted toward its delivery limit (so it ends `poison`, not in
+/// a loop), never settled with an empty body. Every body is made of
+/// strings, numbers, RFC 3339 times of the current century and JSON values,
+/// which serde_json does not fail on (tested in `settlement/tests.rs`).
+fn written(bytes: Result<Vec<u8>, serde_json::Error>) -> Result<Vec<u8>, Settlement> {
+    bytes.map_err(|e| {
+        tracing::error!(error = %e, "a settlement's body could not be written; rejecting the delivery");
+        Settlement::Reject {
+            after: UNWRITABLE_WAIT,
+        }
+    })
 }
 
 /// Panics on this many deliveries of a job in a row dead-letter it `internal`.
@@ -409,5 +436,60 @@ mod tests {
             correlation_id(&own, Some("order-1")).map(|c| c.to_string()),
             Some("theirs".into())
         );
+    }
+
+    /// Any JSON, nested as deep as serde_json parses (a producer's metadata).
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".*".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(8, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                proptest::collection::btree_map(".*", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// What `written` guards against does not happen: a dead letter's
+        /// event, with any metadata, error text and job id, is written.
+        #[test]
+        fn a_dead_letter_with_any_metadata_and_text_is_written(
+            metadata in any_json(),
+            job_id in ".*",
+            error in ".*",
+        ) {
+            let names = Names::new("octopods");
+            let props = BasicProperties::default();
+            let ctx = Context {
+                names: &names,
+                channel: "store-eu",
+                job: &props,
+                body: b"{}",
+                now: time::macros::datetime!(9999-12-31 23:59:59.999 UTC),
+            };
+            let echo = Echo { job_id: Some(job_id), metadata: Some(metadata) };
+            let settled = ctx.dead_letter(Reason::Validation, Failure::local(error), echo, u32::MAX);
+            let Settlement::Publish { messages, .. } = settled else {
+                panic!("a dead letter must publish, not {settled:?}");
+            };
+            let Body::New(body) = &messages[1].body else {
+                panic!("the event has a body of its own");
+            };
+            proptest::prop_assert!(serde_json::from_slice::<Value>(body).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_body_that_cannot_be_written_rejects_the_delivery() {
+        let e = serde_json::to_vec(&std::collections::HashMap::from([((1, 2), 3)])).unwrap_err();
+        assert!(matches!(written(Err(e)), Err(Settlement::Reject { .. })));
     }
 }
