@@ -118,11 +118,11 @@ impl Context<'_> {
 
     /// A status check into the delay queue for `delay`, from which it
     /// expires into the channel's status queue.
-    fn check(&self, check: &Check, delay: Duration) -> Result<Message, Settlement> {
+    fn check(&self, check: &Check, delay: Duration) -> Option<Message> {
         let label = crate::broker::topology::delay_label(delay);
         let mut h = lapin::types::FieldTable::default();
         h.insert(headers::DELAY.into(), headers::text_value(&label));
-        Ok(Message {
+        Some(Message {
             exchange: self.names.retry_exchange(),
             routing_key: self.names.status_queue(self.channel),
             body: Body::New(written(serde_json::to_vec(check))?),
@@ -142,16 +142,15 @@ impl Context<'_> {
         event: Result<Vec<u8>, serde_json::Error>,
         first_check: Option<(Check, Duration)>,
     ) -> Settlement {
-        let event = match written(event) {
-            Ok(e) => e,
-            Err(reject) => return reject,
+        let Some(event) = written(event) else {
+            return unwritable();
         };
         let mut messages = vec![self.event(EventKind::Sent, event, Some(job_id))];
         if let Some((check, delay)) = first_check {
-            match self.check(&check, delay) {
-                Ok(m) => messages.push(m),
-                Err(reject) => return reject,
-            }
+            let Some(m) = self.check(&check, delay) else {
+                return unwritable();
+            };
+            messages.push(m);
         }
         Settlement::Publish {
             messages,
@@ -193,10 +192,10 @@ impl Context<'_> {
             ),
             event: None,
         };
-        let event = match written(serde_json::to_vec(&event)) {
-            Ok(body) => self.event(EventKind::DeadLettered, body, job_id.as_deref()),
-            Err(reject) => return reject,
+        let Some(body) = written(serde_json::to_vec(&event)) else {
+            return unwritable();
         };
+        let event = self.event(EventKind::DeadLettered, body, job_id.as_deref());
         Settlement::Publish {
             messages: vec![copy, event],
             report: Report::DeadLettered { reason, failure },
@@ -241,16 +240,16 @@ impl Context<'_> {
         let mut messages = Vec::with_capacity(events.len().saturating_add(1));
         for (kind, event) in events {
             let job_id = event.get("job_id").and_then(Value::as_str);
-            match written(serde_json::to_vec(&event)) {
-                Ok(body) => messages.push(self.event(kind, body, job_id)),
-                Err(reject) => return reject,
-            }
+            let Some(body) = written(serde_json::to_vec(&event)) else {
+                return unwritable();
+            };
+            messages.push(self.event(kind, body, job_id));
         }
         if let Some((check, delay)) = next {
-            match self.check(&check, delay) {
-                Ok(m) => messages.push(m),
-                Err(reject) => return reject,
-            }
+            let Some(m) = self.check(&check, delay) else {
+                return unwritable();
+            };
+            messages.push(m);
         }
         Settlement::Publish {
             messages,
@@ -263,18 +262,25 @@ impl Context<'_> {
 /// not be written.
 const UNWRITABLE_WAIT: Duration = Duration::from_secs(1);
 
-/// A body's bytes, or — should serialising one ever fail — the delivery
-/// rejected: counted toward its delivery limit (so it ends `poison`, not in
-/// a loop), never settled with an empty body. Every body is made of
-/// strings, numbers, RFC 3339 times of the current century and JSON values,
-/// which serde_json does not fail on (tested in `settlement/tests.rs`).
-fn written(bytes: Result<Vec<u8>, serde_json::Error>) -> Result<Vec<u8>, Settlement> {
-    bytes.map_err(|e| {
-        tracing::error!(error = %e, "a settlement's body could not be written; rejecting the delivery");
-        Settlement::Reject {
-            after: UNWRITABLE_WAIT,
-        }
-    })
+/// A body's bytes, or `None` — logged — should serialising one ever fail;
+/// the delivery is then [`unwritable`], never settled with an empty body.
+/// Every body is made of strings, numbers, RFC 3339 times of years
+/// 0–9999 and JSON values, which serde_json does not fail on (the tests
+/// below write a dead letter with any metadata and text).
+fn written(bytes: Result<Vec<u8>, serde_json::Error>) -> Option<Vec<u8>> {
+    bytes
+        .map_err(|e| {
+            tracing::error!(error = %e, "a settlement's body could not be written; rejecting the delivery");
+        })
+        .ok()
+}
+
+/// A delivery whose settlement could not be written: rejected, counted
+/// toward its delivery limit (so it ends `poison`, not in a loop).
+fn unwritable() -> Settlement {
+    Settlement::Reject {
+        after: UNWRITABLE_WAIT,
+    }
 }
 
 /// Panics on this many deliveries of a job in a row dead-letter it `internal`.
@@ -490,6 +496,7 @@ mod tests {
     #[test]
     fn a_body_that_cannot_be_written_rejects_the_delivery() {
         let e = serde_json::to_vec(&std::collections::HashMap::from([((1, 2), 3)])).unwrap_err();
-        assert!(matches!(written(Err(e)), Err(Settlement::Reject { .. })));
+        assert!(written(Err(e)).is_none());
+        assert!(matches!(unwritable(), Settlement::Reject { .. }));
     }
 }

@@ -476,7 +476,10 @@ fn pad_cheaper_hashes(users: &mut [Known], decoy: &str) -> anyhow::Result<()> {
         if missing.saturating_mul(10) <= cost(&top) {
             continue;
         }
-        let m = u32::try_from(missing / u64::from(top.t_cost().max(1))).unwrap_or(u32::MAX);
+        let per_pass = missing
+            .checked_div(u64::from(top.t_cost()))
+            .unwrap_or(missing);
+        let m = u32::try_from(per_pass).unwrap_or(u32::MAX);
         let m = m.clamp(argon2::Params::MIN_M_COST, top.m_cost()).max(8);
         let key = (own.m_cost(), own.t_cost(), own.p_cost());
         if let Some(pad) = made.get(&key) {
