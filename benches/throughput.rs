@@ -178,7 +178,7 @@ fn quorum_args(channel_queue: bool) -> FieldTable {
         AMQPValue::LongString(LongString::from("quorum")),
     );
     if channel_queue {
-        // The worker's channel queue arguments (CONTRACT §1).
+        // The worker's channel queue arguments (docs/contract.md §1).
         args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
         args.insert("x-delivery-limit".into(), AMQPValue::LongInt(20));
         args.insert(

@@ -38,7 +38,7 @@ leftovers() {
     | grep -E '^t-' | sort || true
 }
 before=$(leftovers)
-# The cluster tests (CONTRACT §14) kill nodes of a three-node cluster of their
+# The cluster tests (docs/contract.md §14) kill nodes of a three-node cluster of their
 # own (scripts/cluster.sh, ports 5681-5683), started here and removed after.
 cluster_up=0
 stop_cluster() { if [ "$cluster_up" = 1 ]; then scripts/cluster.sh stop >/dev/null 2>&1 || true; fi; }

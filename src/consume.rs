@@ -199,7 +199,7 @@ pub(crate) async fn consume(
         let hold = stop.child_token();
         let mut first = lane == Lane::Jobs;
         // A task per delivery, up to `tasks_cap`: deliveries beyond it wait
-        // in the consumer's buffer as bytes, not as tasks (CONTRACT §10's
+        // in the consumer's buffer as bytes, not as tasks (docs/contract.md §10's
         // memory bound; see `tasks_cap`).
         let tasks = Arc::new(Semaphore::new(tasks_cap(channel.prefetch, &shared.config)));
         let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;

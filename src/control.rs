@@ -1,4 +1,4 @@
-//! Runtime control of channels (CONTRACT §13): pause, resume, a new rate —
+//! Runtime control of channels (docs/contract.md §13): pause, resume, a new rate —
 //! on every replica, through RabbitMQ alone.
 //!
 //! Every command is a record appended to the stream `<prefix>.control` (a

@@ -1,4 +1,4 @@
-//! The recent-`job_id` memory (CONTRACT §10): jobs this process has sent,
+//! The recent-`job_id` memory (docs/contract.md §10): jobs this process has sent,
 //! with how each send came out, so a redelivered or re-published job is not
 //! sent twice — its `sent` event is rebuilt and re-published instead. What
 //! is kept is [`SentEvent::kept`](crate::events::SentEvent::kept) (~100

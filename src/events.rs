@@ -1,4 +1,4 @@
-//! Result events (CONTRACT §5): the JSON published to `<prefix>.results` with
+//! Result events (docs/contract.md §5): the JSON published to `<prefix>.results` with
 //! routing key `<event>.<channel>`.
 
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 //! `Retry-After`.
 //!
 //! One limiter per channel per process. Across replicas the budget holds
-//! because each channel queue has a single active consumer (CONTRACT §8).
+//! because each channel queue has a single active consumer (docs/contract.md §8).
 //!
 //! The limiter is generic over its [`Pace`] — the clock governor reads and
 //! the wait between two checks — so the turn logic runs in unit tests over a
@@ -205,7 +205,7 @@ impl<C: Pace> Limiter<C> {
     /// from `open` and the channel's next slot, in that order (permits freed
     /// in bulk never spend more than the rate allows). Only one job of the
     /// channel at a time waits for a permit and slot, so a channel slowed to
-    /// a crawl holds one permit, not all of them (CONTRACT §8: one channel
+    /// a crawl holds one permit, not all of them (docs/contract.md §8: one channel
     /// never blocks another). Returns the permit (none if the semaphore was
     /// closed) and how long the turn took.
     pub(crate) async fn turn<'a>(

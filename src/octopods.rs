@@ -15,7 +15,7 @@ use crate::{
 };
 
 pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";
-/// `/api/v1/whatsapp/messages/{message_id}` (CONTRACT §12).
+/// `/api/v1/whatsapp/messages/{message_id}` (docs/contract.md §12).
 pub(crate) const MESSAGES_PATH: &str = "/api/v1/whatsapp/messages";
 
 /// An id from outside (Octopods' `message_id`) as one path segment: every
@@ -45,7 +45,7 @@ pub(crate) fn status_url(base: &str, message_id: &str) -> Option<String> {
     path_segment(message_id).map(|seg| format!("{base}{MESSAGES_PATH}/{seg}"))
 }
 
-/// `/api/v1/whatsapp/templates/{template_id}/messages` (CONTRACT §11).
+/// `/api/v1/whatsapp/templates/{template_id}/messages` (docs/contract.md §11).
 pub(crate) const TEMPLATES_PATH: &str = "/api/v1/whatsapp/templates";
 
 /// Which endpoint a request goes to; errors are read in its family.

@@ -24,7 +24,7 @@ pub enum Reason {
     /// The worker itself failed on this job (a panic) several deliveries in a row.
     Internal,
     /// The fallback template cannot be sent (unknown, disabled, variables or
-    /// header wrong; CONTRACT §11).
+    /// header wrong; docs/contract.md §11).
     Template,
     /// The customer stopped marketing messages (Meta 131050).
     OptedOut,
@@ -125,7 +125,7 @@ impl RetryCause {
 pub enum EventKind {
     Sent,
     DeadLettered,
-    /// Delivery status (CONTRACT §12).
+    /// Delivery status (docs/contract.md §12).
     Delivered,
     Read,
     Failed,

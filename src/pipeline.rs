@@ -206,7 +206,7 @@ pub(crate) async fn decide_with<S: crate::octopods::Sender>(
     }
 }
 
-/// A pending status check (CONTRACT §12): one poll, at a low-priority slot
+/// A pending status check (docs/contract.md §12): one poll, at a low-priority slot
 /// of the channel's budget (sends first), and what it means.
 pub(crate) async fn poll(
     delivery: Delivered<'_>,

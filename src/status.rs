@@ -1,4 +1,4 @@
-//! Delivery status (CONTRACT §12): whether a sent prompt was delivered and
+//! Delivery status (docs/contract.md §12): whether a sent prompt was delivered and
 //! read. Octopods publishes no webhooks; the documented way is to poll
 //! `GET /api/v1/whatsapp/messages/{message_id}`.
 //!
@@ -177,7 +177,7 @@ pub fn decide(
     Decision { events, next }
 }
 
-/// A status event (CONTRACT §12).
+/// A status event (docs/contract.md §12).
 fn event(check: &Check, kind: EventKind, a: &Answer) -> Value {
     let mut e = serde_json::json!({
         "event": kind.as_str(),

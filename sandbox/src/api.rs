@@ -1,4 +1,4 @@
-//! What Octopods documents (`octopods-api.md`) that every part of the
+//! What Octopods documents (`docs/octopods-api.md`) that every part of the
 //! stand-in shares: the paths, the auth header, the timestamp format.
 
 pub(crate) const PATH: &str = "/api/v1/whatsapp/interactive";

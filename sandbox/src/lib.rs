@@ -1,5 +1,5 @@
 //! `octopods-sandbox`: a stand-in for the Octopods interactive-message
-//! endpoint that answers as `octopods-api.md` documents, plus scripted faults
+//! endpoint that answers as `docs/octopods-api.md` documents, plus scripted faults
 //! (globally or per destination phone), latency, and a request log.
 //!
 //! Control surface, for tests and demos:

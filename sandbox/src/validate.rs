@@ -1,4 +1,4 @@
-//! The interactive message as Octopods documents it (`octopods-api.md`),
+//! The interactive message as Octopods documents it (`docs/octopods-api.md`),
 //! checked independently of the worker's own validator: a stand-in that
 //! shared the worker's code could never disagree with it.
 //!

@@ -1,4 +1,4 @@
-//! The `x-octopods-*` message headers (CONTRACT §6), read defensively: a
+//! The `x-octopods-*` message headers (docs/contract.md §6), read defensively: a
 //! header may be missing, of any AMQP type, any size, or forged by a
 //! producer. Bad values read as absent; numbers are clamped.
 //!

@@ -1,4 +1,4 @@
-//! The broker topology of CONTRACT §2 and §14: names derived from one
+//! The broker topology of docs/contract.md §2 and §14: names derived from one
 //! prefix, an idempotent declaration of every exchange, queue and binding,
 //! and its deletion (for tests, benchmarks and tearing a prefix down).
 //!
@@ -64,12 +64,12 @@ impl Names {
         format!("{}.retry", self.prefix)
     }
 
-    /// Pending status checks of a channel's sent messages (CONTRACT §12).
+    /// Pending status checks of a channel's sent messages (docs/contract.md §12).
     pub fn status_queue(&self, channel: &str) -> String {
         format!("{}.status.{channel}", self.prefix)
     }
 
-    /// The stream of channel commands (pause, resume, rate; CONTRACT §13).
+    /// The stream of channel commands (pause, resume, rate; docs/contract.md §13).
     pub fn control(&self) -> String {
         format!("{}.control", self.prefix)
     }

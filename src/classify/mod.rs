@@ -1,5 +1,5 @@
 //! The one place that decides what an attempt came to: sent, retry, or
-//! dead-letter (CONTRACT §4, octopods-api.md). HTTP answers ([`classify`]) are
+//! dead-letter (docs/contract.md §4, `docs/octopods-api.md`). HTTP answers ([`classify`]) are
 //! read by Octopods' error name first, then Meta error codes in the text, then
 //! the documented interactive-family `error_code`, then the HTTP status. The
 //! attempts that got no answer ([`transport`]), a key that cannot be sent
@@ -228,7 +228,7 @@ fn by_meta_code(text: &str) -> Option<Verdict> {
     }
 }
 
-/// Interactive-family `error_code`s (octopods-api.md's table).
+/// Interactive-family `error_code`s (`docs/octopods-api.md`'s table).
 fn by_code(family: Family, code: i64) -> Option<Verdict> {
     if family == Family::Template {
         let reason = match code {

@@ -19,7 +19,7 @@ fn kind(o: &Outcome) -> String {
     }
 }
 
-/// CONTRACT §4 and octopods-api.md, row by row.
+/// docs/contract.md §4 and `docs/octopods-api.md`, row by row.
 #[test]
 fn outcomes_table() {
     let ok = json!({"request_id": "req_1", "message_id": "msg_1", "message_status_url": "u",
@@ -193,7 +193,7 @@ fn outcomes_without_an_answer() {
     assert_eq!(by_time.0, Reason::RetriesExhausted);
 }
 
-/// CONTRACT §11: the template family, by name first, then Meta codes,
+/// docs/contract.md §11: the template family, by name first, then Meta codes,
 /// then the template-family codes.
 #[test]
 fn template_outcomes_table() {

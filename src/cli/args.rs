@@ -1,4 +1,4 @@
-//! The command line's arguments (CONTRACT §6, §7): every command and flag,
+//! The command line's arguments (docs/contract.md §6, §7): every command and flag,
 //! its default and its help text, as clap reads them. What each command
 //! does is in `cli/mod.rs` and the modules beside it.
 

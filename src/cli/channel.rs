@@ -1,4 +1,4 @@
-//! `octopods-worker channel status|pause|resume|set-rate|clear` (CONTRACT
+//! `octopods-worker channel status|pause|resume|set-rate|clear` (docs/contract.md
 //! §13): append a command to the control stream, or show every channel's
 //! state as the stream and the broker have it.
 

@@ -1,4 +1,4 @@
-//! The command line (CONTRACT §6, §7): what each command does, in terms of
+//! The command line (docs/contract.md §6, §7): what each command does, in terms of
 //! the library's stages. The arguments themselves are in `args.rs`.
 
 use std::{io::Read, process::ExitCode, time::Duration};

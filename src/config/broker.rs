@@ -14,7 +14,7 @@ pub struct BrokerConfig {
     /// AMQP URL of a single broker. Default
     /// `amqp://guest:guest@127.0.0.1:5672/%2f`. Set this or `urls`, not both.
     pub url: Option<String>,
-    /// AMQP URLs of a cluster's nodes (CONTRACT §14). The worker connects to
+    /// AMQP URLs of a cluster's nodes (docs/contract.md §14). The worker connects to
     /// the first that answers and, when a connection is lost, tries the
     /// others in turn, starting after the one it lost. The `AMQP_URL`
     /// environment variable (one URL or a comma-separated list) overrides

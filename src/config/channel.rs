@@ -41,7 +41,7 @@ pub struct ChannelConfig {
     #[serde(default, with = "humantime_serde")]
     pub recipient_interval: Option<Duration>,
     /// Poll each sent message's status and publish `delivered`, `read`,
-    /// `failed` or `status_unknown` events (CONTRACT §12). Default false.
+    /// `failed` or `status_unknown` events (docs/contract.md §12). Default false.
     #[serde(default)]
     pub track_status: bool,
 }

@@ -1,4 +1,4 @@
-//! Dead-letter operations (CONTRACT §6): stats, list, export, replay, purge.
+//! Dead-letter operations (docs/contract.md §6): stats, list, export, replay, purge.
 //!
 //! Every command works on an exact [`snapshot`]: the whole queue as it stood
 //! when the command started, each message seen once, whatever ran before and

@@ -1,5 +1,5 @@
 //! Local validation of `waba_interactive_message` against the limits Octopods
-//! and Meta document (CONTRACT §3). Lengths count Unicode characters. The first
+//! and Meta document (docs/contract.md §3). Lengths count Unicode characters. The first
 //! problem found is reported with its JSON path and the limit.
 //!
 //! The sandbox runs the same checks, as Octopods would on its side.

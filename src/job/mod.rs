@@ -1,5 +1,5 @@
 //! Parsing a delivery's bytes into a [`Job`] that is valid by construction
-//! (CONTRACT §3), and the time checks (`expires_at`, the 24-hour window) that
+//! (docs/contract.md §3), and the time checks (`expires_at`, the 24-hour window) that
 //! are repeated before every attempt.
 //!
 //! Later stages never re-check what [`Job::parse`] accepted.

@@ -1,4 +1,4 @@
-//! The job's `fallback_template` (CONTRACT §11): an approved template sent
+//! The job's `fallback_template` (docs/contract.md §11): an approved template sent
 //! instead of the interactive message when the 24-hour window is closed.
 //! Validated like every other field; the request body is built once.
 

@@ -1,4 +1,4 @@
-//! The Prometheus registry and one method per thing that happens (CONTRACT §9).
+//! The Prometheus registry and one method per thing that happens (docs/contract.md §9).
 //! Label values come from closed enums or configured channel names; never a
 //! phone number or a key.
 

@@ -1,4 +1,4 @@
-//! CONTRACT §14 on a real three-node RabbitMQ cluster: any node may die
+//! docs/contract.md §14 on a real three-node RabbitMQ cluster: any node may die
 //! mid-flow and nothing is lost, no budget is broken, and single-active-consumer
 //! holds across the failover.
 //!

@@ -1,4 +1,4 @@
-//! Operators steer channels at run time (CONTRACT §13): pause, resume and a
+//! Operators steer channels at run time (docs/contract.md §13): pause, resume and a
 //! new rate reach every replica through RabbitMQ alone, within 2 s, and
 //! survive restarts.
 

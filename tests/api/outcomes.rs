@@ -1,4 +1,4 @@
-//! One test per row of CONTRACT §4: publish a job, read the event, the dead
+//! One test per row of docs/contract.md §4: publish a job, read the event, the dead
 //! letter (bytes and headers) and what the sandbox received.
 
 use std::time::Duration;

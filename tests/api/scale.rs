@@ -187,7 +187,7 @@ async fn recipient_pacing_spaces_messages_to_the_same_phone() {
     app.shutdown().await;
 }
 
-/// CONTRACT §8, one channel never blocks another — with backlogs at least
+/// docs/contract.md §8, one channel never blocks another — with backlogs at least
 /// as deep as the prefetch, itself above `max_concurrent_requests`. A
 /// channel slowed to 1/s used to hold every request permit while its jobs
 /// waited for their rate slots (permit before slot), so the others crawled

@@ -1,4 +1,4 @@
-//! Delivery status (CONTRACT §12): a tracked channel's sent messages are
+//! Delivery status (docs/contract.md §12): a tracked channel's sent messages are
 //! polled on a durable schedule, and each new status is published once.
 
 use std::{collections::BTreeMap, time::Duration};

@@ -1,4 +1,4 @@
-//! Outside the 24-hour window (CONTRACT §11): the job's approved template is
+//! Outside the 24-hour window (docs/contract.md §11): the job's approved template is
 //! sent instead, whether the window is known closed locally or Octopods says
 //! so; template failures have reasons of their own.
 

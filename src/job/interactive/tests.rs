@@ -1,4 +1,4 @@
-//! Every limit of CONTRACT §3, on both sides of its bound.
+//! Every limit of docs/contract.md §3, on both sides of its bound.
 
 use serde_json::{Value, json};
 

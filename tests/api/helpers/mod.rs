@@ -59,7 +59,7 @@ where
 }
 
 /// Asserts that in every window of `window` the sandbox saw at most
-/// `rate × window + burst` requests for the channel (CONTRACT §8).
+/// `rate × window + burst` requests for the channel (docs/contract.md §8).
 pub fn assert_budget(at_ms: &[u64], rate: f64, burst: u32, window: Duration) {
     let w = window.as_millis() as u64;
     let limit = (rate * window.as_secs_f64()).floor() as usize + burst as usize;
