@@ -15,7 +15,7 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
-use octopods_worker::{broker::topology, config::Config, console::hash_password};
+use octopods_worker::{broker::topology, config::Config, ops::console::hash_password};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 

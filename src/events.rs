@@ -14,7 +14,7 @@ const MILLIS: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 /// `2026-11-24T10:00:01.234Z`.
-pub fn timestamp(t: OffsetDateTime) -> String {
+pub(crate) fn timestamp(t: OffsetDateTime) -> String {
     // `to_offset` panics past the calendar's ends (9999-12-31T23:59-23:59
     // is in UTC next year): such a time is written in its own offset.
     match t.checked_to_offset(time::UtcOffset::UTC) {
@@ -26,7 +26,7 @@ pub fn timestamp(t: OffsetDateTime) -> String {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SentEvent {
+pub(crate) struct SentEvent {
     pub event: EventKind,
     pub job_id: String,
     pub channel: String,
@@ -117,7 +117,7 @@ impl SentEvent {
         Ok(out)
     }
 
-    pub fn new(
+    pub(crate) fn new(
         job: &Job,
         channel: &str,
         receipt: Receipt,
@@ -148,7 +148,7 @@ impl SentEvent {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeadLetteredEvent {
+pub(crate) struct DeadLetteredEvent {
     pub event: EventKind,
     pub job_id: Option<String>,
     pub channel: String,
@@ -162,7 +162,7 @@ pub struct DeadLetteredEvent {
 }
 
 impl DeadLetteredEvent {
-    pub fn new(
+    pub(crate) fn new(
         job_id: Option<String>,
         channel: &str,
         reason: Reason,

@@ -5,36 +5,28 @@
 //!
 //! # Layout
 //!
-//! One delivery, top to bottom:
-//! - [`consume`]: subscribes to a channel queue; one task per delivery.
-//! - [`pipeline`]: what a delivery comes to, as a [`settlement::Settlement`] value.
-//! - [`job`]: parses and validates a job (valid by construction afterwards).
-//! - [`dedup`]: the recent-`job_id` memory that prevents re-sends.
-//! - [`retry`]: one delivery's attempts, backoff, and hand-off to a delay queue.
-//! - [`limit`]: the channel's rate limit (`governor`), paused by 429s.
-//! - [`octopods`]: the HTTP client for the interactive endpoint.
-//! - [`classify`]: every decision of sent / retry / dead-letter.
-//! - [`status`]: delivery-status checks of sent messages (a pure decision).
-//! - [`settlement`]: the settlement as a whole value, and the pure builders of every message.
-//! - [`settle`]: the only acks — confirmed publishes (events, dead letters, delayed retries), then ack.
+//! Folders by layer, lowest first; a module imports only from its own
+//! layer or those below. `docs/architecture.md` walks one delivery through
+//! them in numbered steps.
 //!
-//! Around it:
-//! - [`clock`]: time arithmetic on outside values, checked.
-//! - [`channel`]: a channel at run time (key, limiter, override) and what tasks share.
-//! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop.
-//! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
+//! - [`clock`], [`outcome`], [`events`]: checked time arithmetic, the closed
+//!   vocabularies (`Reason`, `RetryCause`, `EventKind`), result-event JSON.
 //! - [`config`]: the TOML file and the API keys.
-//! - [`control`]: operators' pause / resume / rate commands, on every replica.
-//! - [`overview`]: every channel's state and queue depths, as `channel status` and the console show them.
-//! - [`dlq`]: the dead-letter tools on an exact snapshot (stats, list, export, replay, purge).
-//! - [`console`]: the operators' browser console (its own process and port).
-//! - [`outcome`]: the closed vocabularies (`Reason`, `RetryCause`, `EventKind`, `Outcome`).
-//! - [`events`]: result-event JSON.
-//! - [`privacy`]: what a phone number looks like and how it is masked, everywhere.
-//! - [`health`], [`metrics`], [`http`], [`telemetry`]: what SREs see.
-//! - [`cli`]: the command line — `run`, `topology`, `dlq` (dead-letter tools),
-//!   `enqueue`, `events`, `loadtest`, `sandbox` (runs the stand-in Octopods of the
-//!   `octopods-sandbox` crate).
+//! - [`observe`]: metrics, logging, traces, and the one privacy rule.
+//! - [`job`]: parses and validates a job (valid by construction afterwards).
+//! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
+//! - [`octopods`]: the HTTP client, every sent / retry / dead-letter decision
+//!   (`classify`), delivery-status checks (`status`).
+//! - [`delivery`]: one delivery, top to bottom — consumer → pipeline (a
+//!   settlement value out) → settle (the only acks), with attempts, the
+//!   channel's rate limit and the recent-`job_id` memory.
+//! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop; health and HTTP.
+//! - [`ops`]: what operators drive — runtime control, the overview, the
+//!   dead-letter tools, the browser console.
+//! - [`cli`]: the command line (`run`, `topology`, `dlq`, `channel`,
+//!   `console`, `enqueue`, `events`, `loadtest`, `sandbox`). Beside the
+//!   layers, not in `ops`: it starts the worker, and the worker follows
+//!   `ops::control`.
 
 // Input must never panic the worker: no unwrap/expect/panic/indexing outside
 // tests (the few deliberate exceptions carry an `allow` with their reason).
@@ -49,33 +41,16 @@
 #![cfg_attr(test, allow(clippy::arithmetic_side_effects))]
 
 pub mod broker;
-mod channel;
-pub mod classify;
 pub mod cli;
 mod clock;
 pub mod config;
-pub mod console;
-mod consume;
-pub mod control;
-mod dedup;
-pub mod dlq;
-pub mod events;
-mod health;
-mod http;
+mod delivery;
+mod events;
 pub mod job;
-mod limit;
-pub mod metrics;
-mod octopods;
-pub mod outcome;
-pub mod overview;
-mod pipeline;
-pub mod privacy;
-mod retry;
-mod settle;
-mod settlement;
-pub mod status;
-pub mod telemetry;
-pub mod trace;
+mod observe;
+pub mod octopods;
+pub mod ops;
+mod outcome;
 pub mod worker;
 
 /// The stand-in Octopods (its own crate, `sandbox/`), for tests and the demo.

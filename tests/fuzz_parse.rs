@@ -4,9 +4,9 @@
 //! note of the resilience issue reports a run of a million).
 
 use octopods_worker::{
-    classify::{Family, classify},
     config::Provider,
     job::Job,
+    octopods::classify::{Family, classify},
 };
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};

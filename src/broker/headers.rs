@@ -79,7 +79,7 @@ pub(crate) use lapin::types::parsing::MAX_NESTING;
 pub(crate) fn too_deep(headers: Option<&FieldTable>) -> Option<String> {
     let (key, _) = headers?.inner().iter().find(|(_, v)| holds_marker(v))?;
     Some(truncate(
-        crate::telemetry::escape(key.as_str()).into_owned(),
+        crate::observe::logging::escape(key.as_str()).into_owned(),
         80,
     ))
 }
@@ -229,7 +229,7 @@ pub(crate) fn time(headers: Option<&FieldTable>, key: &str) -> Option<OffsetDate
     OffsetDateTime::parse(&text(headers, key)?, &Rfc3339).ok()
 }
 
-pub(crate) use crate::telemetry::truncate;
+pub(crate) use crate::observe::logging::truncate;
 
 pub(crate) fn text_value(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))

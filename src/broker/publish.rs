@@ -166,13 +166,13 @@ impl Publisher {
         properties: BasicProperties,
         allow_unroutable: bool,
     ) -> Result<Routed, PublishError> {
-        if !crate::trace::on() {
+        if !crate::observe::trace::on() {
             return self
                 .publish_untraced(exchange, routing_key, body, properties, allow_unroutable)
                 .await;
         }
-        let span = crate::trace::publish_span(exchange, routing_key);
-        let properties = match crate::trace::inject(&span, properties.headers().clone()) {
+        let span = crate::observe::trace::publish_span(exchange, routing_key);
+        let properties = match crate::observe::trace::inject(&span, properties.headers().clone()) {
             Some(headers) => properties.with_headers(headers),
             None => properties,
         };
@@ -181,7 +181,7 @@ impl Publisher {
             .instrument(span.clone())
             .await;
         if published.is_err() {
-            crate::trace::failed(&span);
+            crate::observe::trace::failed(&span);
         }
         published
     }

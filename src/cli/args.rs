@@ -7,8 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use super::channel;
-use crate::dlq::{Filter, Source};
-use crate::telemetry::LogFormat;
+use crate::observe::logging::LogFormat;
+use crate::ops::dlq::{Filter, Source};
 use octopods_sandbox as sandbox;
 
 #[derive(Debug, Parser)]

@@ -12,9 +12,9 @@ use super::ConfigArg;
 use crate::{
     broker::{self, Names, Publisher},
     config::Config,
-    control::{self, Change, Command, Paused},
-    overview,
-    telemetry::escape,
+    observe::logging::escape,
+    ops::control::{self, Change, Command, Paused},
+    ops::overview,
 };
 
 #[derive(Debug, Subcommand)]

@@ -18,11 +18,11 @@ pub use args::{
     EnqueueArgs, EventsArgs, LoadtestArgs, SandboxArgs,
 };
 
-use crate::dlq::{self, Op};
+use crate::ops::dlq::{self, Op};
 use crate::{
     broker::{self, topology},
     config::Config,
-    telemetry::{self, LogFormat},
+    observe::logging::{self, LogFormat},
     worker::Worker,
 };
 use octopods_sandbox::{self as sandbox, SandboxConfig};
@@ -31,7 +31,7 @@ use octopods_sandbox::{self as sandbox, SandboxConfig};
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCode> {
     // The worker sets up logging once its config says whether traces go out.
     if !matches!(cli.command, Command::Run(_)) {
-        telemetry::init(cli.log_format, None);
+        logging::init(cli.log_format, None);
     }
     match cli.command {
         Command::Run(a) => run_worker(&a, cli.log_format, shutdown).await?,
@@ -163,11 +163,11 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
             if password.is_empty() {
                 anyhow::bail!("an empty password");
             }
-            println!("{}", crate::console::hash_password(password)?);
+            println!("{}", crate::ops::console::hash_password(password)?);
         }
         Command::Console(a) => {
             let config = Config::load(&a.config.config)?;
-            let console = crate::console::Console::build(config).await?;
+            let console = crate::ops::console::Console::build(config).await?;
             eprintln!("console listening on http://{}", console.addr());
             console.run(shutdown).await?;
         }
@@ -183,8 +183,8 @@ async fn run_worker(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    let (traces, tracer) = crate::trace::Traces::start(&config.telemetry)?.unzip();
-    telemetry::init(log_format, tracer);
+    let (traces, tracer) = crate::observe::trace::Traces::start(&config.telemetry)?.unzip();
+    logging::init(log_format, tracer);
     if traces.is_some() {
         tracing::info!("traces: exporting over OTLP/HTTP");
     }

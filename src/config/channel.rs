@@ -116,10 +116,12 @@ impl ChannelConfig {
     /// `i`: the channel's place in the file, for the key in messages.
     pub(super) fn check(&self, i: usize) -> Result<(), ConfigError> {
         check_name(&format!("channels[{i}].name"), &self.name, 64)?;
-        if let Err(why) = crate::limit::check_budget(self.rate_per_second, 1) {
+        if let Err(why) = crate::delivery::limit::check_budget(self.rate_per_second, 1) {
             return Err(invalid(format!("channels[{i}].rate_per_second"), why));
         }
-        if let Err(why) = crate::limit::check_budget(crate::limit::MIN_RATE, self.burst) {
+        if let Err(why) =
+            crate::delivery::limit::check_budget(crate::delivery::limit::MIN_RATE, self.burst)
+        {
             return Err(invalid(format!("channels[{i}].burst"), why));
         }
         // Governor keeps a recipient's interval in u64 nanoseconds (584 years).

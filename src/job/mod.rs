@@ -12,7 +12,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::{config::Provider, outcome::Reason, privacy::mask_phone};
+use crate::{config::Provider, observe::privacy::mask_phone, outcome::Reason};
 
 /// Largest body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

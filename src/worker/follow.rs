@@ -11,7 +11,7 @@ use tracing::warn;
 use super::Worker;
 use crate::{
     broker::{Names, Publisher},
-    control::{self, Change, Command},
+    ops::control::{self, Change, Command},
 };
 
 impl Worker {
@@ -71,9 +71,10 @@ impl Worker {
             match applied {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => self.reject(&why, "out_of_range"),
-                Err(panic) => {
-                    self.reject(&crate::telemetry::panic_message(panic.as_ref()), "panicked")
-                }
+                Err(panic) => self.reject(
+                    &crate::observe::logging::panic_message(panic.as_ref()),
+                    "panicked",
+                ),
             }
         }
         Followed::Ended(anyhow::anyhow!("the control stream ended"))
@@ -98,7 +99,7 @@ impl Worker {
     }
 
     fn reject(&self, why: &str, reason: &'static str) {
-        warn!(why = %crate::telemetry::escape(why), reason, "skipped a record of the control stream");
+        warn!(why = %crate::observe::logging::escape(why), reason, "skipped a record of the control stream");
         self.shared.metrics.control_rejected(reason);
     }
 }

@@ -25,17 +25,16 @@ use tracing::{error, info, warn};
 
 use crate::{
     broker::{self, Flow, Names, Publisher, topology},
-    channel::{ChannelState, Shared},
     config::Config,
-    consume::{self, Lane, Session, Stopped},
-    control::{self, Override},
-    dedup::Dedup,
-    health::Health,
-    http,
-    limit::Limiter,
-    metrics::Metrics,
-    octopods::Client,
-    settle::Settler,
+    delivery::channel::{ChannelState, Shared},
+    delivery::consumer::{self, Lane, Session, Stopped},
+    delivery::dedup::Dedup,
+    delivery::limit::Limiter,
+    delivery::settle::Settler,
+    observe::metrics::Metrics,
+    octopods::client::Client,
+    ops::control::{self, Override},
+    worker::health::Health,
 };
 
 /// A worker ready to run: config checked, keys read, HTTP port bound.
@@ -175,8 +174,8 @@ impl Worker {
                 Ok(result) => result,
                 Err(panic) => {
                     self.shared.metrics.session_panicked();
-                    let message = crate::telemetry::panic_message(panic.as_ref());
-                    error!(panic = %crate::telemetry::escape(&message), "the broker session panicked; starting it again");
+                    let message = crate::observe::logging::panic_message(panic.as_ref());
+                    error!(panic = %crate::observe::logging::escape(&message), "the broker session panicked; starting it again");
                     Err(anyhow::anyhow!("the session panicked"))
                 }
             };
@@ -294,7 +293,8 @@ impl Worker {
                 shutdown: shutdown.clone(),
                 subscribed: subscribed.clone(),
             };
-            consumers.spawn(async move { consume::consume(amqp, lane, ch, sh, st, session).await });
+            consumers
+                .spawn(async move { consumer::consume(amqp, lane, ch, sh, st, session).await });
         }
         if *connected_before {
             self.shared.metrics.broker_reconnected();
@@ -374,6 +374,8 @@ impl Worker {
 }
 
 mod follow;
+pub(crate) mod health;
+pub(crate) mod http;
 use follow::Followed;
 
 async fn declare(conn: &Connection, config: &Config) -> anyhow::Result<()> {
@@ -428,7 +430,7 @@ async fn watch_connections(
     while let Some(event) = events.next().await {
         match event {
             Event::ConnectionBlocked(reason) => {
-                warn!(reason = %crate::telemetry::escape(&reason), "the broker blocks publishing; no requests to Octopods until it unblocks");
+                warn!(reason = %crate::observe::logging::escape(&reason), "the broker blocks publishing; no requests to Octopods until it unblocks");
                 flow.set_blocked(true);
                 health.set_blocked(true);
             }

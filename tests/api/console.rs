@@ -9,7 +9,7 @@ use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable, LongString},
 };
-use octopods_worker::console::{Console, hash_password};
+use octopods_worker::ops::console::{Console, hash_password};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

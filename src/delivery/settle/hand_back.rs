@@ -1,0 +1,96 @@
+//! Handing a delivery back to its queue, and waiting after refused
+//! publishes: the backoff, and the recovery that ends it early.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use lapin::{message::Delivery, options::BasicAckOptions};
+use tracing::{error, warn};
+
+use super::{Settler, nack};
+use crate::{
+    broker::{PublishError, headers},
+    delivery::settlement::backoff,
+};
+
+impl Settler {
+    /// A publish was refused: declare the topology again, wait (longer each
+    /// time in a row, shorter when stopping), then return the delivery.
+    pub(super) async fn give_back_later(
+        &self,
+        delivery: &Delivery,
+        channel: &str,
+        queue: &str,
+        received: Option<Instant>,
+        generation: u64,
+        e: &PublishError,
+    ) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.session_over() {
+            self.health.set_settle_failing(true);
+        }
+        self.metrics.settle_failed(channel, e.kind());
+        self.abandoned(channel, received);
+        self.repair.notify_one();
+        let wait = backoff(n);
+        error!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "could not publish the job's result; returning it to its queue after a pause");
+        let mut recovery = self.recovery.subscribe();
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => {}
+            _ = recovery.wait_for(|g| *g != generation) => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        self.hand_back(delivery, queue).await;
+    }
+
+    /// Returns a delivery to `queue` (the one it came from) without
+    /// spending its delivery budget: a quorum queue counts every nack with
+    /// requeue toward `x-delivery-limit` (RabbitMQ 3.10 to 4.2), so a job
+    /// handed back by pauses, restarts or give-backs would become `poison`
+    /// without ever being tried. Instead a copy ([`headers::returned_copy`])
+    /// is published to the queue with a confirm, and only then is the
+    /// delivery acked. When that cannot be done (publishing blocked, the
+    /// queue gone, no confirm) the delivery is nacked as before: nothing is
+    /// lost, it only counts.
+    pub(crate) async fn hand_back(&self, delivery: &Delivery, queue: &str) {
+        if !self.flow.is_open() {
+            return nack(delivery).await;
+        }
+        let copy = headers::returned_copy(&delivery.properties);
+        match self
+            .publisher
+            .publish("", queue, &delivery.data, copy, false)
+            .await
+        {
+            Ok(_) => {
+                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    // Its copy is queued and the broker redelivers the
+                    // original too: the dedup memory keeps it from being
+                    // sent twice by this replica.
+                    warn!(error = %e, "ack after handing a job back failed; it may come twice");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "could not queue the job's copy; returning it with a nack");
+                nack(delivery).await;
+            }
+        }
+    }
+
+    /// Publishing works again: jobs that failed before now go back at once.
+    pub(crate) fn recovered(&self) {
+        self.recovery.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    pub(super) async fn wait(&self, wait: Duration) {
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! `octopods-worker console`: the operators' browser console, its own
+//! process and port. This file owns the HTTP surface — the routes, the
+//! security headers every answer carries, the console's state — and the rule
+//! that a GET never changes anything. The pages: [`session`] (log in / out),
+//! [`channels`] (state and control via [`crate::ops::control`]), [`letters`] (dead
+//! letters over [`dead`]'s index, plans and actions), behind [`auth`] (users,
+//! sessions, CSRF), rendered by [`pages`] from text [`mask`] made safe to show.
+
+mod auth;
+mod channels;
+mod dead;
+mod letters;
+mod mask;
+mod pages;
+mod session;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+};
+use maud::Markup;
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use auth::hash_password;
+use auth::{Auth, Who};
+use dead::{Action, Index, Kind, Plan};
+
+use crate::{config::Config, ops::dlq::Source};
+
+/// Plans (dry runs) wait this long for their confirm.
+pub(super) const PLAN_TTL: Duration = Duration::from_secs(600);
+/// Finished actions kept for their pages.
+pub(super) const ACTIONS_KEPT: usize = 100;
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+const CSS: &str = include_str!("console.css");
+
+pub(super) struct App {
+    pub(super) config: Arc<Config>,
+    pub(super) auth: Auth,
+    /// Each queue's index, and whether an action changed the queue since.
+    indexes: tokio::sync::Mutex<HashMap<&'static str, (Arc<Index>, bool)>>,
+    pub(super) plans: Mutex<HashMap<String, Plan>>,
+    pub(super) actions: Mutex<Vec<(String, Arc<Action>)>>,
+    registry: Registry,
+    counted: IntCounterVec,
+}
+
+/// The console, bound and ready to serve.
+pub struct Console {
+    listener: tokio::net::TcpListener,
+    router: Router,
+}
+
+impl Console {
+    /// Checks the console's config (users or a token: no anonymous mode) and binds its port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let auth = Auth::new(&config.console)?;
+        let registry = Registry::new();
+        let counted = IntCounterVec::new(
+            Opts::new(
+                "octopods_console_actions_total",
+                "Console actions by kind (logins, refusals, replays, purges, channel commands).",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(counted.clone()))?;
+        let listen = config.console.listen;
+        let app = Arc::new(App {
+            config: Arc::new(config),
+            auth,
+            indexes: tokio::sync::Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
+            actions: Mutex::new(Vec::new()),
+            registry,
+            counted,
+        });
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("console: cannot listen on {listen}: {e}"))?;
+        Ok(Self {
+            listener,
+            router: router(app),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        info!(addr = %self.addr(), "console listening");
+        // The client's address feeds the failure budget every way in shares.
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        Ok(())
+    }
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/channels") }))
+        .route("/login", get(session::login_page).post(session::login))
+        .route("/logout", post(session::logout))
+        .route("/channels", get(channels::channels))
+        .route("/channels/{name}/{action}", post(channels::channel_action))
+        .route("/dead", get(letters::dead_groups))
+        .route("/dead/refresh", post(letters::refresh))
+        .route("/dead/list", get(letters::dead_list))
+        .route("/dead/message", get(letters::dead_message))
+        .route(
+            "/dead/replay",
+            post(|s, h, b| letters::plan(s, h, b, Kind::Replay)),
+        )
+        .route(
+            "/dead/purge",
+            post(|s, h, b| letters::plan(s, h, b, Kind::Purge)),
+        )
+        .route("/plans/{id}/confirm", post(letters::confirm))
+        .route("/actions/{id}", get(letters::action_page))
+        .route("/exports/{name}", get(letters::export_file))
+        .route(
+            "/static/console.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS) }),
+        )
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .layer(DefaultBodyLimit::max(256 * 1024))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), bearer))
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(app)
+}
+
+/// The client's address (the peer's; behind a proxy, the proxy's).
+pub(super) fn peer(extensions: &axum::http::Extensions) -> std::net::IpAddr {
+    extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// A request with `Authorization: Bearer` passes only with the right token
+/// and while the token's and the client's failure budgets last; a wrong
+/// token spends both, as a wrong password at the login form does.
+async fn bearer(
+    State(app): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let from = peer(request.extensions());
+    match app.auth.bearer(request.headers(), from) {
+        auth::Bearer::Absent | auth::Bearer::Valid => next.run(request).await,
+        auth::Bearer::Wrong => {
+            app.count("login_failed");
+            warn!(user = auth::TOKEN_USER, "console: wrong bearer token");
+            (StatusCode::UNAUTHORIZED, "wrong token\n").into_response()
+        }
+        auth::Bearer::TooMany => {
+            app.count("refused");
+            warn!(
+                user = auth::TOKEN_USER,
+                "console: bearer token refused: too many failures"
+            );
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "60")],
+                "too many failed logins; wait a minute\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Every answer: no script, no framing, no sniffing, no caching, no referrer to other sites.
+async fn secure_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    for (k, v) in [
+        ("content-security-policy", CSP),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        // Not `no-referrer`: with it a browser sends `Origin: null` on the
+        // console's own form posts, which the CSRF check must refuse.
+        ("referrer-policy", "same-origin"),
+        ("cache-control", "no-store"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    r
+}
+
+pub(super) type Shared = State<Arc<App>>;
+
+/// A handler that takes a [`Who`] serves only the signed-in; anyone else
+/// is sent to the login.
+impl axum::extract::FromRequestParts<Arc<App>> for Who {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Response> {
+        app.auth
+            .who(&parts.headers)
+            .ok_or_else(|| Redirect::to("/login").into_response())
+    }
+}
+
+impl App {
+    pub(super) fn count(&self, action: &str) {
+        self.counted.with_label_values(&[action]).inc();
+    }
+
+    /// A signed-in user whose POST passes the cross-site checks (and, with
+    /// `operator`, has that role).
+    fn allowed(
+        &self,
+        headers: &HeaderMap,
+        form: &Form,
+        operator: bool,
+    ) -> Result<Who, Box<Response>> {
+        let Some(who) = self.auth.who(headers) else {
+            self.count("refused");
+            return Err(Box::new(
+                (StatusCode::UNAUTHORIZED, "log in first\n").into_response(),
+            ));
+        };
+        if !self.auth.allows(&who, headers, form.one("csrf")) {
+            self.count("refused");
+            warn!(user = %who.user, "console: a cross-site or token-less POST was refused");
+            return Err(Box::new(
+                (
+                    StatusCode::FORBIDDEN,
+                    "refused: this request did not come from the console's own page\n",
+                )
+                    .into_response(),
+            ));
+        }
+        if operator && !who.may_change() {
+            self.count("refused");
+            warn!(user = %who.user, "console: a viewer tried an operator action");
+            return Err(Box::new(page_with(
+                StatusCode::FORBIDDEN,
+                pages::message(
+                    "Not allowed",
+                    &who,
+                    "Your role is viewer: replay, purge and channel control need operator.",
+                    "/channels",
+                ),
+            )));
+        }
+        Ok(who)
+    }
+
+    pub(super) async fn index(
+        &self,
+        source: Source,
+        fresh: bool,
+    ) -> anyhow::Result<(Arc<Index>, bool)> {
+        let mut indexes = self.indexes.lock().await;
+        if !fresh && let Some((i, stale)) = indexes.get(source.as_str()) {
+            return Ok((i.clone(), *stale));
+        }
+        let index =
+            Arc::new(Index::read(&self.config, source, self.config.console.lock_wait).await?);
+        info!(
+            queue = source.as_str(),
+            messages = index.rows.len(),
+            groups = index.groups.len(),
+            held_ms = u64::try_from(index.took.as_millis()).unwrap_or(u64::MAX),
+            "console: dead-letter snapshot read"
+        );
+        indexes.insert(source.as_str(), (index.clone(), false));
+        Ok((index, false))
+    }
+
+    pub(super) async fn mark_stale(&self, source: Source) {
+        if let Some(e) = self.indexes.lock().await.get_mut(source.as_str()) {
+            e.1 = true;
+        }
+    }
+}
+
+pub(super) fn page(m: Markup) -> Response {
+    Html(m.into_string()).into_response()
+}
+
+pub(super) fn page_with(status: StatusCode, m: Markup) -> Response {
+    (status, Html(m.into_string())).into_response()
+}
+
+/// A urlencoded form, repeated keys kept (`print=…&print=…`).
+pub(super) struct Form(Vec<(String, String)>);
+
+impl Form {
+    pub(super) fn parse(body: &[u8]) -> Self {
+        Self(form_urlencoded::parse(body).into_owned().collect())
+    }
+    pub(super) fn one(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+    pub(super) fn all(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub(super) fn source_of(s: Option<&str>) -> Source {
+    s.and_then(Source::parse).unwrap_or_default()
+}
+
+async fn metrics(State(app): Shared) -> Response {
+    let mut out = String::new();
+    if prometheus::TextEncoder::new()
+        .encode_utf8(&app.registry.gather(), &mut out)
+        .is_err()
+    {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
