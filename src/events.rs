@@ -6,7 +6,8 @@ use serde_json::Value;
 use time::{OffsetDateTime, format_description::FormatItem, macros::format_description};
 
 use crate::{
-    job::{Job, Via},
+    job::Job,
+    outcome::Via,
     outcome::{EventKind, Failure, OctopodsError, Reason, Receipt},
 };
 

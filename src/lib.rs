@@ -10,9 +10,9 @@
 //! them in numbered steps.
 //!
 //! - [`clock`], [`outcome`], [`events`]: checked time arithmetic, the closed
-//!   vocabularies (`Reason`, `RetryCause`, `EventKind`), result-event JSON.
+//!   vocabularies (`Reason`, `RetryCause`, `EventKind`, `Via`), result-event JSON.
 //! - [`config`]: the TOML file and the API keys.
-//! - [`observe`]: metrics, logging, traces, and the one privacy rule.
+//! - [`observe`]: readiness, metrics, logging, traces, and the one privacy rule.
 //! - [`job`]: parses and validates a job (valid by construction afterwards).
 //! - [`broker`]: connections, topology, confirmed publishing, headers, flow control.
 //! - [`octopods`]: the HTTP client, every sent / retry / dead-letter decision
@@ -20,7 +20,7 @@
 //! - [`delivery`]: one delivery, top to bottom — consumer → pipeline (a
 //!   settlement value out) → settle (the only acks), with attempts, the
 //!   channel's rate limit and the recent-`job_id` memory.
-//! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop; health and HTTP.
+//! - [`worker`]: lifecycle — connect, consume, reconnect, drain, stop; its HTTP endpoints.
 //! - [`ops`]: what operators drive — runtime control, the overview, the
 //!   dead-letter tools, the browser console.
 //! - [`cli`]: the command line (`run`, `topology`, `dlq`, `channel`,

@@ -234,3 +234,23 @@ mod tests {
         }
     }
 }
+
+/// Which message a send uses: the interactive one, or the fallback template
+/// outside the 24-hour window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    Interactive,
+    Template,
+}
+
+impl Via {
+    pub const ALL: [Via; 2] = [Via::Interactive, Via::Template];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Interactive => "interactive",
+            Via::Template => "template",
+        }
+    }
+}

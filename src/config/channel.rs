@@ -116,12 +116,10 @@ impl ChannelConfig {
     /// `i`: the channel's place in the file, for the key in messages.
     pub(super) fn check(&self, i: usize) -> Result<(), ConfigError> {
         check_name(&format!("channels[{i}].name"), &self.name, 64)?;
-        if let Err(why) = crate::delivery::limit::check_budget(self.rate_per_second, 1) {
+        if let Err(why) = crate::config::check_budget(self.rate_per_second, 1) {
             return Err(invalid(format!("channels[{i}].rate_per_second"), why));
         }
-        if let Err(why) =
-            crate::delivery::limit::check_budget(crate::delivery::limit::MIN_RATE, self.burst)
-        {
+        if let Err(why) = crate::config::check_budget(crate::config::MIN_RATE, self.burst) {
             return Err(invalid(format!("channels[{i}].burst"), why));
         }
         // Governor keeps a recipient's interval in u64 nanoseconds (584 years).
@@ -142,4 +140,27 @@ impl ChannelConfig {
         }
         Ok(())
     }
+}
+
+/// The slowest rate a channel may have: one send per 1,000 s.
+pub(crate) const MIN_RATE: f64 = 0.001;
+/// The fastest rate a channel may have, in sends per second.
+pub(crate) const MAX_RATE: f64 = 1_000_000.0;
+/// The largest burst a channel may have.
+pub(crate) const MAX_BURST: u32 = 100_000;
+
+/// Checks a rate and burst against the bounds every source (config, the
+/// `channel` command, a control record) must keep. Within them governor's
+/// arithmetic cannot overflow: its burst window is the period times the
+/// burst, at most 1,000 s × 100,000 = 10^17 ns, well under `u64::MAX` ns.
+pub(crate) fn check_budget(rate_per_second: f64, burst: u32) -> Result<(), String> {
+    if !(rate_per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate_per_second)) {
+        return Err(format!(
+            "rate {rate_per_second}: must be from {MIN_RATE} to {MAX_RATE} per second"
+        ));
+    }
+    if !(1..=MAX_BURST).contains(&burst) {
+        return Err(format!("burst {burst}: must be from 1 to {MAX_BURST}"));
+    }
+    Ok(())
 }

@@ -23,6 +23,7 @@ mod sections;
 
 pub use broker::{BrokerConfig, DEFAULT_BROKER_URL};
 pub use channel::{ApiKey, ChannelConfig, Provider};
+pub(crate) use channel::{MAX_BURST, MAX_RATE, MIN_RATE, check_budget};
 pub use console::{ConsoleConfig, ConsoleUser, Role};
 pub use octopods::OctopodsConfig;
 pub use retry::{RetryConfig, StatusConfig};

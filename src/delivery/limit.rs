@@ -29,31 +29,10 @@ use tokio::{
     time::Instant,
 };
 
-/// The slowest rate a channel may have: one send per 1,000 s.
-pub(crate) const MIN_RATE: f64 = 0.001;
-/// The fastest rate a channel may have, in sends per second.
-pub(crate) const MAX_RATE: f64 = 1_000_000.0;
-/// The largest burst a channel may have.
-pub(crate) const MAX_BURST: u32 = 100_000;
-
-/// Checks a rate and burst against the bounds every source (config, the
-/// `channel` command, a control record) must keep. Within them governor's
-/// arithmetic cannot overflow: its burst window is the period times the
-/// burst, at most 1,000 s × 100,000 = 10^17 ns, well under `u64::MAX` ns.
-pub(crate) fn check_budget(rate_per_second: f64, burst: u32) -> Result<(), String> {
-    if !(rate_per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&rate_per_second)) {
-        return Err(format!(
-            "rate {rate_per_second}: must be from {MIN_RATE} to {MAX_RATE} per second"
-        ));
-    }
-    if !(1..=MAX_BURST).contains(&burst) {
-        return Err(format!("burst {burst}: must be from 1 to {MAX_BURST}"));
-    }
-    Ok(())
-}
+use crate::config::{MAX_BURST, MAX_RATE, MIN_RATE};
 
 /// Builds the quota for `rate_per_second` (fractions allowed) and `burst`,
-/// clamped to the bounds of [`check_budget`] (which every caller has
+/// clamped to the bounds of [`check_budget`](crate::config::check_budget) (which every caller has
 /// already applied), with checked conversions only: no value can panic here.
 pub(crate) fn quota(rate_per_second: f64, burst: u32) -> Quota {
     let rate = if rate_per_second.is_finite() {

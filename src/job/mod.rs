@@ -12,7 +12,11 @@ use std::fmt;
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::{config::Provider, observe::privacy::mask_phone, outcome::Reason};
+use crate::{
+    config::Provider,
+    observe::privacy::mask_phone,
+    outcome::{Reason, Via},
+};
 
 /// Largest body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -78,26 +82,6 @@ impl fmt::Display for Phone {
 impl fmt::Debug for Phone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Phone({self})")
-    }
-}
-
-/// Which message a send uses: the interactive one, or the fallback template
-/// outside the 24-hour window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Via {
-    Interactive,
-    Template,
-}
-
-impl Via {
-    pub const ALL: [Via; 2] = [Via::Interactive, Via::Template];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Via::Interactive => "interactive",
-            Via::Template => "template",
-        }
     }
 }
 

@@ -200,14 +200,14 @@ fn window_closes_24_hours_after_last_inbound() {
     assert!(
         j.check_deadlines(
             datetime!(2026-11-25 09:11:59 UTC),
-            crate::job::Via::Interactive
+            crate::outcome::Via::Interactive
         )
         .is_ok()
     );
     let (reason, msg) = j
         .check_deadlines(
             datetime!(2026-11-25 09:12:00 UTC),
-            crate::job::Via::Interactive,
+            crate::outcome::Via::Interactive,
         )
         .unwrap_err();
     assert_eq!(reason, Reason::Window);
@@ -225,14 +225,14 @@ fn expired_job_is_expired() {
     assert!(
         j.check_deadlines(
             datetime!(2026-11-24 17:59:59 UTC),
-            crate::job::Via::Interactive
+            crate::outcome::Via::Interactive
         )
         .is_ok()
     );
     let (reason, _) = j
         .check_deadlines(
             datetime!(2026-11-24 18:00:00 UTC),
-            crate::job::Via::Interactive,
+            crate::outcome::Via::Interactive,
         )
         .unwrap_err();
     assert_eq!(reason, Reason::Expired);
@@ -262,7 +262,7 @@ fn timestamps_at_the_calendar_edges_give_a_clear_outcome_not_a_panic() {
             "waba_interactive_message": crate::job::delivery_confirmation()});
         j[field] = serde_json::json!(value);
         match Job::parse(j.to_string().as_bytes(), "c", Provider::CloudApi) {
-            Ok(job) => drop(job.check_deadlines(now, crate::job::Via::Interactive)),
+            Ok(job) => drop(job.check_deadlines(now, crate::outcome::Via::Interactive)),
             Err(r) => assert_eq!(
                 r.reason,
                 Reason::Validation,

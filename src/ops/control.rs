@@ -142,7 +142,7 @@ impl Command {
             }
         }
         if let Change::SetRate { rate, burst } = &self.change {
-            crate::delivery::limit::check_budget(*rate, burst.unwrap_or(1))?;
+            crate::config::check_budget(*rate, burst.unwrap_or(1))?;
         }
         Ok(())
     }
@@ -358,14 +358,14 @@ mod tests {
     #[test]
     fn every_budget_in_bounds_builds_a_quota_without_panicking() {
         for rate in [
-            crate::delivery::limit::MIN_RATE,
+            crate::config::MIN_RATE,
             0.5,
             1.0,
             999.9,
-            crate::delivery::limit::MAX_RATE,
+            crate::config::MAX_RATE,
         ] {
-            for burst in [1, 7, crate::delivery::limit::MAX_BURST] {
-                assert!(crate::delivery::limit::check_budget(rate, burst).is_ok());
+            for burst in [1, 7, crate::config::MAX_BURST] {
+                assert!(crate::config::check_budget(rate, burst).is_ok());
                 let l = crate::delivery::limit::Limiter::new(rate, burst);
                 l.set_rate(rate, burst);
             }

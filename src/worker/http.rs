@@ -10,7 +10,7 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{observe::metrics::Metrics, worker::health::Health};
+use crate::{observe::health::Health, observe::metrics::Metrics};
 
 #[derive(Clone)]
 struct AppState {

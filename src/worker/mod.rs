@@ -31,10 +31,10 @@ use crate::{
     delivery::dedup::Dedup,
     delivery::limit::Limiter,
     delivery::settle::Settler,
+    observe::health::Health,
     observe::metrics::Metrics,
     octopods::client::Client,
     ops::control::{self, Override},
-    worker::health::Health,
 };
 
 /// A worker ready to run: config checked, keys read, HTTP port bound.
@@ -374,7 +374,6 @@ impl Worker {
 }
 
 mod follow;
-pub(crate) mod health;
 pub(crate) mod http;
 use follow::Followed;
 

@@ -23,11 +23,12 @@ use crate::{
     broker::{Flow, headers::History},
     config::RetryConfig,
     delivery::limit::Limiter,
-    job::{Job, Via},
+    job::Job,
     observe::logging::escape,
     observe::metrics::Metrics,
     octopods::classify,
     octopods::client::{Endpoint, Sender},
+    outcome::Via,
     outcome::{Failure, Outcome, Reason, Receipt, RetryCause},
 };
 

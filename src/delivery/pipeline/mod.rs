@@ -19,10 +19,10 @@ use crate::{
     delivery::settlement::{Context, Settlement},
     events::SentEvent,
     job::Job,
-    job::Via,
     observe::logging::escape,
     octopods::client::ChannelSender,
     octopods::status::Check,
+    outcome::Via,
     outcome::{Failure, RetryCause},
 };
 

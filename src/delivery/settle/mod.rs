@@ -28,10 +28,10 @@ use tracing::{info, warn};
 use crate::{
     broker::{Flow, PublishError, Publisher, Routed},
     delivery::settlement::{Body, Message, Report, Settlement},
+    observe::health::Health,
     observe::logging::escape,
     observe::metrics::Metrics,
     outcome::EventKind,
-    worker::health::Health,
 };
 
 mod hand_back;

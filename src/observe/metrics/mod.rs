@@ -85,7 +85,7 @@ impl Metrics {
         for k in EventKind::STATUSES {
             self.status_events.with_label_values(&[channel, k.as_str()]);
         }
-        for v in crate::job::Via::ALL {
+        for v in crate::outcome::Via::ALL {
             self.sent_via.with_label_values(&[channel, v.as_str()]);
         }
         for r in Reason::ALL {
@@ -129,7 +129,7 @@ impl Metrics {
         self.polls.with_label_values(&[channel, &status]).inc();
     }
 
-    pub fn sent_via(&self, channel: &str, via: crate::job::Via) {
+    pub fn sent_via(&self, channel: &str, via: crate::outcome::Via) {
         self.sent_via
             .with_label_values(&[channel, via.as_str()])
             .inc();
