@@ -216,7 +216,7 @@ pub(crate) async fn consume(
                     // may confirm nothing, and the next session must not wait.
                     drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
                     if shutdown.is_cancelled() && amqp.status().connected() {
-                        return_buffered(&mut consumer, &settler, &queue).await;
+                        hand_back_buffered(&mut consumer, &settler, &queue).await;
                     }
                     return Stopped::Cancelled;
                 }
@@ -226,7 +226,7 @@ pub(crate) async fn consume(
                         hold.cancel();
                         // The channel stays open while paused: return what
                         // was delivered but never started.
-                        return_buffered(&mut consumer, &settler, &queue).await;
+                        hand_back_buffered(&mut consumer, &settler, &queue).await;
                         break;
                     }
                 }
@@ -265,7 +265,7 @@ fn tasks_cap(prefetch: u16, config: &Config) -> usize {
 
 /// After a cancel, hands back the deliveries the consumer received but never
 /// started, until the broker's cancel has gone through the buffer.
-async fn return_buffered(consumer: &mut lapin::Consumer, settler: &Settler, queue: &str) {
+async fn hand_back_buffered(consumer: &mut lapin::Consumer, settler: &Settler, queue: &str) {
     let deadline = crate::clock::after(Duration::from_secs(5));
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
         settler.hand_back(&delivery, queue).await;
@@ -359,9 +359,9 @@ async fn handle(
         if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
             error!(panic = %escape(&crate::observe::logging::panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
             if received.is_some() {
-                shared.metrics.abandoned(name);
+                shared.metrics.unsettled(name);
             }
-            settle::give_back_after_panic(&delivery).await;
+            settle::reject_after_panic(&delivery).await;
         }
     }
     .instrument(span)

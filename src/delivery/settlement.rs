@@ -388,7 +388,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn give_back_backoff_grows_and_is_capped() {
+    fn hand_back_backoff_grows_and_is_capped() {
         assert_eq!(backoff(0), Duration::from_millis(250));
         assert_eq!(backoff(2), Duration::from_secs(1));
         assert_eq!(backoff(u32::MAX), MAX_GIVE_BACK_WAIT);

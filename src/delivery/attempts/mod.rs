@@ -42,7 +42,7 @@ pub(crate) enum Final {
     Delay(Later),
     /// The replica is stopping and the job had not reached its request: put
     /// it back in its queue untouched.
-    Requeue,
+    HandBack,
 }
 
 /// A transient failure to retry later from a delay queue.
@@ -119,7 +119,7 @@ pub(crate) async fn attempt<S: Sender>(
             .instrument(crate::observe::trace::stage_span("rate wait"))
             .await
         else {
-            return (Final::Requeue, attempts);
+            return (Final::HandBack, attempts);
         };
         metrics.waited_for_limit(target.channel, waited);
         // The deadline may have passed while the job waited for its turn.
@@ -208,7 +208,7 @@ pub(crate) async fn attempt<S: Sender>(
             biased;
             // Stopping between attempts: keep the count, retry later.
             () = target.stop.cancelled() => {
-                let next = if durable { Final::Delay(Later { cause, after, failure, via }) } else { Final::Requeue };
+                let next = if durable { Final::Delay(Later { cause, after, failure, via }) } else { Final::HandBack };
                 return (next, attempts);
             }
             () = tokio::time::sleep(wait) => {}

@@ -282,7 +282,7 @@ async fn a_stop_while_waiting_between_attempts_keeps_the_count() {
     f.stop.cancel();
     let script = Script::new(vec![]);
     let (result, attempts) = f.run(&script, History::default(), &config(3, &[])).await;
-    assert!(matches!(result, Final::Requeue));
+    assert!(matches!(result, Final::HandBack));
     assert_eq!(attempts, 0);
 }
 
@@ -292,7 +292,7 @@ async fn a_stop_wins_over_a_ready_rate_slot() {
     f.stop.cancel();
     let script = Script::new(vec![]);
     let (result, attempts) = f.run(&script, History::default(), &config(2, &[10])).await;
-    assert!(matches!(result, Final::Requeue));
+    assert!(matches!(result, Final::HandBack));
     assert_eq!(attempts, 0);
 }
 

@@ -200,7 +200,7 @@ pub(crate) async fn decide_with<S: crate::octopods::client::Sender>(
             retry_config,
             later,
         ),
-        Final::Requeue => Settlement::HandBack {
+        Final::HandBack => Settlement::HandBack {
             why: "stopping before this job's turn",
         },
     }

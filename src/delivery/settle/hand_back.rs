@@ -18,7 +18,7 @@ use crate::{
 impl Settler {
     /// A publish was refused: declare the topology again, wait (longer each
     /// time in a row, shorter when stopping), then return the delivery.
-    pub(super) async fn give_back_later(
+    pub(super) async fn hand_back_later(
         &self,
         delivery: &Delivery,
         channel: &str,
@@ -32,11 +32,11 @@ impl Settler {
             self.health.set_settle_failing(true);
         }
         self.metrics.settle_failed(channel, e.kind());
-        self.abandoned(channel, received);
+        self.unsettled(channel, received);
         self.repair.notify_one();
         let wait = backoff(n);
         error!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            "could not publish the job's result; returning it to its queue after a pause");
+            "could not publish the job's result; handing it back to its queue after a pause");
         let mut recovery = self.recovery.subscribe();
         tokio::select! {
             biased;

@@ -93,12 +93,12 @@ impl Settler {
             Settlement::Publish { messages, report } => (messages, report),
             Settlement::HandBack { why } => {
                 info!(why, "returned to its queue");
-                self.abandoned(channel, received);
+                self.unsettled(channel, received);
                 return self.hand_back(delivery, queue).await;
             }
             Settlement::Reject { after } => {
                 self.wait(after).await;
-                self.abandoned(channel, received);
+                self.unsettled(channel, received);
                 return reject(delivery).await;
             }
         };
@@ -125,7 +125,7 @@ impl Settler {
                     // re-publish, from the dedup memory, will).
                     self.flow.set_settle_failing(true);
                 }
-                self.give_back_later(delivery, channel, queue, received, generation, &e)
+                self.hand_back_later(delivery, channel, queue, received, generation, &e)
                     .await;
             }
         }
@@ -175,9 +175,9 @@ impl Settler {
 
     /// A job that leaves this worker's hands unsettled (status checks are
     /// not jobs: `received` is `None`).
-    fn abandoned(&self, channel: &str, received: Option<Instant>) {
+    fn unsettled(&self, channel: &str, received: Option<Instant>) {
         if received.is_some() {
-            self.metrics.abandoned(channel);
+            self.metrics.unsettled(channel);
         }
     }
 
@@ -192,7 +192,7 @@ impl Settler {
             // Everything was published; the job comes back and, if it was
             // sent, the dedup memory re-publishes its event.
             warn!(error = %e, "ack failed after settle; the broker will redeliver");
-            self.abandoned(channel, received);
+            self.unsettled(channel, received);
             return;
         }
         if let Report::Polled { events } = &report {
@@ -255,8 +255,8 @@ async fn reject(delivery: &Delivery) {
     }
 }
 
-/// The last resort when settling itself panicked: give the delivery back,
-/// counted (a job that panics settle again and again reaches the limit).
-pub(crate) async fn give_back_after_panic(delivery: &Delivery) {
+/// The last resort when settling itself panicked: reject the delivery
+/// (counted: a job that panics settle again and again reaches the limit).
+pub(crate) async fn reject_after_panic(delivery: &Delivery) {
     reject(delivery).await;
 }

@@ -181,7 +181,7 @@ impl Metrics {
     }
 
     /// A job left the worker's hands without settling (shutdown, broker loss).
-    pub fn abandoned(&self, channel: &str) {
+    pub fn unsettled(&self, channel: &str) {
         self.in_flight.with_label_values(&[channel]).dec();
     }
 
