@@ -1,33 +1,31 @@
-//! Consuming a channel queue: each delivery runs as one task through
-//! [`pipeline`](crate::delivery::pipeline) (a [`Settlement`] out) and then
-//! [`settle`](crate::delivery::settle) (the only acks).
+//! Consuming a channel queue: the [`Consumer`] subscribes, serves, hands
+//! back on pause and cancels; each delivery runs as one task, a
+//! [`Handler`] (pipeline, then settle).
 //!
 //! Concurrency is bounded by the channel's prefetch: the broker never hands
 //! this consumer more unacked deliveries than that.
 
-use std::{
-    panic::AssertUnwindSafe,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
-    types::FieldTable,
+    types::{FieldTable, ShortString},
 };
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, Span, error, field::Empty, info, info_span};
+use tracing::info;
 
 use crate::{
     config::Config,
-    delivery::channel::{ChannelState, Shared},
-    delivery::pipeline::{self, Delivered},
-    delivery::settle::{self, Settler},
-    delivery::settlement::{self, Context, Settlement},
+    delivery::{
+        channel::{ChannelState, Shared},
+        handler::Handler,
+        settle::Settler,
+    },
     observe::logging::escape,
+    ops::control::Override,
 };
 
 /// What a consumer takes: a channel's jobs, or its pending status checks.
@@ -38,7 +36,7 @@ pub(crate) enum Lane {
 }
 
 impl Lane {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Lane::Jobs => "jobs",
             Lane::Status => "status",
@@ -89,79 +87,142 @@ pub(crate) enum Stopped {
     ConsumerEnded,
 }
 
-/// Consumes `queue` until cancelled or the broker fails. Each delivery runs on
-/// `tracker`; the consumer itself is cancelled on the broker before returning.
-/// Adds a permit to `session.subscribed` once subscribed.
-/// The caller keeps a clone of `amqp` open until the tracker drained: an
-/// `Acker` alone does not keep its channel alive.
-pub(crate) async fn consume(
+/// One channel queue's consumer: subscribe, serve its deliveries (one task
+/// each, on the session's tracker), hand back what it holds when the
+/// channel is paused, wait, subscribe again; cancel on the broker when it
+/// stops. The caller keeps a clone of `amqp` open until the tracker
+/// drained: an `Acker` alone does not keep its channel alive.
+pub(crate) struct Consumer {
     amqp: lapin::Channel,
     lane: Lane,
     channel: Arc<ChannelState>,
     shared: Arc<Shared>,
     settler: Arc<Settler>,
     session: Session,
-) -> Stopped {
-    let Session {
-        tracker,
-        stop,
-        shutdown,
-        subscribed,
-    } = session;
-    let names = crate::broker::Names::new(&shared.config.broker.prefix);
-    let queue = match lane {
-        Lane::Jobs => names.channel_queue(&channel.config.name),
-        Lane::Status => names.status_queue(&channel.config.name),
-    };
-    if let Err(e) = amqp
-        .basic_qos(channel.prefetch, BasicQosOptions::default())
-        .await
-    {
-        return Stopped::Broker(e);
-    }
-    let name = channel.config.name.as_str();
-    // A consumer tag is a short string: a long replica id is cut to fit.
-    let tag = crate::broker::headers::truncate(
-        format!(
-            "octopods-worker-{}-{}-{name}",
-            shared.replica_id,
-            lane.as_str()
-        ),
-        255,
-    );
-    let (Some(queue_name), Some(tag_name)) = (
-        crate::broker::headers::short(&queue),
-        crate::broker::headers::short(&tag),
-    ) else {
-        return Stopped::ConsumerEnded;
-    };
-    let queue_shared: Arc<str> = Arc::from(queue.as_str());
-    let mut control = channel.control.subscribe();
-    // Readiness counts channels that are consuming, or paused on purpose.
-    let mut counted = false;
-    loop {
-        // Replicas resuming a channel together meet in its queue: stagger them.
-        let mut resuming = false;
-        if control.borrow_and_update().paused.is_some() {
-            resuming = true;
-            if !std::mem::replace(&mut counted, true) {
-                subscribed.add_permits(1);
-            }
-            info!(
-                channel = name,
-                "channel paused: not consuming; its jobs stay in the queue"
-            );
-            tokio::select! {
-                () = stop.cancelled() => return Stopped::Cancelled,
-                _ = control.wait_for(|o| o.paused.is_none()) => {}
-            }
-            info!(channel = name, "channel resumed");
+    queue: Arc<str>,
+    queue_name: ShortString,
+    tag: ShortString,
+    /// Readiness counts this consumer once: consuming, or paused on purpose.
+    counted: bool,
+}
+
+/// How serving one subscription ended.
+enum Served {
+    /// The channel was paused: the subscription is cancelled, what it held
+    /// handed back; wait for the resume.
+    Paused,
+    Stopped(Stopped),
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        amqp: lapin::Channel,
+        lane: Lane,
+        channel: Arc<ChannelState>,
+        shared: Arc<Shared>,
+        settler: Arc<Settler>,
+        session: Session,
+    ) -> Self {
+        let name = channel.config.name.as_str();
+        let queue = match lane {
+            Lane::Jobs => shared.names.channel_queue(name),
+            Lane::Status => shared.names.status_queue(name),
+        };
+        // A consumer tag is a short string: a long replica id is cut to fit.
+        let tag = crate::broker::headers::truncate(
+            format!(
+                "octopods-worker-{}-{}-{name}",
+                shared.replica_id,
+                lane.as_str()
+            ),
+            255,
+        );
+        // A queue name longer than a short string is refused by `run`.
+        let short = |s: &str| crate::broker::headers::short(s).unwrap_or_default();
+        Self {
+            queue_name: short(&queue),
+            tag: short(&tag),
+            queue: Arc::from(queue.as_str()),
+            amqp,
+            lane,
+            channel,
+            shared,
+            settler,
+            session,
+            counted: false,
         }
-        // The stagger spreads the channels over replicas that start together;
-        // a replica starting alone in the queue has nobody to spread with.
-        let others = amqp
+    }
+
+    /// Consumes until the session stops or the broker fails; adds a permit
+    /// to `session.subscribed` once subscribed (or paused).
+    pub(crate) async fn run(mut self) -> Stopped {
+        if self.queue_name.as_str().is_empty() || self.tag.as_str().is_empty() {
+            return Stopped::ConsumerEnded;
+        }
+        if let Err(e) = self
+            .amqp
+            .basic_qos(self.channel.prefetch, BasicQosOptions::default())
+            .await
+        {
+            return Stopped::Broker(e);
+        }
+        let mut control = self.channel.control.subscribe();
+        loop {
+            let Some(resuming) = self.wait_while_paused(&mut control).await else {
+                return Stopped::Cancelled;
+            };
+            if !self.stagger(resuming).await {
+                return Stopped::Cancelled;
+            }
+            let consumer = match self.subscribe().await {
+                Ok(c) => c,
+                Err(e) => return Stopped::Broker(e),
+            };
+            match self.serve(consumer, &mut control).await {
+                Served::Paused => {}
+                Served::Stopped(why) => return why,
+            }
+        }
+    }
+
+    fn count_ready(&mut self) {
+        if !std::mem::replace(&mut self.counted, true) {
+            self.session.subscribed.add_permits(1);
+        }
+    }
+
+    /// While the channel is paused, waits for its resume. `Some(true)` when
+    /// it was paused (replicas resuming together meet in the queue: the
+    /// subscription is staggered), `None` when the session stops meanwhile.
+    async fn wait_while_paused(
+        &mut self,
+        control: &mut tokio::sync::watch::Receiver<Override>,
+    ) -> Option<bool> {
+        if control.borrow_and_update().paused.is_none() {
+            return Some(false);
+        }
+        self.count_ready();
+        let name = self.channel.config.name.as_str();
+        info!(
+            channel = name,
+            "channel paused: not consuming; its jobs stay in the queue"
+        );
+        tokio::select! {
+            () = self.session.stop.cancelled() => return None,
+            _ = control.wait_for(|o| o.paused.is_none()) => {}
+        }
+        info!(channel = name, "channel resumed");
+        Some(true)
+    }
+
+    /// Waits this replica's share of the spread window before subscribing
+    /// (not when it starts alone in the queue: nobody to spread with).
+    /// `false` when the session stops meanwhile.
+    async fn stagger(&self, resuming: bool) -> bool {
+        let others = self
+            .amqp
             .queue_declare(
-                queue_name.clone(),
+                self.queue_name.clone(),
                 lapin::options::QueueDeclareOptions {
                     passive: true,
                     ..Default::default()
@@ -170,84 +231,114 @@ pub(crate) async fn consume(
             )
             .await
             .map_or(1, |q| q.consumer_count());
+        let name = self.channel.config.name.as_str();
         let delay = if others == 0 && !resuming {
             Duration::ZERO
         } else {
-            subscribe_delay(&shared.replica_id, name, shared.config.worker.spread_window)
+            let window = self.shared.config.worker.spread_window;
+            subscribe_delay(&self.shared.replica_id, name, window)
         };
         tokio::select! {
-            () = stop.cancelled() => return Stopped::Cancelled,
+            () = self.session.stop.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
-        info!(channel = name, replica = %escape(&shared.replica_id), delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "subscribing");
-        let mut consumer = match amqp
+        info!(channel = name, replica = %escape(&self.shared.replica_id), delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "subscribing");
+        true
+    }
+
+    async fn subscribe(&mut self) -> Result<lapin::Consumer, lapin::Error> {
+        let consumer = self
+            .amqp
             .basic_consume(
-                queue_name.clone(),
-                tag_name.clone(),
+                self.queue_name.clone(),
+                self.tag.clone(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return Stopped::Broker(e),
-        };
-        if !std::mem::replace(&mut counted, true) {
-            subscribed.add_permits(1);
-        }
+            .await?;
+        self.count_ready();
+        Ok(consumer)
+    }
+
+    /// Serves one subscription: a task per delivery, up to [`tasks_cap`]
+    /// (deliveries beyond it wait in the consumer's buffer as bytes, not as
+    /// tasks: docs/contract.md §10's memory bound), until the session stops,
+    /// the channel is paused, or the broker ends it.
+    async fn serve(
+        &self,
+        mut consumer: lapin::Consumer,
+        control: &mut tokio::sync::watch::Receiver<Override>,
+    ) -> Served {
         // Cancelled on a pause: jobs not yet at their request go back.
-        let hold = stop.child_token();
-        let mut first = lane == Lane::Jobs;
-        // A task per delivery, up to `tasks_cap`: deliveries beyond it wait
-        // in the consumer's buffer as bytes, not as tasks (docs/contract.md §10's
-        // memory bound; see `tasks_cap`).
-        let tasks = Arc::new(Semaphore::new(tasks_cap(channel.prefetch, &shared.config)));
+        let hold = self.session.stop.child_token();
+        let mut first = self.lane == Lane::Jobs;
+        let cap = tasks_cap(self.channel.prefetch, &self.shared.config);
+        let tasks = Arc::new(Semaphore::new(cap));
         let mut turn: Option<tokio::sync::OwnedSemaphorePermit> = None;
         loop {
             tokio::select! {
-                () = stop.cancelled() => {
-                    // Stop taking jobs; those in flight still settle on this
-                    // channel. At a graceful stop what was delivered but never
-                    // started is handed back as confirmed copies: left to the
-                    // channel's close, RabbitMQ would count each toward
-                    // `x-delivery-limit`, and a replica restarted often enough
-                    // would poison the jobs at the back of its prefetch. A
-                    // failing session leaves them to the close: its broker
-                    // may confirm nothing, and the next session must not wait.
-                    drop(amqp.basic_cancel(tag_name, BasicCancelOptions::default()).await);
-                    if shutdown.is_cancelled() && amqp.status().connected() {
-                        hand_back_buffered(&mut consumer, &settler, &queue).await;
-                    }
-                    return Stopped::Cancelled;
+                () = self.session.stop.cancelled() => {
+                    self.stop(&mut consumer).await;
+                    return Served::Stopped(Stopped::Cancelled);
                 }
                 changed = control.changed() => {
                     if changed.is_err() || control.borrow_and_update().paused.is_some() {
-                        drop(amqp.basic_cancel(tag_name.clone(), BasicCancelOptions::default()).await);
+                        self.cancel().await;
                         hold.cancel();
-                        // The channel stays open while paused: return what
-                        // was delivered but never started.
-                        hand_back_buffered(&mut consumer, &settler, &queue).await;
-                        break;
+                        // The channel stays open while paused: hand back
+                        // what was delivered but never started.
+                        hand_back_buffered(&mut consumer, &self.settler, &self.queue).await;
+                        return Served::Paused;
                     }
                 }
                 permit = tasks.clone().acquire_owned(), if turn.is_none() => turn = permit.ok(),
                 next = consumer.next(), if turn.is_some() => match next {
                     Some(Ok(delivery)) => {
                         if std::mem::take(&mut first) {
-                            channel.became_active();
+                            self.channel.became_active();
                         }
-                        let (ch, sh, st, hold) = (channel.clone(), shared.clone(), settler.clone(), hold.clone());
-                        let queue_name_owned = queue_shared.clone();
+                        let handler = self.handler(delivery, hold.clone());
                         let permit = turn.take();
-                        tracker.spawn(async move {
-                            handle(delivery, lane, &queue_name_owned, &ch, &sh, &st, &hold).await;
+                        self.session.tracker.spawn(async move {
+                            handler.run().await;
                             drop(permit);
                         });
                     }
-                    Some(Err(e)) => return Stopped::Broker(e),
-                    None => return Stopped::ConsumerEnded,
+                    Some(Err(e)) => return Served::Stopped(Stopped::Broker(e)),
+                    None => return Served::Stopped(Stopped::ConsumerEnded),
                 }
             }
+        }
+    }
+
+    fn handler(&self, delivery: Delivery, hold: CancellationToken) -> Handler {
+        Handler {
+            delivery,
+            lane: self.lane,
+            queue: self.queue.clone(),
+            channel: self.channel.clone(),
+            shared: self.shared.clone(),
+            settler: self.settler.clone(),
+            stop: hold,
+        }
+    }
+
+    async fn cancel(&self) {
+        let options = BasicCancelOptions::default();
+        drop(self.amqp.basic_cancel(self.tag.clone(), options).await);
+    }
+
+    /// Stops taking jobs; those in flight still settle on this channel. At
+    /// a graceful stop what was delivered but never started is handed back
+    /// as confirmed copies: left to the channel's close, RabbitMQ would
+    /// count each toward `x-delivery-limit`, and a replica restarted often
+    /// enough would poison the jobs at the back of its prefetch. A failing
+    /// session leaves them to the close: its broker may confirm nothing,
+    /// and the next session must not wait.
+    async fn stop(&self, consumer: &mut lapin::Consumer) {
+        self.cancel().await;
+        if self.session.shutdown.is_cancelled() && self.amqp.status().connected() {
+            hand_back_buffered(consumer, &self.settler, &self.queue).await;
         }
     }
 }
@@ -270,147 +361,6 @@ async fn hand_back_buffered(consumer: &mut lapin::Consumer, settler: &Settler, q
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
         settler.hand_back(&delivery, queue).await;
     }
-}
-
-/// One delivery, from receipt to ack: the pipeline decides, settle acts.
-/// A panic in either still settles the delivery (never left unacked). Both
-/// stages are boxed: they are large and short-lived, and would otherwise
-/// size every waiting job's task.
-async fn handle(
-    delivery: Delivery,
-    lane: Lane,
-    queue: &str,
-    channel: &ChannelState,
-    shared: &Shared,
-    settler: &Settler,
-    stop: &CancellationToken,
-) {
-    let name = channel.config.name.as_str();
-    let trace = if crate::observe::trace::on() {
-        let parent = crate::observe::trace::extract(delivery.properties.headers().as_ref());
-        if matches!(parent, crate::observe::trace::Parent::Malformed) {
-            shared.metrics.trace_context_invalid(name);
-        }
-        crate::observe::trace::process_span(
-            queue,
-            delivery.routing_key.as_str(),
-            delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|m| m.as_str()),
-            name,
-            parent,
-        )
-    } else {
-        Span::none()
-    };
-    // The log lines' span (with the masked phone), inside the exported one.
-    let span = trace.in_scope(|| {
-        info_span!(
-            "job",
-            job_id = Empty,
-            channel = name,
-            attempt = Empty,
-            phone = Empty
-        )
-    });
-    async {
-        let input = Delivered {
-            body: &delivery.data,
-            properties: &delivery.properties,
-            trace: &trace,
-        };
-        // Status checks are not jobs: they do not count as received.
-        let (received, decided) = match lane {
-            Lane::Jobs => {
-                shared.metrics.received(name);
-                if let Some(waited) = queue_wait(&delivery) {
-                    shared.metrics.queue_wait(name, waited);
-                }
-                let d = Box::pin(pipeline::decide(input, channel, shared, stop));
-                (Some(Instant::now()), futures_util::future::Either::Left(d))
-            }
-            Lane::Status => {
-                let d = Box::pin(pipeline::poll(input, channel, shared, stop));
-                (None, futures_util::future::Either::Right(d))
-            }
-        };
-        let settlement = match AssertUnwindSafe(decided).catch_unwind().await {
-            Ok(settlement) => settlement,
-            Err(panic) => {
-                let message = crate::observe::logging::panic_message(panic.as_ref());
-                shared.metrics.panicked(name);
-                error!(panic = %escape(&message), "the worker panicked on this job");
-                let ctx = Context {
-                    names: &shared.names,
-                    channel: name,
-                    job: &delivery.properties,
-                    body: &delivery.data,
-                    now: time::OffsetDateTime::now_utc(),
-                };
-                settlement::after_panic(&ctx, &message)
-            }
-        };
-        if crate::observe::trace::on() {
-            record_outcome(&trace, &settlement);
-        }
-        let settled = Box::pin(settler.settle(&delivery, name, queue, received, settlement));
-        if let Err(panic) = AssertUnwindSafe(settled).catch_unwind().await {
-            error!(panic = %escape(&crate::observe::logging::panic_message(panic.as_ref())), "settling panicked; returning the job to its queue");
-            if received.is_some() {
-                shared.metrics.unsettled(name);
-            }
-            settle::reject_after_panic(&delivery).await;
-        }
-    }
-    .instrument(span)
-    .instrument(trace.clone())
-    .await;
-}
-
-/// What came of the delivery, on its exported span (a dead letter is an
-/// error there, as the OTel conventions have it).
-fn record_outcome(trace: &Span, settlement: &Settlement) {
-    use crate::delivery::settlement::Report;
-    let outcome = match settlement {
-        Settlement::Publish { report, .. } => match report {
-            Report::Sent => "sent",
-            Report::DeadLettered { reason, .. } => {
-                crate::observe::trace::failed(trace);
-                reason.as_str()
-            }
-            Report::Delayed { .. } => "retry",
-            Report::Polled { .. } => "polled",
-        },
-        Settlement::HandBack { .. } => "handed_back",
-        Settlement::Reject { .. } => "returned",
-    };
-    trace.record("octopods.outcome", outcome);
-}
-
-/// How long a job waited in its queue: now less the producer's AMQP
-/// `timestamp` (seconds), for a job's first delivery only (a retry copy
-/// keeps the timestamp, and its wait is the retry's). A timestamp in the
-/// future counts as no wait; more than 30 days as 30 days, so one producer's
-/// clock cannot wreck the histogram's sum.
-fn queue_wait(delivery: &Delivery) -> Option<Duration> {
-    if delivery.redelivered
-        || crate::broker::headers::count(
-            delivery.properties.headers().as_ref(),
-            crate::broker::headers::ATTEMPTS,
-        )
-        .is_some()
-    {
-        return None;
-    }
-    let sent = (*delivery.properties.timestamp())?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    let waited = Duration::from_secs(now.saturating_sub(sent));
-    Some(waited.min(Duration::from_secs(30 * 24 * 3600)))
 }
 
 #[cfg(test)]

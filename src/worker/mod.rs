@@ -27,7 +27,7 @@ use crate::{
     broker::{self, Flow, Names, Publisher, topology},
     config::Config,
     delivery::channel::{ChannelState, Shared},
-    delivery::consumer::{self, Lane, Session, Stopped},
+    delivery::consumer::{Consumer, Lane, Session, Stopped},
     delivery::dedup::Dedup,
     delivery::limit::Limiter,
     delivery::settle::Settler,
@@ -148,28 +148,17 @@ impl Worker {
             octopods = %config.octopods.base_url,
             "worker starting"
         );
-        let deadline = Deadline::new();
-        let mut reconnect = ExponentialBackoff {
-            initial_interval: Duration::from_millis(200),
-            max_interval: Duration::from_secs(10),
-            max_elapsed_time: None,
-            ..ExponentialBackoff::default()
+        let run = Run {
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            deadline: Deadline::new(),
         };
-        let mut connected_before = false;
-        // Which node to try first: after a lost session, the next one.
-        let mut node = 0;
+        let mut reconnect = Reconnect::new();
         while !shutdown.is_cancelled() {
             // A panic anywhere in a session (a dependency's API on a value
             // from outside) ends that session, not the replica: it is
             // logged, counted, and the session starts again after a backoff.
-            let session = self.session(
-                &tracker,
-                &shutdown,
-                &deadline,
-                &mut connected_before,
-                &mut reconnect,
-                &mut node,
-            );
+            let session = self.session(&run, &mut reconnect);
             let result = match AssertUnwindSafe(session).catch_unwind().await {
                 Ok(result) => result,
                 Err(panic) => {
@@ -184,7 +173,7 @@ impl Worker {
             match result {
                 Ok(()) => break,
                 Err(e) => {
-                    let delay = reconnect.next_backoff().unwrap_or(Duration::from_secs(10));
+                    let delay = reconnect.next_delay();
                     warn!(error = %format!("{e:#}"), retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "broker session ended; reconnecting");
                     tokio::select! {
                         () = shutdown.cancelled() => {}
@@ -196,7 +185,7 @@ impl Worker {
         // Jobs in flight from a lost connection are redelivered by the broker;
         // wait for stragglers within what is left of the grace period.
         tracker.close();
-        let end = *deadline.get_or_init(|| crate::clock::after(config.worker.grace_period));
+        let end = run.end(config.worker.grace_period);
         if tokio::time::timeout_at(end, tracker.wait()).await.is_err() {
             warn!(
                 unfinished = tracker.len(),
@@ -221,107 +210,46 @@ impl Worker {
     /// other publishes, so a broker that blocks publishers (memory or disk
     /// alarm) never stops the acks. Returns `Ok` after a clean shutdown,
     /// `Err` when a connection or a consumer failed.
-    async fn session(
-        &self,
-        tracker: &TaskTracker,
-        shutdown: &CancellationToken,
-        deadline: &Deadline,
-        connected_before: &mut bool,
-        reconnect: &mut ExponentialBackoff,
-        node: &mut usize,
-    ) -> anyhow::Result<()> {
+    async fn session(&self, run: &Run, reconnect: &mut Reconnect) -> anyhow::Result<()> {
         let config = &self.shared.config;
-        let consuming = broker::connect_from(&config.broker, "worker", *node).await?;
-        // The next session starts after this node, whatever ends this one.
-        *node = consuming.index.wrapping_add(1);
-        let conn = consuming.connection;
-        let publishing =
-            broker::connect_from(&config.broker, "worker-publish", consuming.index).await?;
-        let publishing_node = publishing.node;
-        let publishing = publishing.connection;
+        let links = Links::open(config, reconnect).await?;
         let mut events = Box::pin(futures_util::stream::select(
-            conn.events_listener(),
-            publishing.events_listener(),
+            links.consuming.events_listener(),
+            links.publishing.events_listener(),
         ));
-        declare(&publishing, config).await?;
-        let names = Names::new(&config.broker.prefix);
+        declare(&links.publishing, config).await?;
         let stop = CancellationToken::new();
         let repair = Arc::new(Notify::new());
         let settler = Arc::new(Settler::new(
-            Publisher::open(&publishing, config.publish_timeout()).await?,
+            Publisher::open(&links.publishing, config.publish_timeout()).await?,
             &self.shared,
             self.health.clone(),
             repair.clone(),
             stop.clone(),
         ));
-        // A new session starts clean: what the last one saw died with it.
-        self.shared.flow.set_blocked(false);
-        self.shared.flow.set_settle_failing(false);
-        self.health.set_blocked(false);
-        self.health.set_settle_failing(false);
+        self.start_clean();
         // Operators' commands first: a channel paused before this replica
         // started must not be consumed for a moment.
-        let (_control_ch, mut commands) = control::subscribe(&conn, &names).await?;
-        self.catch_up(&settler.publisher, &names, &mut commands)
+        let (_control_ch, mut commands) =
+            control::subscribe(&links.consuming, &self.shared.names).await?;
+        self.catch_up(&settler.publisher, &self.shared.names, &mut commands)
             .await?;
-
-        let subscribed = Arc::new(Semaphore::new(0));
-        let mut consumers = JoinSet::new();
-        let mut amqp_channels = Vec::with_capacity(self.channels.len());
-        // A consumer for each channel's jobs, and for its status checks when
-        // it tracks status; readiness waits for all of them.
-        let lanes: Vec<(Lane, &Arc<ChannelState>)> = self
-            .channels
-            .iter()
-            .flat_map(|c| {
-                let status = c.config.track_status.then_some((Lane::Status, c));
-                std::iter::once((Lane::Jobs, c)).chain(status)
-            })
-            .collect();
-        for (lane, channel) in &lanes {
-            let amqp = conn.create_channel().await?;
-            amqp_channels.push(amqp.clone());
-            let (lane, ch, sh, st) = (
-                *lane,
-                Arc::clone(channel),
-                self.shared.clone(),
-                settler.clone(),
-            );
-            let session = Session {
-                tracker: tracker.clone(),
-                stop: stop.clone(),
-                shutdown: shutdown.clone(),
-                subscribed: subscribed.clone(),
-            };
-            consumers
-                .spawn(async move { consumer::consume(amqp, lane, ch, sh, st, session).await });
-        }
-        if *connected_before {
-            self.shared.metrics.broker_reconnected();
-        }
-        *connected_before = true;
-        reconnect.reset();
-        self.shared.metrics.broker_node(Some(&consuming.node));
-        info!(
-            node = %consuming.node,
-            publishing = %publishing_node,
-            "connected; subscribing to the channel queues"
-        );
-        // Ready once every channel queue has our consumer; then keep waiting.
-        let channels = u32::try_from(lanes.len()).unwrap_or(u32::MAX);
-        let all_subscribed = async {
-            if let Ok(permits) = subscribed.acquire_many(channels).await {
-                permits.forget();
-                self.health.set_consuming(true);
-                info!("consuming");
-            }
-            std::future::pending::<()>().await;
+        let session = Session {
+            tracker: run.tracker.clone(),
+            stop: stop.clone(),
+            shutdown: run.shutdown.clone(),
+            subscribed: Arc::new(Semaphore::new(0)),
         };
-
+        let (mut consumers, amqp_channels) =
+            self.start_consumers(&links, &settler, &session).await?;
+        reconnect.connected(&self.shared.metrics);
+        self.shared.metrics.broker_node(Some(&links.consuming_node));
+        info!(node = %links.consuming_node, publishing = %links.publishing_node, "connected; subscribing to the channel queues");
+        let lanes = u32::try_from(amqp_channels.len()).unwrap_or(u32::MAX);
         let failure = tokio::select! {
-            () = shutdown.cancelled() => None,
-            () = all_subscribed => None,
-            e = repair_topology(&publishing, &settler, config, &repair) => Some(e),
+            () = run.shutdown.cancelled() => None,
+            () = self.ready_when_subscribed(&session.subscribed, lanes) => None,
+            e = repair_topology(&links.publishing, &settler, config, &repair) => Some(e),
             Some(joined) = consumers.join_next() => Some(match joined {
                 Ok(Stopped::Broker(e)) => anyhow::Error::new(e).context("consumer failed"),
                 Ok(other) => anyhow::anyhow!("consumer stopped: {other:?}"),
@@ -337,22 +265,87 @@ impl Worker {
         self.health.set_consuming(false);
         while consumers.join_next().await.is_some() {}
         if let Some(e) = failure {
-            broker::close(&conn, 320, "reconnecting").await;
-            broker::close(&publishing, 320, "reconnecting").await;
+            links.close(320, "reconnecting").await;
             return Err(e);
         }
+        self.drain(run, &mut events).await;
+        drop(events);
+        for amqp in &amqp_channels {
+            broker::close_channel(amqp, "shutdown").await;
+        }
+        links.close(200, "shutdown").await;
+        Ok(())
+    }
 
+    /// A new session starts clean: what the last one saw died with it.
+    fn start_clean(&self) {
+        self.shared.flow.set_blocked(false);
+        self.shared.flow.set_settle_failing(false);
+        self.health.set_blocked(false);
+        self.health.set_settle_failing(false);
+    }
+
+    /// A consumer for each channel's jobs, and for its status checks when
+    /// it tracks status, each on an AMQP channel of its own.
+    async fn start_consumers(
+        &self,
+        links: &Links,
+        settler: &Arc<Settler>,
+        session: &Session,
+    ) -> anyhow::Result<(JoinSet<Stopped>, Vec<lapin::Channel>)> {
+        let mut consumers = JoinSet::new();
+        let mut amqp_channels = Vec::with_capacity(self.channels.len());
+        let mut lanes: Vec<(Lane, Arc<ChannelState>)> = Vec::new();
+        for c in &self.channels {
+            lanes.push((Lane::Jobs, c.clone()));
+            if c.config.track_status {
+                lanes.push((Lane::Status, c.clone()));
+            }
+        }
+        for (lane, channel) in lanes {
+            let amqp = links.consuming.create_channel().await?;
+            amqp_channels.push(amqp.clone());
+            let consumer = Consumer::new(
+                amqp,
+                lane,
+                channel,
+                self.shared.clone(),
+                settler.clone(),
+                session.clone(),
+            );
+            consumers.spawn(consumer.run());
+        }
+        Ok((consumers, amqp_channels))
+    }
+
+    /// Ready once every channel queue has our consumer; then keeps waiting.
+    async fn ready_when_subscribed(&self, subscribed: &Semaphore, lanes: u32) {
+        if let Ok(permits) = subscribed.acquire_many(lanes).await {
+            permits.forget();
+            self.health.set_consuming(true);
+            info!("consuming");
+        }
+        std::future::pending::<()>().await;
+    }
+
+    /// A graceful stop: no new jobs; those in flight finish within what is
+    /// left of the grace period, while the broker is still followed (a
+    /// block ends, a block starts).
+    async fn drain<E>(&self, run: &Run, events: &mut E)
+    where
+        E: futures_util::Stream<Item = lapin::Event> + Unpin,
+    {
+        let tracker = &run.tracker;
         info!(
             in_flight = tracker.len(),
             "shutting down: no new jobs; finishing those in flight"
         );
         tracker.close();
-        let end = *deadline.get_or_init(|| crate::clock::after(config.worker.grace_period));
-        // Keep following the broker while draining (a block ends, a block starts).
+        let end = run.end(self.shared.config.worker.grace_period);
         let drained = async {
             tokio::select! {
                 r = tokio::time::timeout_at(end, tracker.wait()) => r.is_ok(),
-                _ = watch_connections(&mut events, &self.shared.flow, &self.health) => {
+                _ = watch_connections(events, &self.shared.flow, &self.health) => {
                     tokio::time::timeout_at(end, tracker.wait()).await.is_ok()
                 }
             }
@@ -363,13 +356,89 @@ impl Worker {
                 "grace period over; unfinished jobs go back to the queue"
             );
         }
-        drop(events);
-        for amqp in &amqp_channels {
-            broker::close_channel(amqp, "shutdown").await;
+    }
+}
+
+/// What every session of one run shares: the tracker its deliveries run
+/// on, the process's shutdown, and the one grace deadline (set by the
+/// first stop, counted once however many sessions drain).
+struct Run {
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    deadline: Deadline,
+}
+
+impl Run {
+    fn end(&self, grace: Duration) -> Instant {
+        *self.deadline.get_or_init(|| crate::clock::after(grace))
+    }
+}
+
+/// The reconnect loop's state: the backoff between sessions, whether one
+/// ever connected (then a new connection counts as a reconnect), and which
+/// node to try first (after a lost session, the next one).
+struct Reconnect {
+    backoff: ExponentialBackoff,
+    connected_before: bool,
+    node: usize,
+}
+
+impl Reconnect {
+    fn new() -> Self {
+        Self {
+            backoff: ExponentialBackoff {
+                initial_interval: Duration::from_millis(200),
+                max_interval: Duration::from_secs(10),
+                max_elapsed_time: None,
+                ..ExponentialBackoff::default()
+            },
+            connected_before: false,
+            node: 0,
         }
-        broker::close(&publishing, 200, "shutdown").await;
-        broker::close(&conn, 200, "shutdown").await;
-        Ok(())
+    }
+
+    /// A session is up: the backoff starts over, a reconnect is counted.
+    fn connected(&mut self, metrics: &crate::observe::metrics::Metrics) {
+        if std::mem::replace(&mut self.connected_before, true) {
+            metrics.broker_reconnected();
+        }
+        self.backoff.reset();
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.backoff
+            .next_backoff()
+            .unwrap_or(Duration::from_secs(10))
+    }
+}
+
+/// A session's two connections: consuming (and acking), and publishing.
+struct Links {
+    consuming: Connection,
+    consuming_node: String,
+    publishing: Connection,
+    publishing_node: String,
+}
+
+impl Links {
+    /// Connects from the node `reconnect` says; the next session starts
+    /// after this one's node, whatever ends it.
+    async fn open(config: &Config, reconnect: &mut Reconnect) -> anyhow::Result<Self> {
+        let consuming = broker::connect_from(&config.broker, "worker", reconnect.node).await?;
+        reconnect.node = consuming.index.wrapping_add(1);
+        let publishing =
+            broker::connect_from(&config.broker, "worker-publish", consuming.index).await?;
+        Ok(Self {
+            consuming: consuming.connection,
+            consuming_node: consuming.node,
+            publishing: publishing.connection,
+            publishing_node: publishing.node,
+        })
+    }
+
+    async fn close(&self, code: u16, why: &str) {
+        broker::close(&self.consuming, code, why).await;
+        broker::close(&self.publishing, code, why).await;
     }
 }
 
