@@ -15,7 +15,7 @@ use crate::{
     broker::headers::{History, Trust},
     delivery::attempts::{self, Final, Later, Target},
     delivery::channel::{ChannelState, Shared},
-    delivery::dedup::Begin,
+    delivery::dedup::{Begin, Claim},
     delivery::settlement::{Context, Settlement},
     events::SentEvent,
     job::Job,
@@ -56,153 +56,221 @@ pub(crate) async fn decide_with<S: crate::octopods::client::Sender>(
     stop: &CancellationToken,
     sender: &S,
 ) -> Settlement {
-    let name = channel.config.name.as_str();
-    // Copies handed back carry what earlier copies spent (see
-    // `Settler::hand_back`); past the limit the job is poison, as the
-    // broker would have decided had it been nacked each time.
-    let spent = crate::broker::headers::spent_deliveries(delivery.properties.headers().as_ref());
-    if spent > shared.config.broker.delivery_limit {
-        let failure = Failure::local(format!(
-            "delivered {spent} times without settling (delivery limit {})",
-            shared.config.broker.delivery_limit
-        ));
-        let echo = crate::job::Echo::read(delivery.body);
-        return context(&delivery, shared, name, OffsetDateTime::now_utc()).dead_letter(
-            crate::outcome::Reason::Poison,
-            failure,
-            echo,
-            0,
-        );
+    let decision = Decision {
+        name: channel.config.name.as_str(),
+        delivery,
+        channel,
+        shared,
+        stop,
+        sender,
+    };
+    match decision.steps().await {
+        Ok(settlement) => settlement,
+        Err(early) => *early,
     }
-    if let Some(header) = crate::broker::headers::too_deep(delivery.properties.headers().as_ref()) {
+}
+
+/// A step's result: what the next step needs, or the settlement the job
+/// comes to right here (boxed: a settlement is large, most steps pass).
+type Step<T> = Result<T, Box<Settlement>>;
+
+/// One job's decision, in steps that return early.
+struct Decision<'a, S> {
+    name: &'a str,
+    delivery: Delivered<'a>,
+    channel: &'a ChannelState,
+    shared: &'a Shared,
+    stop: &'a CancellationToken,
+    sender: &'a S,
+}
+
+impl<S: crate::octopods::client::Sender> Decision<'_, S> {
+    async fn steps(&self) -> Step<Settlement> {
+        self.within_delivery_limit()?;
+        self.headers_whole()?;
+        let now = OffsetDateTime::now_utc();
+        let history = self.history(now);
+        let job = self.parse(now, &history)?;
+        let claim = self.claim(&job, now, &history).await?;
+        let target = Target {
+            channel: self.name,
+            limiter: &self.channel.limiter,
+            open: &self.shared.open,
+            flow: &self.shared.flow,
+            stop: self.stop,
+        };
+        let (config, metrics) = (&self.shared.config.retry, &self.shared.metrics);
+        let (result, attempts) =
+            attempts::attempt(&job, &target, history, self.sender, config, metrics).await;
+        Ok(self.conclude(&job, claim, history, (result, attempts), now))
+    }
+
+    /// The settlement builders' view of this delivery at `now`.
+    fn context(&self, now: OffsetDateTime) -> Context<'_> {
+        context(&self.delivery, self.shared, self.name, now)
+    }
+
+    /// Dead-lettered before the job is read: the bytes echo what they can.
+    fn refused(&self, reason: crate::outcome::Reason, failure: Failure) -> Box<Settlement> {
+        let echo = crate::job::Echo::read(self.delivery.body);
+        let ctx = self.context(OffsetDateTime::now_utc());
+        Box::new(ctx.dead_letter(reason, failure, echo, 0))
+    }
+
+    /// Copies handed back carry what earlier copies spent (see
+    /// `Settler::hand_back`); past the limit the job is poison, as the
+    /// broker would have decided had it been nacked each time.
+    fn within_delivery_limit(&self) -> Step<()> {
+        let headers = self.delivery.properties.headers().as_ref();
+        let spent = crate::broker::headers::spent_deliveries(headers);
+        let limit = self.shared.config.broker.delivery_limit;
+        if spent <= limit {
+            return Ok(());
+        }
+        let failure = Failure::local(format!(
+            "delivered {spent} times without settling (delivery limit {limit})"
+        ));
+        Err(self.refused(crate::outcome::Reason::Poison, failure))
+    }
+
+    /// A header whose value nested too deep was dropped on receipt: what
+    /// the producer sent never reached the worker whole.
+    fn headers_whole(&self) -> Step<()> {
+        let headers = self.delivery.properties.headers().as_ref();
+        let Some(header) = crate::broker::headers::too_deep(headers) else {
+            return Ok(());
+        };
         let failure = Failure::local(format!(
             "header {header}: tables or arrays nested deeper than {} levels (dropped on receipt)",
             crate::broker::headers::MAX_NESTING
         ));
-        let echo = crate::job::Echo::read(delivery.body);
-        return context(&delivery, shared, name, OffsetDateTime::now_utc()).dead_letter(
-            crate::outcome::Reason::Malformed,
-            failure,
-            echo,
-            0,
-        );
+        Err(self.refused(crate::outcome::Reason::Malformed, failure))
     }
-    let now = OffsetDateTime::now_utc();
-    let (history, trust) =
-        History::read(delivery.properties, delivery.body, name, &channel.key, now);
-    if trust == Trust::Forged {
-        warn!("retry headers not written by this deployment were ignored");
-        shared.metrics.forged_history(name);
+
+    /// The job's signed retry history; a forged one reads as a fresh job.
+    fn history(&self, now: OffsetDateTime) -> History {
+        let (body, props) = (self.delivery.body, self.delivery.properties);
+        let (history, trust) = History::read(props, body, self.name, &self.channel.key, now);
+        if trust == Trust::Forged {
+            warn!("retry headers not written by this deployment were ignored");
+            self.shared.metrics.forged_history(self.name);
+        }
+        history
     }
-    let parsed = {
-        let _validate = crate::observe::trace::stage_span("validate").entered();
-        Job::parse(delivery.body, name, channel.config.provider)
-    };
-    let job = match parsed {
-        Ok(job) => job,
-        Err(rejection) => {
-            if let Some(id) = &rejection.echo.job_id {
-                Span::current().record("job_id", tracing::field::display(escape(id)));
-                delivery.trace.record("octopods.job_id", id.as_str());
+
+    /// The job, valid by construction; its id and masked phone on the spans.
+    fn parse(&self, now: OffsetDateTime, history: &History) -> Step<Job> {
+        let parsed = {
+            let _validate = crate::observe::trace::stage_span("validate").entered();
+            Job::parse(self.delivery.body, self.name, self.channel.config.provider)
+        };
+        let job = match parsed {
+            Ok(job) => job,
+            Err(rejection) => {
+                if let Some(id) = &rejection.echo.job_id {
+                    self.record_job_id(id);
+                }
+                let failure = Failure::local(rejection.message);
+                let (reason, echo) = (rejection.reason, *rejection.echo);
+                let attempts = history.attempts.max(1);
+                let ctx = self.context(now);
+                return Err(Box::new(ctx.dead_letter(reason, failure, echo, attempts)));
             }
-            return context(&delivery, shared, name, now).dead_letter(
-                rejection.reason,
-                Failure::local(rejection.message),
-                *rejection.echo,
+        };
+        self.record_job_id(job.id.as_str());
+        // `Phone` displays masked: +1555***4567.
+        Span::current().record("phone", tracing::field::display(&job.phone));
+        if let Some(hook) = self.shared.fault {
+            hook(job.id.as_str());
+        }
+        Ok(job)
+    }
+
+    fn record_job_id(&self, id: &str) {
+        Span::current().record("job_id", tracing::field::display(escape(id)));
+        self.delivery.trace.record("octopods.job_id", id);
+    }
+
+    /// This delivery's claim on the job: not sent already by this worker
+    /// (else its `sent` event is published again), not in flight on
+    /// another delivery (else wait for that one).
+    async fn claim(&self, job: &Job, now: OffsetDateTime, history: &History) -> Step<Claim<'_>> {
+        loop {
+            match self.shared.dedup.begin(self.name, job.id.as_str()) {
+                Begin::Go(claim) => return Ok(claim),
+                Begin::Sent(kept) => {
+                    return Err(Box::new(self.sent_before(&kept, job, now, history)));
+                }
+                Begin::Wait(mut done) => tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return Err(Box::new(Settlement::HandBack {
+                        why: "stopping while a copy of the job was in flight",
+                    })),
+                    _ = done.changed() => {}
+                },
+            }
+        }
+    }
+
+    /// Sent already by this worker: its `sent` event again, not a send.
+    fn sent_before(
+        &self,
+        kept: &[u8],
+        job: &Job,
+        now: OffsetDateTime,
+        history: &History,
+    ) -> Settlement {
+        match SentEvent::from_kept(kept, job, self.name) {
+            Some(event) => {
+                info!("already sent by this worker; re-publishing its sent event instead");
+                self.shared.metrics.duplicate_suppressed(self.name);
+                sent(&self.delivery, self.channel, self.shared, &event)
+            }
+            // Never written by `kept`: a bug, not a reason to lose the job.
+            None => self.context(now).dead_letter(
+                crate::outcome::Reason::Internal,
+                Failure::local("the remembered send of this job cannot be read"),
+                job.echo(),
                 history.attempts.max(1),
-            );
+            ),
         }
-    };
-    let span = Span::current();
-    span.record("job_id", tracing::field::display(escape(job.id.as_str())));
-    delivery.trace.record("octopods.job_id", job.id.as_str());
-    // `Phone` displays masked: +1555***4567.
-    span.record("phone", tracing::field::display(&job.phone));
-    if let Some(hook) = shared.fault {
-        hook(job.id.as_str());
     }
-    let claim = loop {
-        match shared.dedup.begin(name, job.id.as_str()) {
-            Begin::Go(claim) => break claim,
-            Begin::Sent(kept) => match SentEvent::from_kept(&kept, &job, name) {
-                Some(event) => {
-                    info!("already sent by this worker; re-publishing its sent event instead");
-                    shared.metrics.duplicate_suppressed(name);
-                    return sent(&delivery, channel, shared, &event);
+
+    /// What the attempts came to, as a settlement.
+    fn conclude(
+        &self,
+        job: &Job,
+        claim: Claim<'_>,
+        history: History,
+        (result, attempts): (Final, u32),
+        now: OffsetDateTime,
+    ) -> Settlement {
+        match result {
+            Final::Sent(receipt, via) => {
+                self.shared.metrics.sent_via(self.name, via);
+                let at = OffsetDateTime::now_utc();
+                let event = SentEvent::new(job, self.name, receipt, attempts, via, at);
+                // Remember before publishing: if the broker goes away now, the
+                // redelivered job re-publishes this event instead of re-sending.
+                // Cannot fail (strings and numbers); if it did, a redelivery
+                // would send again rather than re-publish: still no job lost.
+                if let Ok(kept) = event.kept() {
+                    claim.remember(kept);
                 }
-                // Never written by `kept`: a bug, not a reason to lose the job.
-                None => {
-                    return context(&delivery, shared, name, now).dead_letter(
-                        crate::outcome::Reason::Internal,
-                        Failure::local("the remembered send of this job cannot be read"),
-                        job.echo(),
-                        history.attempts.max(1),
-                    );
-                }
-            },
-            // The same job is in flight on another delivery: wait for it.
-            Begin::Wait(mut done) => tokio::select! {
-                biased;
-                () = stop.cancelled() => return Settlement::HandBack { why: "stopping while a copy of the job was in flight" },
-                _ = done.changed() => {}
-            },
-        }
-    };
-    let target = Target {
-        channel: name,
-        limiter: &channel.limiter,
-        open: &shared.open,
-        flow: &shared.flow,
-        stop,
-    };
-    let retry_config = &shared.config.retry;
-    let (result, attempts) = attempts::attempt(
-        &job,
-        &target,
-        history,
-        sender,
-        retry_config,
-        &shared.metrics,
-    )
-    .await;
-    match result {
-        Final::Sent(receipt, via) => {
-            shared.metrics.sent_via(name, via);
-            let event = SentEvent::new(
-                &job,
-                name,
-                receipt,
-                attempts,
-                via,
-                OffsetDateTime::now_utc(),
-            );
-            // Remember before publishing: if the broker goes away now, the
-            // redelivered job re-publishes this event instead of re-sending.
-            // Cannot fail (strings and numbers); if it did, a redelivery
-            // would send again rather than re-publish: still no job lost.
-            if let Ok(kept) = event.kept() {
-                claim.remember(kept);
+                sent(&self.delivery, self.channel, self.shared, &event)
             }
-            sent(&delivery, channel, shared, &event)
+            Final::DeadLetter(reason, failure) => self
+                .context(OffsetDateTime::now_utc())
+                .dead_letter(reason, failure, job.echo(), attempts),
+            Final::Delay(later) => {
+                let config = &self.shared.config.retry;
+                let ctx = self.context(now);
+                delay(&ctx, &self.channel.key, history, attempts, config, later)
+            }
+            Final::HandBack => Settlement::HandBack {
+                why: "stopping before this job's turn",
+            },
         }
-        Final::DeadLetter(reason, failure) => context(
-            &delivery,
-            shared,
-            name,
-            OffsetDateTime::now_utc(),
-        )
-        .dead_letter(reason, failure, job.echo(), attempts),
-        Final::Delay(later) => delay(
-            &context(&delivery, shared, name, now),
-            &channel.key,
-            history,
-            attempts,
-            retry_config,
-            later,
-        ),
-        Final::HandBack => Settlement::HandBack {
-            why: "stopping before this job's turn",
-        },
     }
 }
 
