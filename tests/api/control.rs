@@ -427,21 +427,10 @@ async fn a_job_published_with_the_shops_user_id_is_handed_back_as_a_copy() {
     let ch = shop.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     let body = serde_json::to_vec(&button_job("as-the-shop")).unwrap();
-    let confirm = ch
-        .basic_publish(
-            app.queue("jobs").as_str().into(),
-            "store-eu".into(),
-            Default::default(),
-            &body,
-            lapin::BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_user_id(user.as_str().into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
+    let props = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_user_id(user.as_str().into());
+    publish_confirmed(&ch, &app.queue("jobs"), "store-eu", &body, props).await;
     // The worker holds it, waiting for its slot (the budget starts empty).
     eventually(
         Duration::from_secs(5),

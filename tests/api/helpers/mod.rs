@@ -167,6 +167,32 @@ impl Default for Options {
     }
 }
 
+/// Publishes on `ch` (in confirm mode) and waits for the broker's ack.
+pub async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(
+        confirm.is_ack(),
+        "the broker nacked a publish to {exchange:?} / {routing_key:?}"
+    );
+}
+
 pub struct TestApp {
     pub prefix: String,
     pub config: Config,
@@ -179,7 +205,39 @@ pub struct TestApp {
     ch: Channel,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Set by [`TestApp::shutdown`]; until then dropping the app (a test
+    /// that failed) removes its topology anyway.
+    cleaned: bool,
     _keys: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    /// A test that fails never reaches `shutdown`: its queues and exchanges
+    /// are deleted here, on a thread and a connection of their own (the
+    /// test's runtime may be unwinding).
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.shutdown.cancel();
+        let config = self.config.clone();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
+                    .await
+                    .ok()?;
+                let ch = conn.create_channel().await.ok()?;
+                drop(topology::delete(&ch, &config).await);
+                drop(conn.close(200, "OK".into()).await);
+                Some(())
+            })
+        });
+        drop(cleanup.join());
+    }
 }
 
 pub async fn spawn_worker(test: &str) -> TestApp {
@@ -261,6 +319,7 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
         ch,
         shutdown: CancellationToken::new(),
         handle: None,
+        cleaned: false,
         _keys: keys,
     };
     app.start_worker().await;
@@ -311,7 +370,8 @@ impl TestApp {
     }
 
     /// Publishes a message to an exchange named in full (`""`: the default
-    /// exchange, routing key = queue name).
+    /// exchange, routing key = queue name) and waits for the broker's
+    /// confirm: the one publish every helper goes through.
     pub async fn publish_raw(
         &self,
         exchange: &str,
@@ -319,39 +379,15 @@ impl TestApp {
         body: &[u8],
         props: BasicProperties,
     ) {
-        let confirm = self
-            .ch
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(confirm.is_ack(), "broker nacked");
+        publish_confirmed(&self.ch, exchange, routing_key, body, props).await;
     }
 
     /// Appends raw bytes to the control stream `<prefix>.control`, as anyone
     /// allowed to write there could, bypassing the CLI's checks.
     pub async fn append_control(&self, body: &[u8]) {
-        let confirm = self
-            .ch
-            .basic_publish(
-                "".into(),
-                self.queue("control").as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(confirm.is_ack(), "broker nacked the record");
+        let props = BasicProperties::default().with_delivery_mode(2);
+        self.publish_raw("", &self.queue("control"), body, props)
+            .await;
     }
 
     /// Every message in `<prefix>.<suffix>`, left in place.
@@ -419,22 +455,10 @@ impl TestApp {
 
     /// Publishes raw bytes to `<prefix>.jobs` with the channel as routing key.
     pub async fn publish_bytes(&self, channel: &str, body: &[u8], props: BasicProperties) {
-        let confirm = self
-            .ch
-            .basic_publish(
-                self.queue("jobs").as_str().into(),
-                channel.into(),
-                BasicPublishOptions::default(),
-                body,
-                props
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into()),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-        assert!(confirm.is_ack(), "broker nacked the job");
+        let props = props
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        self.publish_to("jobs", channel, body, props).await;
     }
 
     /// Publishes many jobs to `channel`, waiting for all confirms at the end.
@@ -576,6 +600,7 @@ impl TestApp {
         topology::delete(&self.ch, &self.config)
             .await
             .expect("delete the test topology");
+        self.cleaned = true;
         drop(self.conn.close(200, "OK".into()).await);
     }
 }
