@@ -14,6 +14,7 @@ use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, error, field::Empty, info_span};
 
+use crate::observe::emit::{Emit, JobPanicked, TraceContextInvalid};
 use crate::{
     delivery::{
         channel::{ChannelState, Shared},
@@ -74,7 +75,7 @@ impl Handler {
         let name = self.channel.config.name.as_str();
         let parent = trace::extract(self.delivery.properties.headers().as_ref());
         if matches!(parent, trace::Parent::Malformed) {
-            self.shared.metrics.trace_context_invalid(name);
+            TraceContextInvalid { channel: name }.emit(&self.shared.metrics);
         }
         let message_id = self
             .delivery
@@ -113,8 +114,11 @@ impl Handler {
             }
         };
         let settlement = decided.unwrap_or_else(|message| {
-            shared.metrics.panicked(name);
-            error!(panic = %escape(&message), "the worker panicked on this job");
+            let panicked = JobPanicked {
+                channel: name,
+                message: &message,
+            };
+            panicked.emit(&shared.metrics);
             let ctx = Context {
                 names: &shared.names,
                 channel: name,

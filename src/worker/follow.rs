@@ -6,9 +6,9 @@
 use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures_util::StreamExt;
-use tracing::warn;
 
 use super::Worker;
+use crate::observe::emit::{ControlRecordSkipped, Emit};
 use crate::{
     broker::{Names, Publisher},
     ops::control::{self, Change, Command},
@@ -99,8 +99,7 @@ impl Worker {
     }
 
     fn reject(&self, why: &str, reason: &'static str) {
-        warn!(why = %crate::observe::logging::escape(why), reason, "skipped a record of the control stream");
-        self.shared.metrics.control_rejected(reason);
+        ControlRecordSkipped { why, reason }.emit(&self.shared.metrics);
     }
 }
 

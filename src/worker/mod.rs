@@ -21,8 +21,9 @@ use tokio::{
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
+use crate::observe::emit::{Emit, SessionPanicked};
 use crate::{
     broker::{self, Flow, Names, Publisher, topology},
     config::Config,
@@ -162,9 +163,8 @@ impl Worker {
             let result = match AssertUnwindSafe(session).catch_unwind().await {
                 Ok(result) => result,
                 Err(panic) => {
-                    self.shared.metrics.session_panicked();
                     let message = crate::observe::logging::panic_message(panic.as_ref());
-                    error!(panic = %crate::observe::logging::escape(&message), "the broker session panicked; starting it again");
+                    SessionPanicked { message: &message }.emit(&self.shared.metrics);
                     Err(anyhow::anyhow!("the session panicked"))
                 }
             };

@@ -9,8 +9,9 @@
 use lapin::BasicProperties;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::{Span, info, warn};
+use tracing::{Span, info};
 
+use crate::observe::emit::{DuplicateSuppressed, Emit, ForgedHistory};
 use crate::{
     broker::headers::{History, Trust},
     delivery::attempts::{self, Final, Later, Target},
@@ -152,8 +153,7 @@ impl<S: crate::octopods::client::Sender> Decision<'_, S> {
         let (body, props) = (self.delivery.body, self.delivery.properties);
         let (history, trust) = History::read(props, body, self.name, &self.channel.key, now);
         if trust == Trust::Forged {
-            warn!("retry headers not written by this deployment were ignored");
-            self.shared.metrics.forged_history(self.name);
+            ForgedHistory { channel: self.name }.emit(&self.shared.metrics);
         }
         history
     }
@@ -222,8 +222,7 @@ impl<S: crate::octopods::client::Sender> Decision<'_, S> {
     ) -> Settlement {
         match SentEvent::from_kept(kept, job, self.name) {
             Some(event) => {
-                info!("already sent by this worker; re-publishing its sent event instead");
-                self.shared.metrics.duplicate_suppressed(self.name);
+                DuplicateSuppressed { channel: self.name }.emit(&self.shared.metrics);
                 sent(&self.delivery, self.channel, self.shared, &event)
             }
             // Never written by `kept`: a bug, not a reason to lose the job.

@@ -7,9 +7,10 @@ use std::{
 };
 
 use lapin::{message::Delivery, options::BasicAckOptions};
-use tracing::{error, warn};
+use tracing::warn;
 
 use super::{Settler, nack};
+use crate::observe::emit::{Emit, SettleFailed};
 use crate::{
     broker::{PublishError, headers},
     delivery::settlement::backoff,
@@ -31,12 +32,16 @@ impl Settler {
         if !self.session_over() {
             self.health.set_settle_failing(true);
         }
-        self.metrics.settle_failed(channel, e.kind());
+        let wait = backoff(n);
+        let failed = SettleFailed {
+            channel,
+            kind: e.kind(),
+            error: e,
+            retry_in: wait,
+        };
+        failed.emit(&self.metrics);
         self.unsettled(channel, received);
         self.repair.notify_one();
-        let wait = backoff(n);
-        error!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            "could not publish the job's result; handing it back to its queue after a pause");
         let mut recovery = self.recovery.subscribe();
         tokio::select! {
             biased;

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::observe::emit::{Emit, EventUnroutable};
 use crate::{
     broker::{Flow, PublishError, Publisher, Routed},
     delivery::settlement::{Body, Message, Report, Settlement},
@@ -154,11 +155,7 @@ impl Settler {
             )
             .await?;
         if let (Routed::No, Some(kind)) = (routed, message.event) {
-            warn!(
-                event = kind.as_str(),
-                "result event was unroutable: no queue bound to the results exchange"
-            );
-            self.metrics.event_unroutable(channel, kind);
+            EventUnroutable { channel, kind }.emit(&self.metrics);
         }
         Ok(())
     }
