@@ -153,63 +153,6 @@ pub fn node_label(url: &str) -> String {
     }
 }
 
-/// Whether the worker can publish results: not while RabbitMQ blocks the
-/// publishing connection (`connection.blocked`: a memory or disk alarm), nor
-/// while the last `sent` result could not be published. While blocked the
-/// worker makes no request to Octopods: it could not report what it sent.
-#[derive(Debug)]
-pub(crate) struct Flow {
-    state: tokio::sync::watch::Sender<bool>,
-    broker: std::sync::atomic::AtomicBool,
-    settle: std::sync::atomic::AtomicBool,
-}
-
-impl Default for Flow {
-    fn default() -> Self {
-        Self {
-            state: tokio::sync::watch::Sender::new(false),
-            broker: false.into(),
-            settle: false.into(),
-        }
-    }
-}
-
-impl Flow {
-    /// The broker blocked or unblocked the publishing connection.
-    pub(crate) fn set_blocked(&self, blocked: bool) {
-        self.broker
-            .store(blocked, std::sync::atomic::Ordering::SeqCst);
-        self.update();
-    }
-
-    /// A `sent` result could not be published (or, `false`, a settlement
-    /// was published again).
-    pub(crate) fn set_settle_failing(&self, failing: bool) {
-        self.settle
-            .store(failing, std::sync::atomic::Ordering::SeqCst);
-        self.update();
-    }
-
-    fn update(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        let blocked = self.broker.load(SeqCst) || self.settle.load(SeqCst);
-        self.state
-            .send_if_modified(|b| std::mem::replace(b, blocked) != blocked);
-    }
-
-    /// Whether publishing is not blocked now.
-    pub(crate) fn is_open(&self) -> bool {
-        !*self.state.borrow()
-    }
-
-    /// Returns once publishing is not blocked.
-    pub(crate) async fn until_open(&self) {
-        let mut rx = self.state.subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        drop(rx.wait_for(|blocked| !blocked).await);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

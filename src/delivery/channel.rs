@@ -8,7 +8,6 @@ use tokio::sync::Semaphore;
 use tracing::info;
 
 use crate::{
-    broker::Flow,
     config::{ApiKey, ChannelConfig, Config},
     delivery::dedup::Dedup,
     delivery::limit::Limiter,
@@ -82,7 +81,7 @@ pub(crate) struct Shared {
     /// Requests to Octopods open at once (`max_concurrent_requests`).
     pub(crate) open: Semaphore,
     /// Whether results can be published (shared with the settle stage).
-    pub(crate) flow: Arc<Flow>,
+    pub(crate) health: Arc<crate::observe::health::Health>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) dedup: Dedup,
     /// This replica's name (see [`subscribe_delay`]).

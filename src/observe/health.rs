@@ -1,6 +1,9 @@
-//! Readiness: what `/readyz` and the health gauges report. Ready means
-//! connected and consuming every channel queue, the broker not blocking
-//! publishes, and the last settlement's publishes confirmed.
+//! The one owner of the worker's publishing state, and so of readiness:
+//! whether it consumes, whether RabbitMQ blocks its publishing connection,
+//! whether the last settlement's publishes were refused, and whether sends
+//! are held because a `sent` result could not be published. `/readyz` and
+//! the health gauges read it; the attempts wait at its gate, which is open
+//! only while the worker could report what it sends.
 
 use std::sync::{
     Arc,
@@ -11,8 +14,15 @@ use crate::observe::metrics::Metrics;
 
 pub(crate) struct Health {
     consuming: AtomicBool,
-    blocked: AtomicBool,
+    /// RabbitMQ blocks the publishing connection (a memory or disk alarm).
+    broker_blocked: AtomicBool,
+    /// The last settlement's publishes were refused (readiness).
     settle_failing: AtomicBool,
+    /// A `sent` result could not be published: no request to Octopods
+    /// until a publish goes through again.
+    sends_held: AtomicBool,
+    /// `true` while requests to Octopods wait: blocked, or sends held.
+    gate: tokio::sync::watch::Sender<bool>,
     metrics: Arc<Metrics>,
 }
 
@@ -20,8 +30,10 @@ impl Health {
     pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             consuming: AtomicBool::new(false),
-            blocked: AtomicBool::new(false),
+            broker_blocked: AtomicBool::new(false),
             settle_failing: AtomicBool::new(false),
+            sends_held: AtomicBool::new(false),
+            gate: tokio::sync::watch::Sender::new(false),
             metrics,
         }
     }
@@ -31,22 +43,66 @@ impl Health {
         self.metrics.broker_connected(up);
     }
 
-    pub(crate) fn set_blocked(&self, blocked: bool) {
-        self.blocked.store(blocked, Ordering::SeqCst);
+    /// RabbitMQ blocked (or unblocked) the publishing connection.
+    pub(crate) fn broker_blocked(&self, blocked: bool) {
+        self.broker_blocked.store(blocked, Ordering::SeqCst);
         self.metrics.broker_blocked(blocked);
+        self.update_gate();
     }
 
-    pub(crate) fn set_settle_failing(&self, failing: bool) {
+    /// The broker refused a settlement's publishes; when they reported a
+    /// send, sends are held until a publish goes through.
+    pub(crate) fn publish_refused(&self, reported_a_send: bool) {
+        self.set_settle_failing(true);
+        if reported_a_send {
+            self.sends_held.store(true, Ordering::SeqCst);
+            self.update_gate();
+        }
+    }
+
+    /// A settlement's publishes went through.
+    pub(crate) fn published(&self) {
+        self.set_settle_failing(false);
+        self.sends_held.store(false, Ordering::SeqCst);
+        self.update_gate();
+    }
+
+    /// A new broker session starts clean: what the last one saw died with it.
+    pub(crate) fn start_clean(&self) {
+        self.broker_blocked(false);
+        self.published();
+    }
+
+    fn set_settle_failing(&self, failing: bool) {
         if self.settle_failing.swap(failing, Ordering::SeqCst) != failing {
             self.metrics.settle_failing(failing);
         }
+    }
+
+    fn update_gate(&self) {
+        let closed =
+            self.broker_blocked.load(Ordering::SeqCst) || self.sends_held.load(Ordering::SeqCst);
+        self.gate
+            .send_if_modified(|c| std::mem::replace(c, closed) != closed);
+    }
+
+    /// Whether requests to Octopods may go now.
+    pub(crate) fn is_open(&self) -> bool {
+        !*self.gate.borrow()
+    }
+
+    /// Returns once requests to Octopods may go.
+    pub(crate) async fn until_open(&self) {
+        let mut rx = self.gate.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        drop(rx.wait_for(|closed| !closed).await);
     }
 
     /// `None` when ready, else why not.
     pub(crate) fn not_ready(&self) -> Option<&'static str> {
         if !self.consuming.load(Ordering::SeqCst) {
             Some("not connected to the broker and consuming\n")
-        } else if self.blocked.load(Ordering::SeqCst) {
+        } else if self.broker_blocked.load(Ordering::SeqCst) {
             Some("the broker blocks publishing (resource alarm)\n")
         } else if self.settle_failing.load(Ordering::SeqCst) {
             Some("the broker refuses the worker's publishes (see octopods_settle_failures_total)\n")

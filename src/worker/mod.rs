@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::observe::emit::{Emit, SessionPanicked};
 use crate::{
-    broker::{self, Flow, Names, Publisher, topology},
+    broker::{self, Names, Publisher, topology},
     config::Config,
     delivery::channel::{ChannelState, Shared},
     delivery::consumer::{Consumer, Lane, Session, Stopped},
@@ -96,14 +96,15 @@ impl Worker {
         );
         let replica_id = config.replica_id();
         let open = Semaphore::new(config.octopods.max_concurrent_requests);
+        let health = Arc::new(Health::new(metrics.clone()));
         Ok(Self {
-            health: Arc::new(Health::new(metrics.clone())),
+            health: health.clone(),
             shared: Arc::new(Shared {
                 names: Names::new(&config.broker.prefix),
                 config,
                 client,
                 open,
-                flow: Arc::new(Flow::default()),
+                health,
                 metrics,
                 dedup,
                 replica_id,
@@ -227,7 +228,8 @@ impl Worker {
             repair.clone(),
             stop.clone(),
         ));
-        self.start_clean();
+        // A new session starts clean: what the last one saw died with it.
+        self.health.start_clean();
         // Operators' commands first: a channel paused before this replica
         // started must not be consumed for a moment.
         let (_control_ch, mut commands) =
@@ -255,7 +257,7 @@ impl Worker {
                 Ok(other) => anyhow::anyhow!("consumer stopped: {other:?}"),
                 Err(e) => anyhow::Error::new(e).context("consumer task failed"),
             }),
-            e = watch_connections(&mut events, &self.shared.flow, &self.health) => Some(e),
+            e = watch_connections(&mut events, &self.health) => Some(e),
             followed = self.follow(&mut commands, None) => Some(match followed {
                 Followed::Ended(e) => e,
                 Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
@@ -275,14 +277,6 @@ impl Worker {
         }
         links.close(200, "shutdown").await;
         Ok(())
-    }
-
-    /// A new session starts clean: what the last one saw died with it.
-    fn start_clean(&self) {
-        self.shared.flow.set_blocked(false);
-        self.shared.flow.set_settle_failing(false);
-        self.health.set_blocked(false);
-        self.health.set_settle_failing(false);
     }
 
     /// A consumer for each channel's jobs, and for its status checks when
@@ -345,7 +339,7 @@ impl Worker {
         let drained = async {
             tokio::select! {
                 r = tokio::time::timeout_at(end, tracker.wait()) => r.is_ok(),
-                _ = watch_connections(events, &self.shared.flow, &self.health) => {
+                _ = watch_connections(events, &self.health) => {
                     tokio::time::timeout_at(end, tracker.wait()).await.is_ok()
                 }
             }
@@ -492,20 +486,17 @@ async fn repair_topology(
 /// error, which ends the session.
 async fn watch_connections(
     events: &mut (impl futures_util::Stream<Item = Event> + Unpin),
-    flow: &Flow,
     health: &Health,
 ) -> anyhow::Error {
     while let Some(event) = events.next().await {
         match event {
             Event::ConnectionBlocked(reason) => {
                 warn!(reason = %crate::observe::logging::escape(&reason), "the broker blocks publishing; no requests to Octopods until it unblocks");
-                flow.set_blocked(true);
-                health.set_blocked(true);
+                health.broker_blocked(true);
             }
             Event::ConnectionUnblocked => {
                 info!("the broker unblocked publishing");
-                flow.set_blocked(false);
-                health.set_blocked(false);
+                health.broker_blocked(false);
             }
             Event::Error(e) => return anyhow::Error::new(e).context("connection lost"),
             _ => {}

@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, info};
 
 use crate::{
-    broker::{Flow, headers::History},
+    broker::headers::History,
     config::RetryConfig,
     delivery::limit::Limiter,
     job::Job,
+    observe::health::Health,
     observe::logging::escape,
     observe::metrics::Metrics,
     octopods::classify,
@@ -62,9 +63,9 @@ pub(crate) struct Target<'a> {
     pub(crate) limiter: &'a Limiter,
     /// Requests open at once, over all channels.
     pub(crate) open: &'a Semaphore,
-    /// The broker's flow control: no request while it blocks publishing,
+    /// The publishing state's gate: no request while the broker blocks publishing,
     /// since the result could not be published.
-    pub(crate) flow: &'a Flow,
+    pub(crate) health: &'a Health,
     /// Cancelled when this replica stops taking jobs: a job that has not
     /// reached its request goes back instead, so a standby taking over the
     /// channel never shares its budget with a replica that is draining.
@@ -244,7 +245,7 @@ async fn turn<'a>(
         tokio::select! {
             biased;
             () = stop.cancelled() => return None,
-            () = target.flow.until_open() => {}
+            () = target.health.until_open() => {}
         }
         let (permit, w) = tokio::select! {
             biased;
@@ -258,7 +259,7 @@ async fn turn<'a>(
         }
         // The broker may have blocked while the job waited for its slot.
         // (The semaphore is never closed; without a permit sending is still correct.)
-        if target.flow.is_open() {
+        if target.health.is_open() {
             return Some((permit, waited));
         }
     }

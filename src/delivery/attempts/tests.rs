@@ -9,7 +9,9 @@ use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::{broker::Flow, config::Provider, observe::metrics::Metrics, octopods::client::Attempt};
+use crate::{
+    config::Provider, observe::health::Health, observe::metrics::Metrics, octopods::client::Attempt,
+};
 
 /// Answers from a script, one per request; counts the requests.
 struct Script(Mutex<VecDeque<Outcome>>);
@@ -84,7 +86,7 @@ fn config(immediate: u32, delays: &[u64]) -> RetryConfig {
 struct Fixture {
     limiter: Limiter,
     open: Semaphore,
-    flow: Flow,
+    flow: Health,
     stop: CancellationToken,
     metrics: Metrics,
 }
@@ -94,7 +96,7 @@ impl Fixture {
         Self {
             limiter: Limiter::new(1_000_000.0, 1000),
             open: Semaphore::new(4),
-            flow: Flow::default(),
+            flow: Health::new(std::sync::Arc::new(Metrics::new())),
             stop: CancellationToken::new(),
             metrics: Metrics::new(),
         }
@@ -110,7 +112,7 @@ impl Fixture {
             channel: "store-eu",
             limiter: &self.limiter,
             open: &self.open,
-            flow: &self.flow,
+            health: &self.flow,
             stop: &self.stop,
         };
         attempt(&job(), &target, history, script, retry, &self.metrics).await
@@ -299,7 +301,7 @@ async fn a_stop_wins_over_a_ready_rate_slot() {
 #[tokio::test(start_paused = true)]
 async fn no_request_while_the_broker_blocks_publishing() {
     let f = Fixture::new();
-    f.flow.set_blocked(true);
+    f.flow.broker_blocked(true);
     let script = Script::new(vec![sent()]);
     let retry = config(2, &[10]);
     let run = f.run(&script, History::default(), &retry);
@@ -310,7 +312,7 @@ async fn no_request_while_the_broker_blocks_publishing() {
             .is_err()
     );
     assert_eq!(script.left(), 1, "no request while blocked");
-    f.flow.set_blocked(false);
+    f.flow.broker_blocked(false);
     let (result, _) = run.await;
     assert!(matches!(result, Final::Sent(..)));
 }
@@ -348,14 +350,14 @@ async fn slots_that_came_while_the_broker_blocked_are_not_spent_at_once_after() 
     );
     assert_eq!(clock.0.lock().unwrap().len(), 1);
     // ...while the broker blocks for longer than all four slots take.
-    f.flow.set_blocked(true);
+    f.flow.broker_blocked(true);
     assert!(
         tokio::time::timeout(Duration::from_millis(500), &mut runs)
             .await
             .is_err()
     );
     assert_eq!(clock.0.lock().unwrap().len(), 1, "no request while blocked");
-    f.flow.set_blocked(false);
+    f.flow.broker_blocked(false);
     for (result, _) in runs.await {
         assert!(matches!(result, Final::Sent(..)));
     }
@@ -398,7 +400,7 @@ async fn an_expired_job_is_dead_lettered_before_any_request() {
         channel: "store-eu",
         limiter: &f.limiter,
         open: &f.open,
-        flow: &f.flow,
+        health: &f.flow,
         stop: &f.stop,
     };
     let (result, attempts) = attempt(

@@ -97,7 +97,7 @@ impl<S: crate::octopods::client::Sender> Decision<'_, S> {
             channel: self.name,
             limiter: &self.channel.limiter,
             open: &self.shared.open,
-            flow: &self.shared.flow,
+            health: &self.shared.health,
             stop: self.stop,
         };
         let (config, metrics) = (&self.shared.config.retry, &self.shared.metrics);
@@ -297,7 +297,7 @@ pub(crate) async fn poll(
     tokio::select! {
         biased;
         () = stop.cancelled() => return Settlement::HandBack { why: "stopping before its poll" },
-        () = shared.flow.until_open() => {}
+        () = shared.health.until_open() => {}
     }
     let permit = tokio::select! {
         biased;

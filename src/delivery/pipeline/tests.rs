@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::{
-    broker::{Flow, headers},
+    broker::headers,
     config::{ApiKey, Config},
     delivery::dedup::Dedup,
     delivery::limit::Limiter,
@@ -72,7 +72,9 @@ fn fixture() -> (Shared, ChannelState) {
         names: crate::broker::Names::new(&config.broker.prefix),
         client: Client::new(&config.octopods).unwrap(),
         open: Semaphore::new(8),
-        flow: Arc::new(Flow::default()),
+        health: Arc::new(crate::observe::health::Health::new(
+            Arc::new(Metrics::new()),
+        )),
         metrics: Arc::new(Metrics::new()),
         dedup: Dedup::new(100, usize::MAX, Duration::from_secs(60)),
         replica_id: "r".into(),

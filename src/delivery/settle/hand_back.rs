@@ -29,9 +29,6 @@ impl Settler {
         e: &PublishError,
     ) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed);
-        if !self.session_over() {
-            self.health.set_settle_failing(true);
-        }
         let wait = backoff(n);
         let failed = SettleFailed {
             channel,
@@ -62,7 +59,7 @@ impl Settler {
     /// queue gone, no confirm) the delivery is nacked as before: nothing is
     /// lost, it only counts.
     pub(crate) async fn hand_back(&self, delivery: &Delivery, queue: &str) {
-        if !self.flow.is_open() {
+        if !self.health.is_open() {
             return nack(delivery).await;
         }
         let copy = headers::returned_copy(&delivery.properties);

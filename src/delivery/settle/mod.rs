@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::observe::emit::{Emit, EventUnroutable};
 use crate::{
-    broker::{Flow, PublishError, Publisher, Routed},
+    broker::{PublishError, Publisher, Routed},
     delivery::settlement::{Body, Message, Report, Settlement},
     observe::health::Health,
     observe::logging::escape,
@@ -43,7 +43,6 @@ pub(crate) struct Settler {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
     /// Blocked while a `sent` result cannot be published: no new requests.
-    flow: Arc<Flow>,
     /// Woken when a publish was refused: the session declares the topology again.
     pub(crate) repair: Arc<Notify>,
     /// Cancelled when this broker session ends (the replica stops, or the
@@ -70,7 +69,6 @@ impl Settler {
             publisher,
             metrics: shared.metrics.clone(),
             health,
-            flow: shared.flow.clone(),
             repair,
             stop,
             failures: AtomicU32::new(0),
@@ -115,16 +113,15 @@ impl Settler {
                 if self.failures.swap(0, Ordering::Relaxed) > 0 {
                     self.recovered();
                 }
-                self.health.set_settle_failing(false);
-                self.flow.set_settle_failing(false);
+                self.health.published();
                 self.ack(delivery, channel, received, report).await;
             }
             Err(e) => {
-                if reports_a_send && !self.session_over() {
+                if !self.session_over() {
                     // What was sent cannot be reported: send nothing more
                     // until a publish goes through again (this job's own
                     // re-publish, from the dedup memory, will).
-                    self.flow.set_settle_failing(true);
+                    self.health.publish_refused(reports_a_send);
                 }
                 self.hand_back_later(delivery, channel, queue, received, generation, &e)
                     .await;
