@@ -81,7 +81,7 @@ async fn main() -> Res<()> {
     std::fs::write(&config_path, &text)?;
     let conn = Connection::connect(&url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
-    topology::declare(&ch, &config).await?;
+    topology::declare(&conn, &config).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let started = Instant::now();
     let dead = format!("{prefix}.dead");

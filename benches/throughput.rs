@@ -541,7 +541,7 @@ async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measur
         let config = Config::from_toml(&text)?;
         let path = dir.join(format!("{prefix}.toml"));
         std::fs::write(&path, text)?;
-        topology::declare(&ch, &config).await?;
+        topology::declare(conn, &config).await?;
         let names = Names::new(&prefix);
         publish_jobs(&ch, &names.jobs_exchange(), &["fast".to_owned()], n).await?;
         // BENCH_PERF=FILE records a profile of the worker with perf (flat;
@@ -643,7 +643,7 @@ fn worker_config(
 async fn worker_run(conn: &Connection, config: Config, n: usize) -> Res<f64> {
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    topology::declare(&ch, &config).await?;
+    topology::declare(conn, &config).await?;
     let names = Names::new(&config.broker.prefix);
     let keys: Vec<String> = config.channels.iter().map(|c| c.name.clone()).collect();
     publish_jobs(&ch, &names.jobs_exchange(), &keys, n).await?;
@@ -728,7 +728,7 @@ async fn memory(
     std::fs::write(&path, text)?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    topology::declare(&ch, &config).await?;
+    topology::declare(conn, &config).await?;
     let names = Names::new(&prefix);
     publish_jobs(&ch, &names.jobs_exchange(), &["mem".to_owned()], N).await?;
     // BENCH_WRAP runs the worker under a profiler, e.g. `heaptrack`.

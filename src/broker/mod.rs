@@ -153,6 +153,53 @@ pub fn node_label(url: &str) -> String {
     }
 }
 
+/// The RabbitMQ a connection talks to, from its `connection.start`
+/// properties (`version`, e.g. `3.10.8`, `4.0.5`). What moved between
+/// versions (docs/operations.md, RabbitMQ versions) is decided here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// The version of the broker behind `conn`; `0.0` when it did not say.
+    pub fn of(conn: &lapin::Connection) -> Self {
+        let props = conn.configuration().server_properties();
+        match props.inner().get("version") {
+            Some(lapin::types::AMQPValue::LongString(v)) => {
+                Self::parse(&String::from_utf8_lossy(v.as_bytes()))
+            }
+            Some(lapin::types::AMQPValue::ShortString(v)) => Self::parse(v.as_str()),
+            _ => Self::default(),
+        }
+    }
+
+    /// `major.minor` from a version text; what does not read is 0.
+    pub fn parse(text: &str) -> Self {
+        let mut parts = text
+            .trim()
+            .split(['.', '-', '+'])
+            .map(|p| p.parse().unwrap_or(0));
+        Self {
+            major: parts.next().unwrap_or(0),
+            minor: parts.next().unwrap_or(0),
+        }
+    }
+
+    /// RabbitMQ 4.0 and later: every quorum queue has a delivery limit (20
+    /// unless set) and every return counts toward it.
+    pub fn counts_every_return(self) -> bool {
+        self.major >= 4
+    }
+}
+
+impl std::fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -220,6 +220,30 @@ fn at_least_once(exchange: &str) -> Args {
 }
 
 impl Plan {
+    /// The plan for the broker `server` is: RabbitMQ 4.0 gives every quorum
+    /// queue without one a delivery limit of 20 and counts every return
+    /// toward it, so the queues that are read and handed back (the dead
+    /// letters by every `dlq` command and console view, pending status
+    /// checks, results, unroutable jobs) would lose their messages, with no
+    /// dead-letter exchange to catch them. There they get `-1`, no limit —
+    /// what they have on 3.x. Not on 3.x itself: 3.10 takes `-1` as a limit
+    /// every first return passes.
+    pub fn for_server(mut self, server: super::ServerVersion) -> Self {
+        if server.counts_every_return() {
+            for q in &mut self.queues {
+                let quorum = q
+                    .arguments
+                    .iter()
+                    .any(|(k, v)| *k == "x-queue-type" && *v == text("quorum"));
+                let limited = q.arguments.iter().any(|(k, _)| *k == "x-delivery-limit");
+                if quorum && !limited {
+                    q.arguments.push(("x-delivery-limit", Arg::Int(-1)));
+                }
+            }
+        }
+        self
+    }
+
     /// The topology `config` needs.
     pub fn new(config: &Config) -> Self {
         let n = Names::new(&config.broker.prefix);
@@ -360,8 +384,16 @@ pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
 
 /// Declares the whole topology. Safe to run any number of times; a queue
 /// that exists with other arguments fails with RabbitMQ's PRECONDITION_FAILED.
-pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
-    let plan = Plan::new(config);
+/// Declares the topology on `conn`, for the RabbitMQ it talks to: on 4.0
+/// and later every quorum queue without a delivery limit of its own is
+/// declared with `x-delivery-limit: -1` ([`Plan::for_server`]). A queue an
+/// earlier version declared without it cannot take it now (RabbitMQ
+/// refuses an inequivalent argument); it is declared as it is, and the log
+/// says what to set instead.
+pub async fn declare(conn: &lapin::Connection, config: &Config) -> Result<(), lapin::Error> {
+    let server = super::ServerVersion::of(conn);
+    let plan = Plan::new(config).for_server(server);
+    let mut ch = conn.create_channel().await?;
     for e in &plan.exchanges {
         let kind = match e.kind {
             "fanout" => ExchangeKind::Fanout,
@@ -378,8 +410,34 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         .await?;
     }
     for q in &plan.queues {
-        ch.queue_declare(q.name.as_str().into(), DURABLE_QUEUE, table(&q.arguments))
-            .await?;
+        let declared = ch
+            .queue_declare(q.name.as_str().into(), DURABLE_QUEUE, table(&q.arguments))
+            .await;
+        match declared {
+            Ok(_) => {}
+            Err(e) if inequivalent_delivery_limit(&e) => {
+                // The failed declare closed the channel.
+                ch = conn.create_channel().await?;
+                let kept: Args = q
+                    .arguments
+                    .iter()
+                    .filter(|(k, _)| *k != "x-delivery-limit")
+                    .cloned()
+                    .collect();
+                ch.queue_declare(q.name.as_str().into(), DURABLE_QUEUE, table(&kept))
+                    .await?;
+                tracing::warn!(
+                    queue = %q.name,
+                    "this queue was declared without a delivery limit, and RabbitMQ {server} gives it \
+                     20: every 20th return (each dlq command or console view returns what it read) \
+                     would drop its messages. Set one with a policy: rabbitmqctl set_policy \
+                     octopods-unlimited '^{}$' '{{\"delivery-limit\":-1}}' --apply-to quorum_queues \
+                     (docs/operations.md, RabbitMQ versions)",
+                    regex_quote(&q.name)
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
     for b in &plan.bindings {
         ch.queue_bind(
@@ -391,7 +449,28 @@ pub async fn declare(ch: &Channel, config: &Config) -> Result<(), lapin::Error> 
         )
         .await?;
     }
+    drop(ch.close(200, "OK".into()).await);
     Ok(())
+}
+
+/// RabbitMQ refused a declare because the queue exists with another
+/// (or no) `x-delivery-limit`.
+fn inequivalent_delivery_limit(e: &lapin::Error) -> bool {
+    let text = e.to_string();
+    text.contains("PRECONDITION_FAILED") && text.contains("x-delivery-limit")
+}
+
+/// `name` as a regular expression matching only itself.
+fn regex_quote(name: &str) -> String {
+    name.chars()
+        .flat_map(|c| {
+            let special = "\\.^$|?*+()[]{}".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -421,5 +500,63 @@ mod tests {
             n.retry_queue(Duration::from_millis(1500)),
             "octopods.retry.1500ms"
         );
+    }
+
+    #[test]
+    fn on_4x_every_quorum_queue_has_an_explicit_delivery_limit_and_on_3x_none_is_added() {
+        let config = crate::config::Config::from_toml(
+            "[broker]\nprefix = \"o\"\n[[channels]]\nname = \"eu\"\napi_key_file = \"/k\"\n\
+             rate_per_second = 1\nburst = 1\ntrack_status = true\n",
+        )
+        .unwrap();
+        let limit = |plan: &Plan, q: &str| {
+            plan.queues
+                .iter()
+                .find(|x| x.name == q)
+                .and_then(|x| x.arguments.iter().find(|(k, _)| *k == "x-delivery-limit"))
+                .map(|(_, v)| v.clone())
+        };
+        let v3 = Plan::new(&config).for_server(crate::broker::ServerVersion::parse("3.10.8"));
+        let v4 = Plan::new(&config).for_server(crate::broker::ServerVersion::parse("4.0.5"));
+        for q in [
+            "o.dead",
+            "o.unroutable",
+            "o.results",
+            "o.status.eu",
+            "o.retry.10s",
+        ] {
+            assert_eq!(limit(&v3, q), None, "{q} on 3.10");
+            assert_eq!(limit(&v4, q), Some(Arg::Int(-1)), "{q} on 4.0");
+        }
+        // The channel queues keep the configured limit on both.
+        let configured = Some(Arg::Int(i64::from(config.broker.delivery_limit)));
+        assert_eq!(limit(&v3, "o.jobs.eu"), configured);
+        assert_eq!(limit(&v4, "o.jobs.eu"), configured);
+        // A stream has no delivery limit.
+        assert_eq!(limit(&v4, "o.control"), None);
+    }
+
+    #[test]
+    fn server_versions_read_from_what_the_broker_says() {
+        use crate::broker::ServerVersion;
+        assert_eq!(
+            ServerVersion::parse("3.10.8"),
+            ServerVersion {
+                major: 3,
+                minor: 10
+            }
+        );
+        assert_eq!(
+            ServerVersion::parse("4.3.0-rc.1"),
+            ServerVersion { major: 4, minor: 3 }
+        );
+        assert_eq!(ServerVersion::parse("garbage"), ServerVersion::default());
+        assert!(!ServerVersion::parse("3.13.7").counts_every_return());
+        assert!(ServerVersion::parse("4.0.5").counts_every_return());
+    }
+
+    #[test]
+    fn a_queue_name_is_quoted_for_a_policy_pattern() {
+        assert_eq!(regex_quote("octopods.dead"), "octopods\\.dead");
     }
 }

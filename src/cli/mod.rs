@@ -53,8 +53,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> anyhow::Result<ExitCo
         Command::Topology(a) => {
             let config = Config::load(&a.config)?;
             let conn = broker::connect(&config.broker, "topology").await?;
-            let ch = conn.create_channel().await?;
-            topology::declare(&ch, &config)
+            topology::declare(&conn, &config)
                 .await
                 .context("cannot declare the topology")?;
             crate::broker::close(&conn, 200, "OK").await;

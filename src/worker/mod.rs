@@ -441,12 +441,9 @@ pub(crate) mod http;
 use follow::Followed;
 
 async fn declare(conn: &Connection, config: &Config) -> anyhow::Result<()> {
-    let setup = conn.create_channel().await?;
-    topology::declare(&setup, config)
+    topology::declare(conn, config)
         .await
-        .context("cannot declare the topology")?;
-    broker::close_channel(&setup, "OK").await;
-    Ok(())
+        .context("cannot declare the topology")
 }
 
 /// Declares the topology again whenever the settle stage saw a publish

@@ -15,7 +15,7 @@ struct Alarm(String);
 
 impl Alarm {
     fn raise() -> Alarm {
-        let out = Command::new("rabbitmqctl")
+        let out = Command::new(rabbitmqctl_path())
             .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
             .output()
             .expect("rabbitmqctl (this test needs the local broker's rabbitmqctl)");
@@ -37,7 +37,7 @@ impl Drop for Alarm {
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let ok = Command::new("rabbitmqctl")
+    let ok = Command::new(rabbitmqctl_path())
         .arg("-q")
         .args(args)
         .status()

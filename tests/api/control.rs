@@ -418,12 +418,10 @@ async fn a_job_published_with_the_shops_user_id_is_handed_back_as_a_copy() {
     let user = unique_prefix("shop");
     rabbitmqctl(&["add_user", &user, "pw"]).await;
     rabbitmqctl(&["set_permissions", "-p", "/", &user, ".*", ".*", ".*"]).await;
-    let shop = lapin::Connection::connect(
-        &format!("amqp://{user}:pw@127.0.0.1:5672/%2f"),
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .expect("the shop's user connects");
+    let shop_url = amqp_url().replacen("guest:guest@", &format!("{user}:pw@"), 1);
+    let shop = lapin::Connection::connect(&shop_url, lapin::ConnectionProperties::default())
+        .await
+        .expect("the shop's user connects");
     let ch = shop.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     let body = serde_json::to_vec(&button_job("as-the-shop")).unwrap();

@@ -169,7 +169,7 @@ async fn a_second_operator_waits_or_refuses_never_works_on_a_part() {
         || {
             let prefix = prefix.clone();
             async move {
-                let out = tokio::process::Command::new("rabbitmqctl")
+                let out = tokio::process::Command::new(rabbitmqctl_path())
                     .args(["-q", "list_connections", "client_properties"])
                     .output()
                     .await
@@ -254,5 +254,31 @@ async fn purge_bound_to_an_export_deletes_exactly_the_exported_dead_letters() {
         stderr(&again)
     );
     assert_eq!(app.depth("dead").await, 305);
+    app.shutdown().await;
+}
+
+/// Three operators read the dead letters while a fourth asks for the
+/// stats, round after round: each command counts every one, every time.
+/// Each read hands the messages back, and RabbitMQ 4.0 counts every return
+/// toward a quorum queue's delivery limit — 20 unless the queue sets one —
+/// and drops a message past it. With the dead-letter queue declared as on
+/// 3.x, the 21st read found nothing: `dlq stats` said 0 of 300, and the
+/// dead letters were gone (issue 39).
+#[tokio::test]
+async fn readers_at_once_each_count_every_dead_letter() {
+    const DEAD: usize = 300;
+    let app = app("dlq-readers-at-once").await;
+    dead_letters(&app, "r", "rejected", DEAD).await;
+    for round in 0..6 {
+        let list = || app.cli(&["dlq", "list", "--json", "--wait", "60s"]);
+        let stats = app.cli(&["dlq", "stats", "--json", "--wait", "60s"]);
+        let (a, b, c, s) = tokio::join!(list(), list(), list(), stats);
+        for listed in [a, b, c] {
+            let lines = ok(&listed).lines().count();
+            assert_eq!(lines, DEAD, "round {round}: a reader saw {lines}");
+        }
+        let s: serde_json::Value = serde_json::from_str(ok(&s).trim()).expect("stats JSON");
+        assert_eq!(s["total"], DEAD, "round {round}: {s}");
+    }
     app.shutdown().await;
 }

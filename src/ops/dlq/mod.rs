@@ -98,12 +98,13 @@ pub(crate) async fn run(
     } = pass;
     summary.stale_markers = snap.stale_markers;
     // Whatever happened, hand back everything still held.
-    let acked_some = summary.acted > 0
-        && matches!(
-            req.op,
-            Op::Replay { dry_run: false, .. } | Op::Purge { dry_run: false, .. }
-        );
-    snap.close(acked_some).await;
+    let acked = match req.op {
+        Op::Replay { dry_run: false, .. } | Op::Purge { dry_run: false, .. } => {
+            u64::try_from(summary.acted).unwrap_or(u64::MAX)
+        }
+        _ => 0,
+    };
+    snap.close(acked).await;
     if let Err(e) = scanned {
         return Err(e.context(format!(
             "stopped early; {}",
@@ -143,7 +144,7 @@ pub(crate) async fn visit(
         anyhow::Ok(())
     }
     .await;
-    snap.close(false).await;
+    snap.close(0).await;
     read.map(|()| seen)
 }
 

@@ -64,6 +64,9 @@ const STALL: Duration = Duration::from_millis(300);
 
 /// A queue held for one command.
 pub(crate) struct Snapshot {
+    /// Holds the lock, and outlives `conn` (see [`Snapshot::close`]).
+    lock: Connection,
+    /// Reads (and acks, publishes) the queue.
     conn: Connection,
     channel: Channel,
     consumers: SelectAll<Consumer>,
@@ -75,6 +78,8 @@ pub(crate) struct Snapshot {
     next_tag: u64,
     /// Messages received so far (held, or acked by the command).
     received: u64,
+    /// Messages of the snapshot handed to the command (markers not counted).
+    handed_out: u64,
     marker: String,
     done: bool,
     pub(crate) queue: String,
@@ -86,8 +91,9 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Takes the lock (waiting up to `wait`), puts the marker, subscribes.
     pub(crate) async fn open(config: &Config, queue: &str, wait: Duration) -> anyhow::Result<Self> {
-        let conn = broker::connect(&config.broker, "dlq").await?;
-        lock(&conn, queue, wait).await?;
+        let lock_conn = broker::connect(&config.broker, "dlq").await?;
+        lock(&lock_conn, queue, wait).await?;
+        let conn = broker::connect(&config.broker, "dlq-read").await?;
         let channel = conn.create_channel().await?;
         let consumers = consumers_of(&channel, queue).await.with_context(|| {
             format!("queue {queue} does not exist (run `octopods-worker topology`)")
@@ -111,6 +117,7 @@ impl Snapshot {
             .basic_qos(PER_CONSUMER, BasicQosOptions { global: false })
             .await?;
         let mut snapshot = Self {
+            lock: lock_conn,
             conn,
             channel,
             consumers: SelectAll::new(),
@@ -118,6 +125,7 @@ impl Snapshot {
             early: BTreeMap::new(),
             next_tag: 1,
             received: 0,
+            handed_out: 0,
             marker,
             done: false,
             queue: queue.to_owned(),
@@ -192,7 +200,10 @@ impl Snapshot {
             let delivery = self.next_in_order().await?;
             let h = delivery.properties.headers().as_ref();
             match h.and_then(|t| t.inner().get(MARKER)) {
-                None => return Ok(Some(delivery)),
+                None => {
+                    self.handed_out = self.handed_out.saturating_add(1);
+                    return Ok(Some(delivery));
+                }
                 Some(AMQPValue::LongString(id)) if id.as_bytes() == self.marker.as_bytes() => {
                     acked(delivery.acker.ack(BasicAckOptions::default()).await?)?;
                     self.done = true;
@@ -216,7 +227,18 @@ impl Snapshot {
     /// marker), unchanged, and closes — which cancels the consumers and
     /// releases the lock.
     ///
-    /// `acked_some`: the command acked messages (purged or replayed them).
+    /// `acked`: how many the command acked (purged or replayed). The lock
+    /// is released only once the queue counts as ready at least every
+    /// message the snapshot handed out and did not ack, so the next command
+    /// never puts its marker ahead of messages still on their way back. The
+    /// lock lives on a connection of its own: the reading connection closes
+    /// first (that returns everything it held, on every version), the queue
+    /// is seen to count it, and only then does the lock go. (The false
+    /// "0 dead letters" of issue 39 on RabbitMQ 4.0 was the dead letters
+    /// being dropped at the queue's default delivery limit of 20 — fixed
+    /// where the queue is declared, `topology::Plan::for_server` — but the
+    /// order here is what makes "every message is ahead of the marker" hold
+    /// on any version.)
     /// A quorum queue applies acks as low-priority commands, while the end of
     /// a channel's consumers is handled at once: closing right after the last
     /// acks returned acked messages to the queue (seen in CI: "purged 5000",
@@ -233,9 +255,9 @@ impl Snapshot {
     /// to have no consumer, could start before everything was back. (A close
     /// racing dropped consumers' cancels also failed with "invalid channel
     /// state: Closing (basic.cancel)", a false alarm.)
-    pub(crate) async fn close(self, acked_some: bool) {
+    pub(crate) async fn close(self, acked: u64) {
         drop(self.early);
-        if acked_some {
+        if acked > 0 {
             tokio::time::sleep(SETTLE_GRACE).await;
         }
         // Closing the channel ends its consumers and returns every
@@ -247,15 +269,33 @@ impl Snapshot {
             );
         }
         drop(self.consumers);
-        // The queue ends the consumers and returns their messages in one
-        // step: once it shows no consumer, everything held is ready again,
-        // for whoever looks next (an operator's `list_queues`, a script).
-        if let Ok(look) = self.conn.create_channel().await {
+        // The reading connection's end returns whatever is still held.
+        broker::close(&self.conn, 200, "OK").await;
+        if let Ok(look) = self.lock.create_channel().await {
             let deadline = crate::clock::after(Duration::from_secs(5));
             while consumers_of(&look, &self.queue).await.is_ok_and(|n| n > 0)
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Nothing else consumes this queue while the lock is held, so
+            // its ready count only grows (new dead letters) from here.
+            let held = self.handed_out.saturating_sub(acked);
+            let deadline = crate::clock::after(RETURN_WAIT);
+            loop {
+                match broker::inspect(&look, &self.queue).await {
+                    Ok((ready, _)) if u64::from(ready) >= held => break,
+                    Ok((ready, _)) if tokio::time::Instant::now() >= deadline => {
+                        tracing::warn!(
+                            ready,
+                            held,
+                            "the queue did not show every message handed back within {RETURN_WAIT:?}; releasing the lock"
+                        );
+                        break;
+                    }
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(_) => break,
+                }
             }
             // Release the lock explicitly: RabbitMQ deletes a closed
             // connection's exclusive queues a moment after the close, and a
@@ -269,12 +309,14 @@ impl Snapshot {
                 tracing::info!(error = %e, "releasing the lock failed; it goes with the connection");
             }
         }
-        broker::close(&self.conn, 200, "OK").await;
+        broker::close(&self.lock, 200, "OK").await;
     }
 }
 
 /// How long the channel stays open after the last ack (see [`Snapshot::close`]).
 const SETTLE_GRACE: Duration = Duration::from_secs(1);
+/// Longest a closing snapshot waits for the queue to count what it handed back.
+const RETURN_WAIT: Duration = Duration::from_secs(10);
 
 /// lapin answers `false` for an ack it did not send (the delivery's channel
 /// failed): the message is not deleted, and the command must not count it.

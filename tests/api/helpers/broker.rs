@@ -5,6 +5,12 @@ use octopods_worker::broker::headers;
 
 use super::*;
 
+/// The test broker's `rabbitmqctl`: `$RABBITMQCTL` (the 4.x run points it
+/// at its chroot's, `scripts/rabbitmqctl4`), else the one on `PATH`.
+pub fn rabbitmqctl_path() -> String {
+    std::env::var("RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into())
+}
+
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
@@ -50,7 +56,7 @@ impl DeadLetter {
 /// Runs `rabbitmqctl -q ARGS` (awaited: the test's runtime keeps running the
 /// sandbox and the worker meanwhile), failing the test if it fails.
 pub async fn rabbitmqctl(args: &[&str]) -> std::process::Output {
-    let out = tokio::process::Command::new("rabbitmqctl")
+    let out = tokio::process::Command::new(rabbitmqctl_path())
         .arg("-q")
         .args(args)
         .output()
