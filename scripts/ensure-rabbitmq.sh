@@ -29,6 +29,10 @@ fi
 
 if ! port_open; then
   echo "starting RabbitMQ" >&2
+  # The broker inherits this shell's open-files limit, and RabbitMQ 3.x
+  # reserves handles for every quorum queue: with a shell's 1,024 new
+  # connections stall past ~300 queues. Start it with the hard limit.
+  ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true
   as_root rabbitmq-server -detached || true
 fi
 wait_for_port

@@ -50,6 +50,9 @@ NODE_IP_ADDRESS=127.0.0.1
 NODE_PORT=$PORT
 DIST_PORT=25674
 export ERL_EPMD_PORT=4371
+# The server runs as the rabbitmq user (su resets the soft open-files limit
+# to 1,024): raise it here, where every rabbitmq script reads its settings.
+ulimit -S -n "\$(ulimit -H -n)" 2>/dev/null || true
 EOF
 cat > "$ROOT/etc/rabbitmq/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$PORT

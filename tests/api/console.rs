@@ -232,7 +232,7 @@ async fn a_group_of_50_validation_dead_letters_is_replayed_after_its_dry_run() {
     assert_eq!(c.app.depth("dead").await, 51, "a dry run moves nothing");
     b.screenshot("console-replay-dry-run").await;
     b.click_through("form[action$='/confirm'] button").await;
-    b.css("h2.done").await;
+    b.css_within("h2.done", Duration::from_secs(60)).await;
     let summary = b.css("ul.summary").await.text().await.expect("t");
     assert!(summary.contains("replayed 50"), "{summary}");
     b.screenshot("console-replay-done").await;
@@ -266,7 +266,7 @@ async fn a_group_whose_error_has_a_line_break_is_replayed_from_the_page() {
     let would = b.css("strong.would").await.text().await.expect("t");
     assert_eq!(would, "3", "{}", b.body_text().await);
     b.click_through("form[action$='/confirm'] button").await;
-    b.css("h2.done").await;
+    b.css_within("h2.done", Duration::from_secs(60)).await;
     let summary = b.css("ul.summary").await.text().await.expect("t");
     assert!(summary.contains("replayed 3"), "{summary}");
     for _ in 0..3 {
@@ -319,7 +319,7 @@ async fn export_then_purge_deletes_exactly_what_the_backup_holds_while_new_ones_
         )
         .await;
     }
-    b.css("h2.done").await;
+    b.css_within("h2.done", Duration::from_secs(60)).await;
     let summary = b.css("ul.summary").await.text().await.expect("t");
     assert!(summary.contains("purged 30"), "{summary}");
     let link = b
@@ -601,7 +601,7 @@ async fn one_message_is_replayed_from_its_own_page() {
     b.click_through("form[action='/dead/replay'] button").await;
     assert_eq!(b.css("strong.would").await.text().await.expect("t"), "1");
     b.click_through("form[action$='/confirm'] button").await;
-    b.css("h2.done").await;
+    b.css_within("h2.done", Duration::from_secs(60)).await;
     let e = c.app.next_event().await;
     assert_eq!(
         (e["event"].as_str(), e["job_id"].as_str()),

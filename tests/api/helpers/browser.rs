@@ -76,12 +76,23 @@ impl Browser {
     }
 
     pub async fn css(&self, selector: &str) -> fantoccini::elements::Element {
+        self.css_within(selector, Duration::from_secs(10)).await
+    }
+
+    /// [`Browser::css`] with a deadline of its own: an action's page (a
+    /// replay, an export-then-purge) shows its end when the broker is done,
+    /// which a loaded broker makes slower than a page load.
+    pub async fn css_within(
+        &self,
+        selector: &str,
+        deadline: Duration,
+    ) -> fantoccini::elements::Element {
         self.client
             .wait()
-            .at_most(Duration::from_secs(10))
+            .at_most(deadline)
             .for_element(Locator::Css(selector))
             .await
-            .unwrap_or_else(|e| panic!("no {selector} on the page: {e}"))
+            .unwrap_or_else(|e| panic!("no {selector} on the page within {deadline:?}: {e}"))
     }
 
     pub async fn all(&self, selector: &str) -> Vec<fantoccini::elements::Element> {
