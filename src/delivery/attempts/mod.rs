@@ -96,123 +96,181 @@ pub(crate) async fn attempt<S: Sender>(
     retry: &RetryConfig,
     metrics: &Metrics,
 ) -> (Final, u32) {
-    let mut backoff = schedule(retry);
-    let started = Instant::now();
     let now = OffsetDateTime::now_utc();
-    // Time already spent by earlier deliveries; never negative.
-    let before: Duration = history
-        .first_attempt_at
-        .map(|first| crate::clock::between(first, now))
-        .unwrap_or_default();
-    let prior = history.attempts;
-    let mut attempts = prior;
-    // A job whose window Octopods already reported closed goes on as a template.
-    let mut via = if history.template && job.fallback.is_some() {
-        Via::Template
-    } else {
-        Via::Interactive
+    let mut attempts = Attempts {
+        job,
+        target,
+        sender,
+        retry,
+        metrics,
+        backoff: schedule(retry),
+        started: Instant::now(),
+        // Time already spent by earlier deliveries; never negative.
+        before: history
+            .first_attempt_at
+            .map(|first| crate::clock::between(first, now))
+            .unwrap_or_default(),
+        prior: history.attempts,
+        count: history.attempts,
+        // A job whose window Octopods already reported closed goes on as a template.
+        via: if history.template && job.fallback.is_some() {
+            Via::Template
+        } else {
+            Via::Interactive
+        },
     };
-    loop {
-        if let Err(dead) = deadlines(job, &mut via) {
-            return (dead, attempts.max(1));
+    let end = loop {
+        if let Some(end) = attempts.once().await {
+            break end;
         }
-        let Some((permit, waited)) = turn(job, target)
+    };
+    (end, attempts.count)
+}
+
+/// One delivery's attempts and what they have counted.
+struct Attempts<'a, S> {
+    job: &'a Job,
+    target: &'a Target<'a>,
+    sender: &'a S,
+    retry: &'a RetryConfig,
+    metrics: &'a Metrics,
+    backoff: ExponentialBackoff,
+    started: Instant,
+    /// Time earlier deliveries spent on the job.
+    before: Duration,
+    /// Attempts earlier deliveries made.
+    prior: u32,
+    /// Attempts so far, earlier deliveries' included.
+    count: u32,
+    via: Via,
+}
+
+/// Why an attempt failed in a way worth another.
+struct Transient {
+    cause: RetryCause,
+    /// Octopods' `Retry-After` (capped), or a paused template's delay.
+    after: Option<Duration>,
+    failure: Failure,
+}
+
+impl<S: Sender> Attempts<'_, S> {
+    /// One attempt, and the end of the attempts if it is one.
+    async fn once(&mut self) -> Option<Final> {
+        if let Err(dead) = deadlines(self.job, &mut self.via) {
+            self.count = self.count.max(1);
+            return Some(dead);
+        }
+        let Some((permit, waited)) = turn(self.job, self.target)
             .instrument(crate::observe::trace::stage_span("rate wait"))
             .await
         else {
-            return (Final::HandBack, attempts);
+            return Some(Final::HandBack);
         };
-        metrics.waited_for_limit(target.channel, waited);
+        self.metrics.waited_for_limit(self.target.channel, waited);
         // The deadline may have passed while the job waited for its turn.
-        if let Err(dead) = deadlines(job, &mut via) {
-            return (dead, attempts.max(1));
+        if let Err(dead) = deadlines(self.job, &mut self.via) {
+            self.count = self.count.max(1);
+            return Some(dead);
         }
-        attempts = attempts.saturating_add(1);
-        Span::current().record("attempt", attempts);
-        let (endpoint, body) = match (&job.fallback, via) {
+        self.count = self.count.saturating_add(1);
+        Span::current().record("attempt", self.count);
+        let (endpoint, body) = match (&self.job.fallback, self.via) {
             (Some((template, body)), Via::Template) => {
                 (Endpoint::Template(template.id), body.clone())
             }
-            _ => (Endpoint::Interactive, job.request_body.clone()),
+            _ => (Endpoint::Interactive, self.job.request_body.clone()),
         };
-        let result = sender.send(endpoint, body, attempts).await;
+        let result = self.sender.send(endpoint, body, self.count).await;
         drop(permit);
-        metrics.api_request(target.channel, result.status, result.duration);
-        let (cause, after, failure) = match result.outcome {
-            Outcome::Sent(receipt) => return (Final::Sent(receipt, via), attempts),
+        let channel = self.target.channel;
+        self.metrics
+            .api_request(channel, result.status, result.duration);
+        let transient = match result.outcome {
+            Outcome::Sent(receipt) => return Some(Final::Sent(receipt, self.via)),
             // Octopods (or Meta) says the window is closed: the template, now.
             Outcome::DeadLetter(Reason::Window, failure)
-                if via == Via::Interactive && job.fallback.is_some() =>
+                if self.via == Via::Interactive && self.job.fallback.is_some() =>
             {
                 info!(error = %escape(&failure.message), "the window is closed; sending the fallback template");
-                via = Via::Template;
-                continue;
+                self.via = Via::Template;
+                return None;
             }
             Outcome::DeadLetter(reason, failure) => {
-                return (Final::DeadLetter(reason, failure), attempts);
+                return Some(Final::DeadLetter(reason, failure));
             }
             Outcome::Retry {
                 cause: RetryCause::Paused,
                 failure,
                 ..
-            } => (RetryCause::Paused, Some(retry.paused_delay), failure),
+            } => Transient {
+                cause: RetryCause::Paused,
+                after: Some(self.retry.paused_delay),
+                failure,
+            },
             Outcome::Retry {
                 cause,
                 after,
                 failure,
-            } => (cause, after.map(|a| a.min(retry.max_retry_after)), failure),
+            } => Transient {
+                cause,
+                after: after.map(|a| a.min(self.retry.max_retry_after)),
+                failure,
+            },
         };
-        if let Some(pause) = after {
-            target.limiter.pause(pause);
+        self.after_failure(transient).await
+    }
+
+    /// After a transient failure: the budget spent (dead letter), a delay
+    /// queue (durable retry), or a backoff here and another attempt (`None`).
+    async fn after_failure(&mut self, t: Transient) -> Option<Final> {
+        let retry = self.retry;
+        if let Some(pause) = t.after {
+            self.target.limiter.pause(pause);
         }
         // A paused template waits hours by design: only attempts count then.
-        let elapsed = match cause {
+        let elapsed = match t.cause {
             RetryCause::Paused => Duration::ZERO,
-            _ => before.saturating_add(started.elapsed()),
+            _ => self.before.saturating_add(self.started.elapsed()),
         };
-        let failure = match classify::budget_spent(attempts, elapsed, retry, failure) {
+        let failure = match classify::budget_spent(self.count, elapsed, retry, t.failure) {
             Ok(failure) => failure,
             Err((reason, failure)) => {
-                info!(cause = cause.as_str(), error = %escape(&failure.message), "retries exhausted");
-                return (Final::DeadLetter(reason, failure), attempts);
+                info!(cause = t.cause.as_str(), error = %escape(&failure.message), "retries exhausted");
+                return Some(Final::DeadLetter(reason, failure));
             }
         };
-        metrics.retried(target.channel, cause);
-        let wait = backoff
+        self.metrics.retried(self.target.channel, t.cause);
+        let wait = self
+            .backoff
             .next_backoff()
             .unwrap_or(retry.max_interval)
-            .max(after.unwrap_or_default());
+            .max(t.after.unwrap_or_default());
+        let later = Later {
+            cause: t.cause,
+            after: t.after,
+            failure,
+            via: self.via,
+        };
         let durable = !retry.delays.is_empty();
         // Past this delivery's immediate attempts, or asked to wait longer
         // than a backoff step: the delay queue holds it, not this delivery.
-        if durable
-            && (attempts.saturating_sub(prior) >= retry.immediate_attempts
-                || wait > retry.max_interval)
-        {
-            return (
-                Final::Delay(Later {
-                    cause,
-                    after,
-                    failure,
-                    via,
-                }),
-                attempts,
-            );
+        let here = self.count.saturating_sub(self.prior);
+        if durable && (here >= retry.immediate_attempts || wait > retry.max_interval) {
+            return Some(Final::Delay(later));
         }
         info!(
-            cause = cause.as_str(),
-            error = %escape(&failure.message),
+            cause = later.cause.as_str(),
+            error = %escape(&later.failure.message),
             delay_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
             "transient failure, will retry"
         );
         tokio::select! {
             biased;
             // Stopping between attempts: keep the count, retry later.
-            () = target.stop.cancelled() => {
-                let next = if durable { Final::Delay(Later { cause, after, failure, via }) } else { Final::HandBack };
-                return (next, attempts);
+            () = self.target.stop.cancelled() => {
+                Some(if durable { Final::Delay(later) } else { Final::HandBack })
             }
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(wait) => None,
         }
     }
 }
