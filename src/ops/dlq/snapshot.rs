@@ -260,17 +260,13 @@ impl Snapshot {
         if acked > 0 {
             tokio::time::sleep(SETTLE_GRACE).await;
         }
-        // Closing the channel ends its consumers and returns every
-        // unacknowledged message to the queue, together, before the
-        // connection (and with it the lock) goes.
-        if !broker::close_channel(&self.channel, "OK").await {
-            tracing::info!(
-                "closing the channel failed; the connection's close hands the messages back"
-            );
-        }
-        drop(self.consumers);
-        // The reading connection's end returns whatever is still held.
+        // The reading connection's end ends its consumers and returns every
+        // unacknowledged message; the lock's connection outlives it. (The
+        // consumers are dropped after: dropping them first would cancel them
+        // in the background, racing the close.)
         broker::close(&self.conn, 200, "OK").await;
+        drop(self.consumers);
+        drop(self.channel);
         if let Ok(look) = self.lock.create_channel().await {
             let deadline = crate::clock::after(Duration::from_secs(5));
             while consumers_of(&look, &self.queue).await.is_ok_and(|n| n > 0)
