@@ -51,7 +51,8 @@ stop_cluster() { if [ "$cluster_up" = 1 ]; then scripts/cluster.sh stop >/dev/nu
 trap stop_cluster EXIT
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
-  # Tests that raise broker-wide alarms run alone, after the rest.
+  # Tests that need the machine to themselves (a broker-wide alarm, a
+  # comparison of timings) run after the rest.
   cargo nextest run --locked --no-fail-fast --run-ignored only -E 'not test(/^cluster::/)'
   cluster_up=1
   scripts/cluster.sh start

@@ -118,7 +118,11 @@ async fn fastest_refusal_ms(base: &str, name: &str, first_addr: u8) -> f64 {
     fastest
 }
 
+/// A comparison of times: `#[ignore]`d in the parallel run, where two
+/// cores shared with every other test made one name's refusals 1.6 × the
+/// other's; `scripts/test.sh` runs it after the rest (`--run-ignored only`).
 #[tokio::test]
+#[ignore = "compares timings: run after the parallel suite (scripts/test.sh does)"]
 async fn a_wrong_password_takes_as_long_for_every_user_as_for_an_unknown_name() {
     let dear = format!(
         "[[console.users]]\nname = \"dear\"\nrole = \"operator\"\npassword_hash = \"{}\"\n",
