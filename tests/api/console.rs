@@ -21,7 +21,7 @@ pub(crate) const VIC: (&str, &str) = ("vic", "vic-viewer-password");
 pub(crate) struct ConsoleApp {
     pub(crate) app: TestApp,
     pub(crate) base: String,
-    exports: tempfile::TempDir,
+    pub(crate) exports: tempfile::TempDir,
     stop: CancellationToken,
 }
 

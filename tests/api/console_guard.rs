@@ -223,3 +223,79 @@ async fn a_dead_letter_shows_no_phone_in_any_form() {
     assert!(message.contains("+4915***5678"), "{message}");
     c.shutdown().await;
 }
+
+/// The value of the first `name="<field>" value="…"` on `page`.
+fn field(page: &str, field: &str) -> String {
+    let key = format!("name=\"{field}\" value=\"");
+    let start = page
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {field} on:\n{page}"))
+        + key.len();
+    page[start..][..page[start..].find('"').expect("quote")].to_owned()
+}
+
+/// A confirmed export-then-purge runs on past a SIGTERM: the console stops
+/// taking requests and lets the action finish (it was a detached task the
+/// process's end cut short, leaving the purge half done).
+#[tokio::test]
+async fn a_confirmed_purge_finishes_when_the_console_is_stopped() {
+    let c = spawn_console("guard-drain").await;
+    for i in 0..40 {
+        c.dead_letter(
+            &button_job(&format!("drain-{i}")),
+            "window",
+            "window closed",
+        )
+        .await;
+    }
+    let mut console = BinaryWorker::console(&c.app.config_path).await;
+    let base = format!("http://{}", console.addr);
+    let (http, csrf) = http_login(&base, ANA).await;
+    let groups = http
+        .get(format!("{base}/dead?source=dead"))
+        .send()
+        .await
+        .expect("GET /dead")
+        .text()
+        .await
+        .expect("page");
+    let group = field(&groups, "group");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("source", "dead"),
+        ("group", &group),
+    ];
+    let plan = http
+        .post(format!("{base}/dead/purge"))
+        .form(&form)
+        .send()
+        .await
+        .expect("POST /dead/purge")
+        .text()
+        .await
+        .expect("plan page");
+    let start = plan.find("action=\"/plans/").expect("a confirm form") + 8;
+    let confirm = &plan[start..][..plan[start..].find('"').expect("quote")];
+    let confirmed = http
+        .post(format!("{base}{confirm}"))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .expect("POST confirm");
+    assert!(confirmed.status().is_success(), "{}", confirmed.status());
+    console.signal("TERM");
+    let status = console.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status}");
+    assert_eq!(c.app.depth("dead").await, 0, "the purge finished");
+    let backups: Vec<_> = std::fs::read_dir(c.exports.path())
+        .expect("export dir")
+        .filter_map(Result::ok)
+        .collect();
+    assert_eq!(backups.len(), 1);
+    let lines = std::fs::read_to_string(backups[0].path())
+        .expect("backup")
+        .lines()
+        .count();
+    assert_eq!(lines, 40);
+    c.shutdown().await;
+}

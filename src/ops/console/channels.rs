@@ -12,8 +12,7 @@ use tracing::info;
 
 use super::{Form, Shared, auth::Who, mask, page, page_with, pages};
 use crate::{
-    broker::{self, Names, Publisher},
-    ops::control::{self, Change, Command},
+    ops::control::{Change, Command},
     ops::overview,
 };
 
@@ -81,15 +80,7 @@ pub(super) async fn channel_action(
     if let Err(e) = command.check() {
         return bad(e);
     }
-    let names = Names::new(&app.config.broker.prefix);
-    let appended = async {
-        let conn = broker::connect(&app.config.broker, "console").await?;
-        let publisher = Publisher::open(&conn, app.config.command_publish_timeout()).await?;
-        control::append(&publisher, &names, &command).await?;
-        crate::broker::close(&conn, 200, "OK").await;
-        anyhow::Ok(())
-    }
-    .await;
+    let appended = app.append_control(&command).await;
     let label = action.replace('-', "_");
     match appended {
         Ok(()) => {

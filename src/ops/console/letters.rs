@@ -339,7 +339,7 @@ pub(super) async fn confirm(
         all.push((id.clone(), action.clone()));
     }
     let runner = app.clone();
-    tokio::spawn(async move {
+    app.running.spawn(async move {
         let dir = runner.config.console.export_dir.clone();
         dead::carry_out(
             runner.config.clone(),

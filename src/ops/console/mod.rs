@@ -30,7 +30,7 @@ use axum::{
 };
 use maud::Markup;
 use prometheus::{IntCounterVec, Opts, Registry};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 pub use auth::hash_password;
@@ -55,14 +55,24 @@ pub(super) struct App {
     indexes: tokio::sync::Mutex<HashMap<&'static str, (Arc<Index>, bool)>>,
     pub(super) plans: Mutex<HashMap<String, Plan>>,
     pub(super) actions: Mutex<Vec<(String, Arc<Action>)>>,
+    /// Confirmed actions (replays, export-then-purge) run here; a shutdown
+    /// lets them finish (up to [`ACTION_DRAIN`]) before the process goes.
+    pub(super) running: TaskTracker,
+    /// The connection and publisher channel commands are appended with,
+    /// opened at the first and kept (opened again when lost).
+    publisher: tokio::sync::Mutex<Option<(lapin::Connection, crate::broker::Publisher)>>,
     registry: Registry,
     counted: IntCounterVec,
 }
+
+/// How long a shutdown waits for confirmed actions still running.
+const ACTION_DRAIN: Duration = Duration::from_secs(120);
 
 /// The console, bound and ready to serve.
 pub struct Console {
     listener: tokio::net::TcpListener,
     router: Router,
+    running: TaskTracker,
 }
 
 impl Console {
@@ -85,15 +95,19 @@ impl Console {
             indexes: tokio::sync::Mutex::new(HashMap::new()),
             plans: Mutex::new(HashMap::new()),
             actions: Mutex::new(Vec::new()),
+            running: TaskTracker::new(),
+            publisher: tokio::sync::Mutex::new(None),
             registry,
             counted,
         });
+        let running = app.running.clone();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("console: cannot listen on {listen}: {e}"))?;
         Ok(Self {
             listener,
             router: router(app),
+            running,
         })
     }
 
@@ -113,6 +127,23 @@ impl Console {
         axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await?;
+        // A confirmed replay or purge finishes what it started.
+        self.running.close();
+        if !self.running.is_empty() {
+            info!(
+                actions = self.running.len(),
+                "console: stopping; letting confirmed actions finish"
+            );
+        }
+        if tokio::time::timeout(ACTION_DRAIN, self.running.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                unfinished = self.running.len(),
+                "console: actions still running after {ACTION_DRAIN:?}; what they hold goes back to its queue"
+            );
+        }
         Ok(())
     }
 }
@@ -226,6 +257,34 @@ impl axum::extract::FromRequestParts<Arc<App>> for Who {
 }
 
 impl App {
+    /// Appends `command` to the control stream on the kept connection,
+    /// opening it (again) when there is none or it was lost.
+    pub(super) async fn append_control(
+        &self,
+        command: &crate::ops::control::Command,
+    ) -> anyhow::Result<()> {
+        let mut kept = self.publisher.lock().await;
+        if !kept
+            .as_ref()
+            .is_some_and(|(conn, _)| conn.status().connected())
+        {
+            let conn = crate::broker::connect(&self.config.broker, "console").await?;
+            let timeout = self.config.command_publish_timeout();
+            let publisher = crate::broker::Publisher::open(&conn, timeout).await?;
+            *kept = Some((conn, publisher));
+        }
+        let names = crate::broker::Names::new(&self.config.broker.prefix);
+        let appended = match kept.as_ref() {
+            Some((_, publisher)) => crate::ops::control::append(publisher, &names, command).await,
+            None => Err(anyhow::anyhow!("no connection to the broker")),
+        };
+        if appended.is_err() {
+            // Opened again at the next command.
+            *kept = None;
+        }
+        appended
+    }
+
     pub(super) fn count(&self, action: &str) {
         self.counted.with_label_values(&[action]).inc();
     }
