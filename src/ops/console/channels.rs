@@ -3,14 +3,13 @@
 //! control stream as `channel …` does (`by` names the console user).
 
 use axum::{
-    body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
 use tracing::info;
 
-use super::{Form, Shared, auth::Who, mask, page, page_with, pages};
+use super::{App, OperatorPost, Post, Shared, auth::Who, mask, page, page_with, pages};
 use crate::{
     ops::control::{Change, Command},
     ops::overview,
@@ -31,68 +30,87 @@ pub(super) async fn channels(State(app): Shared, who: Who) -> Response {
     }
 }
 
-pub(super) async fn channel_action(
+pub(super) async fn pause(
     State(app): Shared,
-    headers: HeaderMap,
-    Path((name, action)): Path<(String, String)>,
-    body: Bytes,
+    Path(name): Path<String>,
+    Post { who, form }: OperatorPost,
 ) -> Response {
-    let form = Form::parse(&body);
-    let who = match app.allowed(&headers, &form, true) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
-    let bad = |text: String| {
-        page_with(
-            StatusCode::BAD_REQUEST,
-            pages::message("Channels", &who, &text, "/channels"),
-        )
-    };
-    if app.config.channel(&name).is_none() {
-        return bad(format!("unknown channel {:?}", mask::shown(&name, 200)));
-    }
+    let reason = form
+        .one("reason")
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(str::to_owned);
+    change(&app, &who, &name, Change::Pause { reason }, "pause").await
+}
+
+pub(super) async fn resume(
+    State(app): Shared,
+    Path(name): Path<String>,
+    Post { who, .. }: OperatorPost,
+) -> Response {
+    change(&app, &who, &name, Change::Resume, "resume").await
+}
+
+pub(super) async fn clear(
+    State(app): Shared,
+    Path(name): Path<String>,
+    Post { who, .. }: OperatorPost,
+) -> Response {
+    change(&app, &who, &name, Change::Clear, "clear").await
+}
+
+pub(super) async fn set_rate(
+    State(app): Shared,
+    Path(name): Path<String>,
+    Post { who, form }: OperatorPost,
+) -> Response {
     let number = |k: &str| form.one(k).map(str::trim).filter(|v| !v.is_empty());
-    let change = match action.as_str() {
-        "pause" => Change::Pause {
-            reason: form
-                .one("reason")
-                .map(str::trim)
-                .filter(|r| !r.is_empty())
-                .map(str::to_owned),
-        },
-        "resume" => Change::Resume,
-        "clear" => Change::Clear,
-        "set-rate" => {
-            let Some(Ok(rate)) = number("rate").map(str::parse::<f64>) else {
-                return bad("set-rate needs a rate (sends per second)".into());
-            };
-            let burst = match number("burst").map(str::parse::<u32>) {
-                None => None,
-                Some(Ok(b)) => Some(b),
-                Some(Err(_)) => return bad("burst must be a whole number".into()),
-            };
-            Change::SetRate { rate, burst }
-        }
-        _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
+    let Some(Ok(rate)) = number("rate").map(str::parse::<f64>) else {
+        return bad(&who, "set-rate needs a rate (sends per second)".into());
     };
-    let mut command = Command::new(&name, change);
+    let burst = match number("burst").map(str::parse::<u32>) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(_)) => return bad(&who, "burst must be a whole number".into()),
+    };
+    change(
+        &app,
+        &who,
+        &name,
+        Change::SetRate { rate, burst },
+        "set_rate",
+    )
+    .await
+}
+
+fn bad(who: &Who, text: String) -> Response {
+    page_with(
+        StatusCode::BAD_REQUEST,
+        pages::message("Channels", who, &text, "/channels"),
+    )
+}
+
+/// Appends `change` of channel `name` to the control stream, as `who`.
+async fn change(app: &App, who: &Who, name: &str, change: Change, label: &str) -> Response {
+    if app.config.channel(name).is_none() {
+        return bad(who, format!("unknown channel {:?}", mask::shown(name, 200)));
+    }
+    let mut command = Command::new(name, change);
     command.by = format!("{} (console)", who.user);
     if let Err(e) = command.check() {
-        return bad(e);
+        return bad(who, e);
     }
-    let appended = app.append_control(&command).await;
-    let label = action.replace('-', "_");
-    match appended {
+    match app.append_control(&command).await {
         Ok(()) => {
-            app.count(&label);
-            info!(user = %who.user, channel = %name, action = %action, "console: channel command appended");
+            app.count(label);
+            info!(user = %who.user, channel = %name, action = label, "console: channel command appended");
             Redirect::to("/channels").into_response()
         }
         Err(e) => page_with(
             StatusCode::SERVICE_UNAVAILABLE,
             pages::message(
                 "Channels",
-                &who,
+                who,
                 &format!("the command was not written: {e:#}"),
                 "/channels",
             ),

@@ -10,16 +10,15 @@ use std::{
 };
 
 use axum::{
-    body::Bytes,
     extract::{Path, Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Redirect, Response},
 };
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::{
-    ACTIONS_KEPT, Form, PLAN_TTL, Shared,
+    ACTIONS_KEPT, OperatorPost, PLAN_TTL, Post, Shared, UserPost,
     auth::Who,
     dead::{self, Action, Kind, Plan, State as ActionState},
     mask, page, page_with,
@@ -58,12 +57,7 @@ pub(super) fn busy(who: &Who, e: anyhow::Error) -> Response {
     )
 }
 
-pub(super) async fn refresh(State(app): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let form = Form::parse(&body);
-    let who = match app.allowed(&headers, &form, false) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+pub(super) async fn refresh(State(app): Shared, Post { who, form }: UserPost) -> Response {
     let source = source_of(form.one("source"));
     match app.index(source, true).await {
         Ok(_) => {
@@ -208,19 +202,17 @@ pub(super) fn shown_message(d: &lapin::message::Delivery, m: &DeadMessage) -> pa
     }
 }
 
+pub(super) async fn replay(state: Shared, post: OperatorPost) -> Response {
+    plan(state, post, Kind::Replay).await
+}
+
+pub(super) async fn purge(state: Shared, post: OperatorPost) -> Response {
+    plan(state, post, Kind::Purge).await
+}
+
 /// A replay or purge asked for: its scope as a filter, counted by a dry run,
 /// shown with a confirm button.
-pub(super) async fn plan(
-    State(app): Shared,
-    headers: HeaderMap,
-    body: Bytes,
-    kind: Kind,
-) -> Response {
-    let form = Form::parse(&body);
-    let who = match app.allowed(&headers, &form, true) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
+async fn plan(State(app): Shared, Post { who, form }: OperatorPost, kind: Kind) -> Response {
     let source = source_of(form.one("source"));
     let back = pages::link("/dead", &[("source", source.as_str())]);
     let selected: BTreeSet<u64> = form
@@ -295,14 +287,9 @@ pub(super) async fn plan(
 
 pub(super) async fn confirm(
     State(app): Shared,
-    headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    Post { who, .. }: OperatorPost,
 ) -> Response {
-    let who = match app.allowed(&headers, &Form::parse(&body), true) {
-        Ok(w) => w,
-        Err(r) => return *r,
-    };
     let plan = app.plans.lock().ok().and_then(|mut p| {
         let mine = p
             .get(&id)

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 pub use auth::hash_password;
 use auth::{Auth, Who};
-use dead::{Action, Index, Kind, Plan};
+use dead::{Action, Index, Plan};
 
 use crate::{config::Config, ops::dlq::Source};
 
@@ -154,19 +154,16 @@ fn router(app: Arc<App>) -> Router {
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
         .route("/channels", get(channels::channels))
-        .route("/channels/{name}/{action}", post(channels::channel_action))
+        .route("/channels/{name}/pause", post(channels::pause))
+        .route("/channels/{name}/resume", post(channels::resume))
+        .route("/channels/{name}/clear", post(channels::clear))
+        .route("/channels/{name}/set-rate", post(channels::set_rate))
         .route("/dead", get(letters::dead_groups))
         .route("/dead/refresh", post(letters::refresh))
         .route("/dead/list", get(letters::dead_list))
         .route("/dead/message", get(letters::dead_message))
-        .route(
-            "/dead/replay",
-            post(|s, h, b| letters::plan(s, h, b, Kind::Replay)),
-        )
-        .route(
-            "/dead/purge",
-            post(|s, h, b| letters::plan(s, h, b, Kind::Purge)),
-        )
+        .route("/dead/replay", post(letters::replay))
+        .route("/dead/purge", post(letters::purge))
         .route("/plans/{id}/confirm", post(letters::confirm))
         .route("/actions/{id}", get(letters::action_page))
         .route("/exports/{name}", get(letters::export_file))
@@ -290,42 +287,21 @@ impl App {
     }
 
     /// A signed-in user whose POST passes the cross-site checks (and, with
-    /// `operator`, has that role).
-    fn allowed(
-        &self,
-        headers: &HeaderMap,
-        form: &Form,
-        operator: bool,
-    ) -> Result<Who, Box<Response>> {
+    /// `operator`, has that role); every refusal counted and logged.
+    fn allowed(&self, headers: &HeaderMap, form: &Form, operator: bool) -> Result<Who, Refused> {
         let Some(who) = self.auth.who(headers) else {
             self.count("refused");
-            return Err(Box::new(
-                (StatusCode::UNAUTHORIZED, "log in first\n").into_response(),
-            ));
+            return Err(Refused::LogIn);
         };
         if !self.auth.allows(&who, headers, form.one("csrf")) {
             self.count("refused");
             warn!(user = %who.user, "console: a cross-site or token-less POST was refused");
-            return Err(Box::new(
-                (
-                    StatusCode::FORBIDDEN,
-                    "refused: this request did not come from the console's own page\n",
-                )
-                    .into_response(),
-            ));
+            return Err(Refused::CrossSite);
         }
         if operator && !who.may_change() {
             self.count("refused");
             warn!(user = %who.user, "console: a viewer tried an operator action");
-            return Err(Box::new(page_with(
-                StatusCode::FORBIDDEN,
-                pages::message(
-                    "Not allowed",
-                    &who,
-                    "Your role is viewer: replay, purge and channel control need operator.",
-                    "/channels",
-                ),
-            )));
+            return Err(Refused::NotOperator(who));
         }
         Ok(who)
     }
@@ -356,6 +332,68 @@ impl App {
         if let Some(e) = self.indexes.lock().await.get_mut(source.as_str()) {
             e.1 = true;
         }
+    }
+}
+
+/// Why a POST was refused before its handler ran; renders its answer.
+pub(super) enum Refused {
+    /// No session or token.
+    LogIn,
+    /// Not from the console's own page (origin, CSRF token).
+    CrossSite,
+    /// A viewer asked for an operator's action.
+    NotOperator(Who),
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::LogIn => (StatusCode::UNAUTHORIZED, "log in first\n").into_response(),
+            Refused::CrossSite => (
+                StatusCode::FORBIDDEN,
+                "refused: this request did not come from the console's own page\n",
+            )
+                .into_response(),
+            Refused::NotOperator(who) => page_with(
+                StatusCode::FORBIDDEN,
+                pages::message(
+                    "Not allowed",
+                    &who,
+                    "Your role is viewer: replay, purge and channel control need operator.",
+                    "/channels",
+                ),
+            ),
+        }
+    }
+}
+
+/// A state-changing request the console accepts: a signed-in user (session
+/// or token) whose POST comes from the console's own page (origin, CSRF
+/// token), with the operator role when `OPERATOR`; its form, parsed. A
+/// handler that takes one runs only for such a request.
+pub(super) struct Post<const OPERATOR: bool> {
+    pub(super) who: Who,
+    pub(super) form: Form,
+}
+
+/// Any signed-in user's POST.
+pub(super) type UserPost = Post<false>;
+/// An operator's POST (replay, purge, channel control).
+pub(super) type OperatorPost = Post<true>;
+
+impl<const OPERATOR: bool> axum::extract::FromRequest<Arc<App>> for Post<OPERATOR> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, app: &Arc<App>) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let body = axum::body::Bytes::from_request(req, app)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let form = Form::parse(&body);
+        let who = app
+            .allowed(&headers, &form, OPERATOR)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Self { who, form })
     }
 }
 

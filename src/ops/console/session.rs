@@ -9,7 +9,7 @@ use axum::{
 };
 use tracing::{info, warn};
 
-use super::{Form, Shared, auth::Refused, page, page_with, pages};
+use super::{Form, Shared, UserPost, auth::Refused, page, page_with, pages};
 
 pub(super) async fn login_page(State(app): Shared, headers: HeaderMap) -> Response {
     if app.auth.who(&headers).is_some() {
@@ -73,10 +73,7 @@ pub(super) async fn login(
     }
 }
 
-pub(super) async fn logout(State(app): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = app.allowed(&headers, &Form::parse(&body), false) {
-        return *r;
-    }
+pub(super) async fn logout(State(app): Shared, headers: HeaderMap, _: UserPost) -> Response {
     let cookie = app.auth.logout(&headers);
     let mut r = Redirect::to("/login").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
