@@ -143,6 +143,12 @@ pub(crate) fn count(headers: Option<&FieldTable>, key: &str) -> Option<u32> {
 
 /// Deliveries of this job that ended unsettled: those of earlier copies
 /// carried in [`RETURNED`], plus this copy's own `x-delivery-count`.
+///
+/// `x-delivery-count` on purpose, not RabbitMQ 4.3's `x-acquired-count`:
+/// from 4.3 the first counts what the limit counts — rejects and lost
+/// connections, the deliveries that failed — and the second also every
+/// nack, which is how the worker hands a job back untried there. Counting
+/// acquisitions would make a job paused a hundred times poison.
 pub(crate) fn spent_deliveries(headers: Option<&FieldTable>) -> u32 {
     count(headers, RETURNED)
         .unwrap_or(0)
@@ -530,5 +536,81 @@ mod tests {
                 .map(|t| t.inner().len()),
             Some(0)
         );
+    }
+
+    /// The headers a quorum queue delivers a job with, as each version
+    /// sends them, after `failed` returns that count (lost connections,
+    /// rejects) and `nacked` hand-backs by nack (4.3 only: before, the
+    /// worker hands back copies, which start at 0).
+    fn delivered(version: &str, failed: i64, nacked: i64) -> FieldTable {
+        let mut h = FieldTable::default();
+        match version {
+            "3.10" | "4.0" if failed > 0 => {
+                h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(failed));
+            }
+            "4.3" => {
+                if failed > 0 {
+                    h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(failed));
+                }
+                if failed + nacked > 0 {
+                    let acquired = AMQPValue::LongLongInt(failed + nacked);
+                    h.insert("x-acquired-count".into(), acquired);
+                }
+            }
+            _ => {}
+        }
+        h
+    }
+
+    #[test]
+    fn a_job_handed_back_100_times_has_spent_nothing_on_any_version() {
+        for v in ["3.10", "4.0"] {
+            // 100 hand-backs as copies: each copy starts again at 0.
+            let mut copy = BasicProperties::default().with_headers(delivered(v, 0, 0));
+            for _ in 0..100 {
+                copy = returned_copy(&copy);
+            }
+            assert_eq!(spent_deliveries(copy.headers().as_ref()), 0, "{v}");
+        }
+        // 4.3: plain nacks, counted only in x-acquired-count.
+        assert_eq!(spent_deliveries(Some(&delivered("4.3", 0, 100))), 0);
+    }
+
+    #[test]
+    fn a_job_that_crashes_the_worker_every_time_reaches_the_limit_on_every_version() {
+        for v in ["3.10", "4.0", "4.3"] {
+            assert_eq!(spent_deliveries(Some(&delivered(v, 21, 0))), 21, "{v}");
+        }
+        // Crashes between hand-backs: the copies carry what was spent.
+        let crashed = BasicProperties::default().with_headers(delivered("4.0", 7, 0));
+        let copy = returned_copy(&crashed);
+        let again = copy.headers().clone().map(|mut h| {
+            h.insert(DELIVERY_COUNT.into(), AMQPValue::LongLongInt(5));
+            h
+        });
+        assert_eq!(spent_deliveries(again.as_ref()), 12);
+        // 4.3 with nacks in between: only the failures count.
+        assert_eq!(spent_deliveries(Some(&delivered("4.3", 21, 50))), 21);
+    }
+
+    #[test]
+    fn a_job_requeued_by_a_lost_connection_counts_once_on_every_version() {
+        for v in ["3.10", "4.0", "4.3"] {
+            assert_eq!(spent_deliveries(Some(&delivered(v, 1, 0))), 1, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_plain_nack_hands_back_for_free_only_from_4_3() {
+        use crate::broker::ServerVersion;
+        for (v, free) in [
+            ("3.10.8", false),
+            ("4.0.5", false),
+            ("4.2.1", false),
+            ("4.3.0", true),
+            ("5.0.0", true),
+        ] {
+            assert_eq!(ServerVersion::parse(v).nack_is_free(), free, "{v}");
+        }
     }
 }

@@ -192,6 +192,13 @@ impl ServerVersion {
     pub fn counts_every_return(self) -> bool {
         self.major >= 4
     }
+
+    /// RabbitMQ 4.3 and later: a `basic.nack` with requeue no longer counts
+    /// toward the delivery limit (a reject and a lost connection still do),
+    /// so a delivery can be handed back with a plain nack.
+    pub fn nack_is_free(self) -> bool {
+        (self.major, self.minor) >= (4, 3)
+    }
 }
 
 impl std::fmt::Display for ServerVersion {

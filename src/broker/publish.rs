@@ -69,6 +69,8 @@ pub struct Publisher {
     single_file: std::sync::Arc<[Slot]>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     timeout: Duration,
+    /// The RabbitMQ it publishes to.
+    server: super::ServerVersion,
 }
 
 struct Slot {
@@ -127,7 +129,13 @@ impl Publisher {
             single_file: single_file.into(),
             next: Default::default(),
             timeout,
+            server: super::ServerVersion::of(conn),
         })
+    }
+
+    /// The RabbitMQ this publisher's connection talks to.
+    pub fn server(&self) -> super::ServerVersion {
+        self.server
     }
 
     /// Replaces every channel that saw a nack with a fresh one on `conn`;

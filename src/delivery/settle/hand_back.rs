@@ -50,16 +50,17 @@ impl Settler {
     }
 
     /// Returns a delivery to `queue` (the one it came from) without
-    /// spending its delivery budget: a quorum queue counts every nack with
-    /// requeue toward `x-delivery-limit` (RabbitMQ 3.10 to 4.2), so a job
-    /// handed back by pauses, restarts or give-backs would become `poison`
-    /// without ever being tried. Instead a copy ([`headers::returned_copy`])
-    /// is published to the queue with a confirm, and only then is the
-    /// delivery acked. When that cannot be done (publishing blocked, the
-    /// queue gone, no confirm) the delivery is nacked as before: nothing is
-    /// lost, it only counts.
+    /// spending its delivery budget, the cheapest way the broker allows.
+    /// RabbitMQ 4.3 no longer counts a nack with requeue: a plain nack.
+    /// Before (3.10 to 4.2) a quorum queue counts every nack toward
+    /// `x-delivery-limit`, so a job handed back by pauses, restarts or
+    /// give-backs would become `poison` without ever being tried. There a
+    /// copy ([`headers::returned_copy`]) is published to the queue with a
+    /// confirm, and only then is the delivery acked. When that cannot be
+    /// done (publishing blocked, the queue gone, no confirm) the delivery is
+    /// nacked as before: nothing is lost, it only counts.
     pub(crate) async fn hand_back(&self, delivery: &Delivery, queue: &str) {
-        if !self.health.is_open() {
+        if self.publisher.server().nack_is_free() || !self.health.is_open() {
             return nack(delivery).await;
         }
         let copy = headers::returned_copy(&delivery.properties);
