@@ -330,9 +330,43 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
         kill_and_recover(&sandbox, leader, &format!("leader of {queue}"), [&a, &b]).await;
     let kills = [first_kill, second_kill];
 
-    // Every job ends `sent`; count what came twice.
+    // What it proves, each a named check below.
     let conn = any_node().await;
     let ch = conn.create_channel().await.expect("channel");
+    let duplicate_events = every_job_ends_sent(&ch, &prefix).await;
+    let duplicate_sends = every_job_reached_octopods(&sandbox);
+    let report = one_budget_and_one_sender_at_a_time(&sandbox, &kills);
+    readiness_fell_and_came_back(&readiness);
+    watcher.abort();
+    eprintln!(
+        "cluster: {} jobs sent, {duplicate_events} duplicate events, {duplicate_sends} duplicate \
+         requests; kills at {kills:?} ms (sandbox clock)\n  {}",
+        CHANNELS.len() * PER_CHANNEL,
+        report.join("\n  ")
+    );
+    // A duplicate is a job whose request was made by the replica that lost
+    // its node, but whose `sent` event could not be confirmed before the
+    // connection went: the job came back, and the other replica (which has
+    // no memory of it) sent it again. Only jobs in flight at a loss can.
+    assert!(
+        duplicate_sends <= 2 * 32 && duplicate_events <= 2 * 32,
+        "more duplicates than jobs in flight at the two losses"
+    );
+
+    for mut w in [a, b] {
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
+    }
+    let config = Config::load(&config_a).expect("config");
+    topology::delete(&ch, &config)
+        .await
+        .expect("delete topology");
+    drop(conn.close(200, "done".into()).await);
+}
+
+/// Every job ends as one `sent` event (none dead-lettered, none
+/// unroutable); returns how many events came twice.
+async fn every_job_ends_sent(ch: &lapin::Channel, prefix: &str) -> usize {
     let mut events = ch
         .basic_consume(
             format!("{prefix}.results").as_str().into(),
@@ -371,13 +405,15 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
             .or_default() += 1;
         d.acker.ack(BasicAckOptions::default()).await.expect("ack");
     }
-    let duplicate_events: usize = sent.values().map(|n| n - 1).sum();
     for suffix in ["dead", "unroutable"] {
         let q = format!("{prefix}.{suffix}");
-        assert_eq!(queue_depth(&ch, &q).await, 0, "{q} is not empty");
+        assert_eq!(queue_depth(ch, &q).await, 0, "{q} is not empty");
     }
+    sent.values().map(|n| n - 1).sum()
+}
 
-    // Requests: every job reached Octopods; count the ones sent twice.
+/// Every job's request reached Octopods; returns how many were sent twice.
+fn every_job_reached_octopods(sandbox: &Sandbox) -> usize {
     let mut per_phone: HashMap<String, usize> = HashMap::new();
     for r in sandbox.requests() {
         *per_phone.entry(r.phone.unwrap_or_default()).or_default() += 1;
@@ -387,12 +423,15 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
         CHANNELS.len() * PER_CHANNEL,
         "every job reached Octopods"
     );
-    let duplicate_sends: usize = per_phone.values().map(|n| n - 1).sum();
+    per_phone.values().map(|n| n - 1).sum()
+}
 
-    // The budget held and one replica at a time sent for each channel.
-    let per_channel = sends(&sandbox);
+/// Each channel's budget held across both replicas, and away from a node
+/// loss only one replica sent for a channel at a time (single active
+/// consumer); returns a line per channel for the log.
+fn one_budget_and_one_sender_at_a_time(sandbox: &Sandbox, kills: &[u64]) -> Vec<String> {
     let mut report = Vec::new();
-    for (c, at) in per_channel.iter().enumerate() {
+    for (c, at) in sends(sandbox).iter().enumerate() {
         assert_budget(at, CHANNELS[c]);
         for (i, (t, replica)) in at.iter().enumerate() {
             let other = at[i.saturating_sub(50)..(i + 50).min(at.len())]
@@ -413,60 +452,38 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
                 _ => runs.push((*r, 1)),
             }
         }
-        let resume: Vec<u64> = kills
-            .iter()
-            .map(|k| {
-                let mut after = at.iter().map(|(t, _)| *t).filter(|t| t > k);
-                let first = after.next().unwrap_or(*k);
-                // The longest pause in the 10 s after the loss.
-                let mut prev = first;
-                let mut gap = first - k;
-                for t in after.take_while(|t| *t < k + 10_000) {
-                    gap = gap.max(t - prev);
-                    prev = t;
-                }
-                gap
-            })
-            .collect();
+        let resume: Vec<u64> = kills.iter().map(|k| longest_pause_after(at, *k)).collect();
         report.push(format!(
             "{}: {} requests, senders in turn {runs:?}, longest pause after each loss {resume:?} ms",
             CHANNELS[c],
             at.len()
         ));
     }
+    report
+}
+
+/// The longest pause between a channel's requests in the 10 s after a loss at `k` ms.
+fn longest_pause_after(at: &[(u64, char)], k: u64) -> u64 {
+    let mut after = at.iter().map(|(t, _)| *t).filter(|t| *t > k);
+    let first = after.next().unwrap_or(k);
+    let mut prev = first;
+    let mut gap = first - k;
+    for t in after.take_while(|t| *t < k + 10_000) {
+        gap = gap.max(t - prev);
+        prev = t;
+    }
+    gap
+}
+
+/// Replica A's `/readyz` went false while its node was gone and was true at the end.
+fn readiness_fell_and_came_back(readiness: &Readiness) {
     let seen = readiness.lock().expect("lock").clone();
-    watcher.abort();
-    let went_down = seen.iter().any(|(_, r)| !r);
     assert!(
-        went_down,
+        seen.iter().any(|(_, r)| !r),
         "replica A's readiness never went false: {seen:?}"
     );
     assert!(
         seen.last().is_some_and(|(_, r)| *r),
         "replica A not ready at the end"
     );
-    eprintln!(
-        "cluster: {} jobs sent, {duplicate_events} duplicate events, {duplicate_sends} duplicate \
-         requests; kills at {kills:?} ms (sandbox clock)\n  {}",
-        sent.len(),
-        report.join("\n  ")
-    );
-    // A duplicate is a job whose request was made by the replica that lost
-    // its node, but whose `sent` event could not be confirmed before the
-    // connection went: the job came back, and the other replica (which has
-    // no memory of it) sent it again. Only jobs in flight at a loss can.
-    assert!(
-        duplicate_sends <= 2 * 32 && duplicate_events <= 2 * 32,
-        "more duplicates than jobs in flight at the two losses"
-    );
-
-    for mut w in [a, b] {
-        w.signal("TERM");
-        assert_eq!(w.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
-    }
-    let config = Config::load(&config_a).expect("config");
-    topology::delete(&ch, &config)
-        .await
-        .expect("delete topology");
-    drop(conn.close(200, "done".into()).await);
 }
