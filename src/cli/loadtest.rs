@@ -88,6 +88,24 @@ fn job(run: &str, i: usize, channel: &str) -> Value {
 
 /// Runs a load test. Progress goes to stderr every few seconds.
 pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
+    let channels = chosen_channels(config, opts)?;
+    let names = Names::new(&config.broker.prefix);
+    let conn = broker::connect(&config.broker, "loadtest").await?;
+    let run_id = ulid::Ulid::generate().to_string().to_lowercase();
+    // Listen first, so no event is missed.
+    let (_events_ch, mut events) = listen(&conn, &names).await?;
+    let started = Instant::now();
+    publish(&conn, &names, &run_id, &channels, opts.jobs).await?;
+    eprintln!("published {} jobs in {:.1?}", opts.jobs, started.elapsed());
+    let mut tally = Tally::default();
+    tally.collect(&mut events, &run_id, opts).await?;
+    let elapsed = started.elapsed();
+    crate::broker::close(&conn, 200, "OK").await;
+    Ok(tally.report(config, &channels, opts.jobs, elapsed))
+}
+
+/// The channels the jobs go to: those asked for (each configured), else all.
+fn chosen_channels(config: &Config, opts: &Options) -> anyhow::Result<Vec<String>> {
     let channels: Vec<String> = if opts.channels.is_empty() {
         config.channels.iter().map(|c| c.name.clone()).collect()
     } else {
@@ -100,16 +118,17 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
         );
     }
     anyhow::ensure!(!channels.is_empty() && opts.jobs > 0, "nothing to do");
-    let names = Names::new(&config.broker.prefix);
-    let conn = broker::connect(&config.broker, "loadtest").await?;
-    let run_id = ulid::Ulid::generate().to_string().to_lowercase();
+    Ok(channels)
+}
 
-    // Listen first, so no event is missed.
-    let events_ch = conn.create_channel().await?;
-    events_ch
-        .basic_qos(1000, BasicQosOptions::default())
-        .await?;
-    let mut events = events_ch
+/// A consumer of the results queue (and the channel it lives on).
+async fn listen(
+    conn: &lapin::Connection,
+    names: &Names,
+) -> anyhow::Result<(lapin::Channel, lapin::Consumer)> {
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(1000, BasicQosOptions::default()).await?;
+    let events = ch
         .basic_consume(
             names.results().as_str().into(),
             "".into(),
@@ -123,54 +142,89 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
                 names.results()
             )
         })?;
+    Ok((ch, events))
+}
 
+/// Publishes `jobs` jobs round-robin over `channels`, confirmed 500 at a time.
+async fn publish(
+    conn: &lapin::Connection,
+    names: &Names,
+    run_id: &str,
+    channels: &[String],
+    jobs: usize,
+) -> anyhow::Result<()> {
     let publisher = conn.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let started = Instant::now();
     let props = BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2);
     let mut pending = Vec::with_capacity(500);
-    for i in 0..opts.jobs {
+    for i in 0..jobs {
         let Some(channel) = channels.get(i % channels.len().max(1)) else {
             break;
         };
-        let body = serde_json::to_vec(&job(&run_id, i, channel))?;
-        pending.push(
-            publisher
-                .basic_publish(
-                    names.jobs_exchange().as_str().into(),
-                    channel.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    props.clone(),
-                )
-                .await?,
-        );
-        if pending.len() == 500 || i + 1 == opts.jobs {
+        let body = serde_json::to_vec(&job(run_id, i, channel))?;
+        let exchange = names.jobs_exchange();
+        let options = BasicPublishOptions::default();
+        let confirm = publisher
+            .basic_publish(
+                exchange.as_str().into(),
+                channel.as_str().into(),
+                options,
+                &body,
+                props.clone(),
+            )
+            .await?;
+        pending.push(confirm);
+        if pending.len() == 500 || i + 1 == jobs {
             for confirm in pending.drain(..) {
                 anyhow::ensure!(confirm.await?.is_ack(), "the broker refused a job");
             }
         }
     }
-    eprintln!("published {} jobs in {:.1?}", opts.jobs, started.elapsed());
+    Ok(())
+}
 
-    let mut latencies = Vec::with_capacity(opts.jobs);
-    let mut sent_at: BTreeMap<String, Vec<OffsetDateTime>> = BTreeMap::new();
-    let (mut sent, mut dead) = (0, 0);
-    let mut last_progress = Instant::now();
-    while sent + dead < opts.jobs {
-        let next = tokio::time::timeout(opts.idle_timeout, events.next()).await;
-        let Ok(Some(delivery)) = next else { break };
-        let delivery = delivery?;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
-        let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) else {
-            continue;
-        };
-        if event.pointer("/metadata/loadtest").and_then(Value::as_str) != Some(run_id.as_str()) {
-            continue;
+/// What came back of this run's jobs.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    sent_at: BTreeMap<String, Vec<OffsetDateTime>>,
+    sent: usize,
+    dead: usize,
+}
+
+impl Tally {
+    /// Reads events until every job settled or none came for `idle_timeout`.
+    async fn collect(
+        &mut self,
+        events: &mut lapin::Consumer,
+        run_id: &str,
+        opts: &Options,
+    ) -> anyhow::Result<()> {
+        let mut last_progress = Instant::now();
+        while self.sent + self.dead < opts.jobs {
+            let next = tokio::time::timeout(opts.idle_timeout, events.next()).await;
+            let Ok(Some(delivery)) = next else { break };
+            let delivery = delivery?;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            if let Ok(event) = serde_json::from_slice::<Value>(&delivery.data) {
+                self.count(&event, run_id);
+            }
+            if last_progress.elapsed() >= Duration::from_secs(3) {
+                last_progress = Instant::now();
+                eprintln!("… {} of {} settled", self.sent + self.dead, opts.jobs);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts one event, if it is one of this run's.
+    fn count(&mut self, event: &Value, run_id: &str) {
+        if event.pointer("/metadata/loadtest").and_then(Value::as_str) != Some(run_id) {
+            return;
         }
         let now_us = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
         if let Some(t) = event
@@ -178,68 +232,69 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<Report> {
             .and_then(Value::as_i64)
         {
             let us = u64::try_from(now_us - i128::from(t)).unwrap_or(0);
-            latencies.push(Duration::from_micros(us));
+            self.latencies.push(Duration::from_micros(us));
         }
-        match event.get("event").and_then(Value::as_str) {
-            Some("sent") => {
-                sent += 1;
-                let channel = event
-                    .get("channel")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                if let Some(t) = event
-                    .get("sent_at")
-                    .and_then(Value::as_str)
-                    .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-                {
-                    sent_at.entry(channel).or_default().push(t);
-                }
-            }
-            _ => dead += 1,
+        if event.get("event").and_then(Value::as_str) != Some("sent") {
+            self.dead += 1;
+            return;
         }
-        if last_progress.elapsed() >= Duration::from_secs(3) {
-            last_progress = Instant::now();
-            eprintln!("… {} of {} settled", sent + dead, opts.jobs);
+        self.sent += 1;
+        let channel = event
+            .get("channel")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(t) = event
+            .get("sent_at")
+            .and_then(Value::as_str)
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+        {
+            self.sent_at.entry(channel).or_default().push(t);
         }
     }
-    let elapsed = started.elapsed();
-    crate::broker::close(&conn, 200, "OK").await;
 
-    latencies.sort();
-    let channels = channels
-        .iter()
-        .map(|c| {
-            let mut times = sent_at.remove(c).unwrap_or_default();
-            times.sort();
-            let span = match (times.first(), times.last()) {
-                (Some(a), Some(b)) if times.len() > 1 => (*b - *a).as_seconds_f64(),
-                _ => 0.0,
-            };
-            ChannelReport {
-                channel: c.clone(),
-                sent: times.len(),
-                achieved_rate: if span > 0.0 {
-                    (times.len() - 1) as f64 / span
-                } else {
-                    0.0
-                },
-                budget: config.channel(c).map_or(0.0, |c| c.rate_per_second),
-            }
-        })
-        .collect();
-    Ok(Report {
-        published: opts.jobs,
-        sent,
-        dead_lettered: dead,
-        missing: opts.jobs - sent - dead,
-        elapsed,
-        jobs_per_second: (sent + dead) as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&latencies, 50.0),
-        p95: percentile(&latencies, 95.0),
-        p99: percentile(&latencies, 99.0),
-        channels,
-    })
+    fn report(
+        mut self,
+        config: &Config,
+        channels: &[String],
+        published: usize,
+        elapsed: Duration,
+    ) -> Report {
+        self.latencies.sort();
+        let channels = channels
+            .iter()
+            .map(|c| {
+                let mut times = self.sent_at.remove(c).unwrap_or_default();
+                times.sort();
+                let span = match (times.first(), times.last()) {
+                    (Some(a), Some(b)) if times.len() > 1 => (*b - *a).as_seconds_f64(),
+                    _ => 0.0,
+                };
+                ChannelReport {
+                    channel: c.clone(),
+                    sent: times.len(),
+                    achieved_rate: if span > 0.0 {
+                        (times.len() - 1) as f64 / span
+                    } else {
+                        0.0
+                    },
+                    budget: config.channel(c).map_or(0.0, |c| c.rate_per_second),
+                }
+            })
+            .collect();
+        Report {
+            published,
+            sent: self.sent,
+            dead_lettered: self.dead,
+            missing: published - self.sent - self.dead,
+            elapsed,
+            jobs_per_second: (self.sent + self.dead) as f64 / elapsed.as_secs_f64(),
+            p50: percentile(&self.latencies, 50.0),
+            p95: percentile(&self.latencies, 95.0),
+            p99: percentile(&self.latencies, 99.0),
+            channels,
+        }
+    }
 }
 
 impl Report {
