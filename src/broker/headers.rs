@@ -85,8 +85,15 @@ pub(crate) fn too_deep(headers: Option<&FieldTable>) -> Option<String> {
 }
 
 /// Whether `value` holds the marker of a value dropped for its depth.
+/// Run on every header of every job: a scalar is answered without
+/// allocating; only tables and arrays are walked.
 fn holds_marker(value: &AMQPValue) -> bool {
     let marker = lapin::types::parsing::TOO_DEEP.as_bytes();
+    match value {
+        AMQPValue::LongString(s) => return s.as_bytes() == marker,
+        AMQPValue::FieldArray(_) | AMQPValue::FieldTable(_) => {}
+        _ => return false,
+    }
     // Iterative, though the parser already bounds the depth.
     let mut open = vec![value];
     while let Some(v) = open.pop() {

@@ -197,6 +197,10 @@ struct Tally {
 }
 
 impl Tally {
+    fn settled(&self) -> usize {
+        self.sent.saturating_add(self.dead)
+    }
+
     /// Reads events until every job settled or none came for `idle_timeout`.
     async fn collect(
         &mut self,
@@ -205,7 +209,7 @@ impl Tally {
         opts: &Options,
     ) -> anyhow::Result<()> {
         let mut last_progress = Instant::now();
-        while self.sent + self.dead < opts.jobs {
+        while self.settled() < opts.jobs {
             let next = tokio::time::timeout(opts.idle_timeout, events.next()).await;
             let Ok(Some(delivery)) = next else { break };
             let delivery = delivery?;
@@ -215,7 +219,7 @@ impl Tally {
             }
             if last_progress.elapsed() >= Duration::from_secs(3) {
                 last_progress = Instant::now();
-                eprintln!("… {} of {} settled", self.sent + self.dead, opts.jobs);
+                eprintln!("… {} of {} settled", self.settled(), opts.jobs);
             }
         }
         Ok(())
@@ -235,10 +239,10 @@ impl Tally {
             self.latencies.push(Duration::from_micros(us));
         }
         if event.get("event").and_then(Value::as_str) != Some("sent") {
-            self.dead += 1;
+            self.dead = self.dead.saturating_add(1);
             return;
         }
-        self.sent += 1;
+        self.sent = self.sent.saturating_add(1);
         let channel = event
             .get("channel")
             .and_then(Value::as_str)
@@ -286,9 +290,9 @@ impl Tally {
             published,
             sent: self.sent,
             dead_lettered: self.dead,
-            missing: published - self.sent - self.dead,
+            missing: published.saturating_sub(self.settled()),
             elapsed,
-            jobs_per_second: (self.sent + self.dead) as f64 / elapsed.as_secs_f64(),
+            jobs_per_second: self.settled() as f64 / elapsed.as_secs_f64(),
             p50: percentile(&self.latencies, 50.0),
             p95: percentile(&self.latencies, 95.0),
             p99: percentile(&self.latencies, 99.0),

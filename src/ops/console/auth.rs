@@ -480,7 +480,8 @@ fn pad_cheaper_hashes(users: &mut [Known], decoy: &str) -> anyhow::Result<()> {
             .checked_div(u64::from(top.t_cost()))
             .unwrap_or(missing);
         let m = u32::try_from(per_pass).unwrap_or(u32::MAX);
-        let m = m.clamp(argon2::Params::MIN_M_COST, top.m_cost()).max(8);
+        // min then max, not clamp: no bound order to get wrong.
+        let m = m.min(top.m_cost()).max(argon2::Params::MIN_M_COST).max(8);
         let key = (own.m_cost(), own.t_cost(), own.p_cost());
         if let Some(pad) = made.get(&key) {
             k.pad = Some(pad.clone());
