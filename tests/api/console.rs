@@ -114,13 +114,59 @@ pub(crate) async fn http_login(base: &str, user: (&str, &str)) -> (reqwest::Clie
         .expect("login");
     assert!(r.status().is_success(), "login: {}", r.status());
     let page = r.text().await.expect("page");
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("a csrf token on the page")
-        .to_owned();
-    (client, csrf)
+    (client, field(&page, "csrf"))
+}
+
+/// The value of the first `name="<field>" value="…"` on `page`.
+pub(crate) fn field(page: &str, field: &str) -> String {
+    let key = format!("name=\"{field}\" value=\"");
+    let start = page
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {field} on:\n{page}"))
+        + key.len();
+    page[start..][..page[start..].find('"').expect("quote")].to_owned()
+}
+
+/// The first `href` on `page` that starts with `path`, unescaped.
+pub(crate) fn link(page: &str, path: &str) -> String {
+    let start = page
+        .find(&format!("href=\"{path}"))
+        .unwrap_or_else(|| panic!("no link to {path} on the page:\n{page}"));
+    let rest = &page[start + 6..];
+    rest[..rest.find('"').expect("a closing quote")].replace("&amp;", "&")
+}
+
+/// The dead-letter pages an operator walks: the groups, the first group's
+/// list, its first message.
+pub(crate) struct DeadPages {
+    pub(crate) groups: String,
+    pub(crate) list: String,
+    pub(crate) message: String,
+}
+
+/// Walks the dead-letter pages as `ANA` over HTTP; each must answer 200.
+pub(crate) async fn dead_pages(base: &str) -> DeadPages {
+    let (client, _) = http_login(base, ANA).await;
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("GET");
+            assert_eq!(r.status(), 200, "{path}");
+            r.text().await.expect("page")
+        }
+    };
+    let groups = get("/dead?source=dead".into()).await;
+    let list = get(link(&groups, "/dead/list")).await;
+    let message = get(link(&list, "/dead/message")).await;
+    DeadPages {
+        groups,
+        list,
+        message,
+    }
 }
 
 #[tokio::test]

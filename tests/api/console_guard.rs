@@ -11,7 +11,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString},
 };
 
-use crate::console::{ANA, http_login, spawn_console, spawn_console_with};
+use crate::console::{ANA, dead_pages, field, http_login, spawn_console, spawn_console_with};
 use crate::helpers::*;
 
 const TOKEN: &str = "the-console-token-of-scripts-0123";
@@ -197,41 +197,14 @@ async fn a_dead_letter_shows_no_phone_in_any_form() {
     c.app
         .publish_raw("", &c.app.queue("dead"), &body, props)
         .await;
-    let (http, _) = http_login(&c.base, ANA).await;
-    let get = |path: String| {
-        let http = http.clone();
-        let base = c.base.clone();
-        async move {
-            let r = http.get(format!("{base}{path}")).send().await.expect("GET");
-            assert_eq!(r.status(), 200, "{path}");
-            r.text().await.expect("page")
-        }
-    };
-    let groups = get("/dead?source=dead".into()).await;
-    assert!(!groups.contains(phone), "{groups}");
-    let start = groups.find("href=\"/dead/list").expect("a group link") + 6;
-    let list_link =
-        groups[start..][..groups[start..].find('"').expect("quote")].replace("&amp;", "&");
-    let list = get(list_link).await;
-    assert!(!list.contains(phone), "{list}");
-    let start = list.find("href=\"/dead/message").expect("a message link") + 6;
-    let message_link =
-        list[start..][..list[start..].find('"').expect("quote")].replace("&amp;", "&");
-    let message = get(message_link).await;
+    let pages = dead_pages(&c.base).await;
+    assert!(!pages.groups.contains(phone), "{}", pages.groups);
+    assert!(!pages.list.contains(phone), "{}", pages.list);
+    let message = pages.message;
     assert!(message.contains("phones-1"), "{message}");
     assert!(!message.contains(phone), "{message}");
     assert!(message.contains("+4915***5678"), "{message}");
     c.shutdown().await;
-}
-
-/// The value of the first `name="<field>" value="…"` on `page`.
-fn field(page: &str, field: &str) -> String {
-    let key = format!("name=\"{field}\" value=\"");
-    let start = page
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {field} on:\n{page}"))
-        + key.len();
-    page[start..][..page[start..].find('"').expect("quote")].to_owned()
 }
 
 /// A confirmed export-then-purge runs on past a SIGTERM: the console stops

@@ -8,38 +8,8 @@ use std::time::Duration;
 use lapin::types::AMQPValue;
 use serde_json::Value;
 
-use crate::console::{ANA, http_login, spawn_console};
+use crate::console::{dead_pages, spawn_console};
 use crate::helpers::*;
-
-/// The first `href` on `page` that starts with `path`, unescaped.
-fn link(page: &str, path: &str) -> String {
-    let start = page
-        .find(&format!("href=\"{path}"))
-        .unwrap_or_else(|| panic!("no link to {path} on the page:\n{page}"));
-    let rest = &page[start + 6..];
-    rest[..rest.find('"').expect("a closing quote")].replace("&amp;", "&")
-}
-
-/// The console's pages for the dead letters: groups, the first group's
-/// list, its first message. Each must answer 200; the message page's text.
-async fn console_walk(base: &str) -> String {
-    let (client, _) = http_login(base, ANA).await;
-    let get = |path: String| {
-        let client = client.clone();
-        async move {
-            let r = client
-                .get(format!("{base}{path}"))
-                .send()
-                .await
-                .expect("GET");
-            assert_eq!(r.status(), 200, "{path}");
-            r.text().await.expect("page")
-        }
-    };
-    let groups = get("/dead?source=dead".into()).await;
-    let list = get(link(&groups, "/dead/list")).await;
-    get(link(&list, "/dead/message")).await
-}
 
 #[tokio::test]
 async fn a_header_nested_20000_deep_is_dead_lettered_and_no_replica_aborts() {
@@ -110,7 +80,7 @@ async fn a_header_nested_20000_deep_is_dead_lettered_and_no_replica_aborts() {
     let listed = ok(&c.app.cli(&["dlq", "list", "--json"]).await);
     let line: Value = serde_json::from_str(listed.trim()).expect("one JSON line");
     assert_eq!(line["reason"], "malformed");
-    let page = console_walk(&c.base).await;
+    let page = dead_pages(&c.base).await.message;
     assert!(page.contains("deep-1"), "{page}");
     for mut r in replicas {
         r.signal("TERM");
@@ -163,6 +133,6 @@ async fn json_nested_100000_deep_is_malformed_and_every_tool_reads_it() {
     assert_eq!(listed.lines().count(), 2);
     let exported = ok(&c.app.cli(&["dlq", "export"]).await);
     assert_eq!(exported.lines().count(), 2);
-    console_walk(&c.base).await;
+    dead_pages(&c.base).await;
     c.shutdown().await;
 }
