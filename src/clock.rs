@@ -19,6 +19,11 @@ pub(crate) fn after(d: Duration) -> Instant {
         .unwrap_or(now)
 }
 
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
 /// How long from `earlier` to `later`; zero if `later` is not after it.
 pub(crate) fn between(earlier: OffsetDateTime, later: OffsetDateTime) -> Duration {
     let nanos = later

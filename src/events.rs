@@ -187,6 +187,62 @@ impl DeadLetteredEvent {
     }
 }
 
+/// `replied.<channel>` (docs/contract.md §15): the customer tapped an
+/// option of the job's prompt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct RepliedEvent {
+    pub event: EventKind,
+    pub job_id: String,
+    pub channel: String,
+    /// The option, as the job wrote it.
+    pub option: crate::job::interactive::Choice,
+    /// When the customer wrote it (the platform's time).
+    pub replied_at: String,
+    /// `conversation` (the Intercom conversation of the prompt) or `phone`.
+    pub matched_by: String,
+    pub reply: ReplyIds,
+    pub message_id: String,
+    pub channel_message_id: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+/// The inbox platform's ids of a customer's message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ReplyIds {
+    /// `intercom` or `hubspot`.
+    pub platform: String,
+    /// The message: `intercom:<conversation part id>` or
+    /// `hubspot:<message id>`. The same message delivered twice has one.
+    pub id: String,
+    /// Intercom's conversation id, or HubSpot's thread id.
+    pub conversation_id: String,
+}
+
+/// `reply_ambiguous.<channel>`: two or more open prompts to the customer
+/// have an option with this title; no guess is made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ReplyAmbiguousEvent {
+    pub event: EventKind,
+    pub channel: String,
+    /// The candidates' `job_id`s.
+    pub job_ids: Vec<String>,
+    /// The title they share, as the first candidate's job wrote it.
+    pub title: String,
+    pub replied_at: String,
+    pub reply: ReplyIds,
+}
+
+/// `reply_unmatched.<channel>` (only where the channel opts in): a message
+/// that answers no open prompt, with its text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ReplyUnmatchedEvent {
+    pub event: EventKind,
+    pub channel: String,
+    pub text: String,
+    pub replied_at: String,
+    pub reply: ReplyIds,
+}
+
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;

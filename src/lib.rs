@@ -51,6 +51,7 @@ mod observe;
 pub mod octopods;
 pub mod ops;
 mod outcome;
+mod replies;
 pub mod worker;
 
 /// The stand-in Octopods (its own crate, `sandbox/`), for tests and the demo.

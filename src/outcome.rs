@@ -130,16 +130,23 @@ pub enum EventKind {
     Read,
     Failed,
     StatusUnknown,
+    /// The customer's answer (docs/contract.md §15).
+    Replied,
+    ReplyAmbiguous,
+    ReplyUnmatched,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Sent,
         EventKind::DeadLettered,
         EventKind::Delivered,
         EventKind::Read,
         EventKind::Failed,
         EventKind::StatusUnknown,
+        EventKind::Replied,
+        EventKind::ReplyAmbiguous,
+        EventKind::ReplyUnmatched,
     ];
     /// How a job ends (`octopods_jobs_completed_total{outcome}`).
     pub const OUTCOMES: [EventKind; 2] = [EventKind::Sent, EventKind::DeadLettered];
@@ -159,6 +166,9 @@ impl EventKind {
             EventKind::Read => "read",
             EventKind::Failed => "failed",
             EventKind::StatusUnknown => "status_unknown",
+            EventKind::Replied => "replied",
+            EventKind::ReplyAmbiguous => "reply_ambiguous",
+            EventKind::ReplyUnmatched => "reply_unmatched",
         }
     }
 }

@@ -74,10 +74,25 @@ impl Names {
         format!("{}.control", self.prefix)
     }
 
+    /// Customer messages from the inbox webhooks, waiting for the matcher
+    /// (docs/contract.md §15).
+    pub fn replies(&self) -> String {
+        format!("{}.replies", self.prefix)
+    }
+
+    /// The stream of sent prompts and published replies: what the matcher knows.
+    pub fn prompts(&self) -> String {
+        format!("{}.prompts", self.prefix)
+    }
+
     pub fn retry_queue(&self, delay: Duration) -> String {
         format!("{}.retry.{}", self.prefix, delay_label(delay))
     }
 }
+
+/// How long the prompt stream keeps a record: a day more than the longest
+/// reply window ([`crate::config::MAX_WINDOW`]).
+pub const PROMPTS_MAX_AGE: &str = "31D";
 
 /// Every delay queue: the retry schedule, the paused-template delay, and
 /// the status schedule when a channel tracks status.
@@ -299,6 +314,30 @@ impl Plan {
         // `broker.replicas` says.
         plan.queues
             .push(queue(n.control(), vec![("x-queue-type", text("stream"))]));
+        if config.tracks_replies() {
+            // Replies (docs/contract.md §15): one matcher active at a time
+            // reads the queue; every replica reads the prompt stream (kept a
+            // day past the longest window), which also takes every `replied`
+            // and `reply_ambiguous` event, so a reply answered once is known.
+            plan.queues.push(queue(
+                n.replies(),
+                quorum(
+                    replicas,
+                    vec![("x-single-active-consumer", Arg::Bool(true))],
+                ),
+            ));
+            plan.queues.push(queue(
+                n.prompts(),
+                vec![
+                    ("x-queue-type", text("stream")),
+                    ("x-max-age", text(PROMPTS_MAX_AGE)),
+                ],
+            ));
+            for event in ["replied.*", "reply_ambiguous.*"] {
+                plan.bindings
+                    .push(bind(n.results(), n.prompts(), event, vec![]));
+            }
+        }
         for delay in delay_queues(config) {
             let q = n.retry_queue(delay);
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);

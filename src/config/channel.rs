@@ -44,6 +44,10 @@ pub struct ChannelConfig {
     /// `failed` or `status_unknown` events (docs/contract.md §12). Default false.
     #[serde(default)]
     pub track_status: bool,
+    /// Bring the customers' answers back as `replied` events
+    /// (docs/contract.md §15). Default: off.
+    #[serde(default)]
+    pub replies: Option<super::ChannelReplies>,
 }
 
 fn default_burst() -> u32 {
@@ -137,6 +141,9 @@ impl ChannelConfig {
                 format!("channels[{i}]"),
                 "set exactly one of api_key_env and api_key_file",
             ));
+        }
+        if let Some(r) = &self.replies {
+            r.check(&format!("channels[{i}].replies"))?;
         }
         Ok(())
     }

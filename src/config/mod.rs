@@ -18,6 +18,7 @@ mod broker;
 mod channel;
 mod console;
 mod octopods;
+mod replies;
 mod retry;
 mod sections;
 
@@ -26,6 +27,7 @@ pub use channel::{ApiKey, ChannelConfig, Provider};
 pub(crate) use channel::{MAX_BURST, MAX_RATE, MIN_RATE, check_budget};
 pub use console::{ConsoleConfig, ConsoleUser, Role};
 pub use octopods::OctopodsConfig;
+pub use replies::{ChannelReplies, MAX_WINDOW, Platform, RepliesConfig, ReplySecrets, Secret};
 pub use retry::{RetryConfig, StatusConfig};
 pub use sections::{DlqConfig, HttpConfig, ResultsConfig, TelemetryConfig, WorkerConfig};
 
@@ -74,6 +76,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
+    #[serde(default)]
+    pub replies: RepliesConfig,
     /// The WhatsApp channels this deployment sends for. At least one.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
@@ -118,6 +122,7 @@ impl Config {
         self.status.check()?;
         self.telemetry.check()?;
         self.console.check()?;
+        self.replies.check()?;
         if self.channels.is_empty() {
             return Err(invalid("channels", "configure at least one [[channels]]"));
         }
@@ -141,6 +146,27 @@ impl Config {
             .enumerate()
             .map(|(i, ch)| ch.api_key(i))
             .collect()
+    }
+
+    /// Reads the signing secret and API token of every reply-tracking
+    /// channel, in channel order (`None` for the others).
+    pub fn reply_secrets(&self) -> Result<Vec<Option<ReplySecrets>>, ConfigError> {
+        self.channels
+            .iter()
+            .enumerate()
+            .map(|(i, ch)| {
+                ch.replies
+                    .as_ref()
+                    .map(|r| r.secrets(&format!("channels[{i}].replies")))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Whether any channel's answers come back (then the receiver listens
+    /// and the replies topology is declared).
+    pub fn tracks_replies(&self) -> bool {
+        self.channels.iter().any(|c| c.replies.is_some())
     }
 
     /// This replica's name: `worker.replica_id`, else `<HOSTNAME>-<pid>`

@@ -24,6 +24,9 @@ pub(crate) struct ChannelState {
     pub(crate) prefetch: u16,
     /// What operators' commands left in force (see [`control`](crate::ops::control)).
     pub(crate) control: tokio::sync::watch::Sender<Override>,
+    /// A reply-tracking channel's secrets (its prompts' phones are keyed
+    /// by the signing secret).
+    pub(crate) replies: Option<crate::config::ReplySecrets>,
 }
 
 impl ChannelState {

@@ -21,6 +21,7 @@ use crate::{
     job::Echo,
     octopods::status::Check,
     outcome::{EventKind, Failure, Reason, RetryCause},
+    replies::record::Record,
 };
 
 /// What settle does with a delivery.
@@ -134,13 +135,28 @@ impl Context<'_> {
         })
     }
 
+    /// A record appended to the prompt stream (docs/contract.md §15).
+    fn record(&self, record: &Record) -> Option<Message> {
+        Some(Message {
+            exchange: String::new(),
+            routing_key: self.names.prompts(),
+            body: Body::New(written(serde_json::to_vec(record))?),
+            properties: BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(2),
+            event: None,
+        })
+    }
+
     /// Sent (now, or earlier by this process): the `sent` event, then the
-    /// message's first status check when the channel tracks status.
+    /// message's first status check when the channel tracks status, then
+    /// its prompt record when the channel tracks replies.
     pub(crate) fn sent(
         &self,
         job_id: &str,
         event: Result<Vec<u8>, serde_json::Error>,
         first_check: Option<(Check, Duration)>,
+        prompt: Option<Record>,
     ) -> Settlement {
         let Some(event) = written(event) else {
             return unwritable();
@@ -148,6 +164,12 @@ impl Context<'_> {
         let mut messages = vec![self.event(EventKind::Sent, event, Some(job_id))];
         if let Some((check, delay)) = first_check {
             let Some(m) = self.check(&check, delay) else {
+                return unwritable();
+            };
+            messages.push(m);
+        }
+        if let Some(prompt) = prompt {
+            let Some(m) = self.record(&prompt) else {
                 return unwritable();
             };
             messages.push(m);
@@ -235,6 +257,7 @@ impl Context<'_> {
         &self,
         events: Vec<(EventKind, Value)>,
         next: Option<(Check, Duration)>,
+        records: Vec<Record>,
     ) -> Settlement {
         let kinds = events.iter().map(|(k, _)| *k).collect();
         let mut messages = Vec::with_capacity(events.len().saturating_add(1));
@@ -247,6 +270,12 @@ impl Context<'_> {
         }
         if let Some((check, delay)) = next {
             let Some(m) = self.check(&check, delay) else {
+                return unwritable();
+            };
+            messages.push(m);
+        }
+        for record in &records {
+            let Some(m) = self.record(record) else {
                 return unwritable();
             };
             messages.push(m);

@@ -132,6 +132,9 @@ pub struct Job {
     /// The template to send instead when the 24-hour window is closed, with
     /// its request body.
     pub fallback: Option<(template::Template, bytes::Bytes)>,
+    /// The options a customer can tap (buttons, list rows), for matching
+    /// the answer (docs/contract.md §15).
+    pub choices: Vec<interactive::Choice>,
 }
 
 impl Job {
@@ -252,6 +255,7 @@ impl Job {
                 Some((t, body))
             }
         };
+        let choices = interactive::choices(&message);
         let mut body = Map::new();
         body.insert("destination_phone".into(), Value::String(phone.0.clone()));
         body.insert("waba_interactive_message".into(), message);
@@ -267,6 +271,7 @@ impl Job {
             metadata,
             request_body,
             fallback,
+            choices,
         })
     }
 

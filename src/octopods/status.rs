@@ -45,6 +45,9 @@ pub(crate) struct Check {
     pub published: Stage,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// The Intercom conversation already recorded for replies (docs/contract.md §15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<String>,
 }
 
 impl From<&crate::events::SentEvent> for Check {
@@ -59,6 +62,7 @@ impl From<&crate::events::SentEvent> for Check {
             polls: 0,
             published: Stage::Sent,
             metadata: e.metadata.clone(),
+            conversation: None,
         }
     }
 }
@@ -78,6 +82,22 @@ pub(crate) struct Answer {
     pub failure_reason: Option<String>,
     #[serde(default)]
     pub status_message: Option<String>,
+    /// The CRM conversation Octopods opened; empty when none.
+    #[serde(default)]
+    pub intercom_conversation_id: Option<Value>,
+}
+
+impl Answer {
+    /// The Intercom conversation, when Octopods opened one (a string or a
+    /// number of at most 128 characters; empty means none).
+    pub(crate) fn conversation(&self) -> Option<String> {
+        let id = match self.intercom_conversation_id.as_ref()? {
+            Value::String(s) => s.trim().to_owned(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        (!id.is_empty() && id.len() <= 128).then_some(id)
+    }
 }
 
 /// What a poll came to.
@@ -231,6 +251,7 @@ mod tests {
             polls,
             published,
             metadata: Some(json!({"order_id": "1"})),
+            conversation: None,
         }
     }
 

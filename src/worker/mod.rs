@@ -36,6 +36,7 @@ use crate::{
     observe::metrics::Metrics,
     octopods::client::Client,
     ops::control::{self, Override},
+    replies::{self, matcher::Matcher},
 };
 
 /// A worker ready to run: config checked, keys read, HTTP port bound.
@@ -44,6 +45,57 @@ pub struct Worker {
     channels: Vec<Arc<ChannelState>>,
     listener: Option<TcpListener>,
     health: Arc<Health>,
+    /// With a reply-tracking channel: the receiver and the matcher.
+    replies: Option<Replies>,
+}
+
+/// The replies side of a worker (docs/contract.md §15): the webhook
+/// receiver's listener and routes, the slot it finds the session's
+/// publisher in, and the matcher.
+struct Replies {
+    listener: Option<TcpListener>,
+    router: Option<axum::Router>,
+    publisher: tokio::sync::watch::Sender<Option<Publisher>>,
+    matcher: Arc<Matcher>,
+}
+
+impl Replies {
+    async fn build(
+        config: &Config,
+        secrets: &[Option<crate::config::ReplySecrets>],
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<Option<Self>> {
+        if !config.tracks_replies() {
+            return Ok(None);
+        }
+        let listener = TcpListener::bind(config.replies.listen)
+            .await
+            .with_context(|| format!("replies.listen: cannot bind {}", config.replies.listen))?;
+        let tracked: Arc<[replies::Tracked]> = replies::tracked(config, secrets).into();
+        for t in tracked.iter() {
+            metrics.register_replies(&t.name);
+        }
+        let (publisher, slot) = tokio::sync::watch::channel(None);
+        let router = replies::receiver::router(config, secrets, slot, metrics.clone());
+        let matcher = Matcher {
+            book: Arc::new(replies::book::Book::new(replies::longest_window(&tracked))),
+            tracked,
+            lookup: Arc::new(
+                replies::lookup::Lookup::new(config.replies.lookup_timeout)
+                    .context("cannot build the HTTP client for reply lookups")?,
+            ),
+            names: Names::new(&config.broker.prefix),
+            metrics: metrics.clone(),
+            delays: config.retry.delays.clone(),
+            replica: config.replica_id(),
+        };
+        Ok(Some(Self {
+            listener: Some(listener),
+            router: Some(router),
+            publisher,
+            matcher: Arc::new(matcher),
+        }))
+    }
 }
 
 /// The end of the grace period, fixed the first time a stop needs it: the
@@ -54,11 +106,13 @@ impl Worker {
     /// Checks everything that can be checked before connecting.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let keys = config.api_keys()?;
+        let reply_secrets = config.reply_secrets()?;
         let channels = config
             .channels
             .iter()
             .zip(keys)
-            .map(|(c, key)| {
+            .zip(reply_secrets.iter().cloned())
+            .map(|((c, key), replies)| {
                 Arc::new(ChannelState {
                     prefetch: c.effective_prefetch(&config.broker),
                     limiter: Limiter::new(c.rate_per_second, c.burst)
@@ -66,6 +120,7 @@ impl Worker {
                     key,
                     config: c.clone(),
                     control: tokio::sync::watch::Sender::new(Override::default()),
+                    replies,
                 })
             })
             .collect();
@@ -97,7 +152,9 @@ impl Worker {
         let replica_id = config.replica_id();
         let open = Semaphore::new(config.octopods.max_concurrent_requests);
         let health = Arc::new(Health::new(metrics.clone()));
+        let replies = Replies::build(&config, &reply_secrets, &metrics).await?;
         Ok(Self {
+            replies,
             health: health.clone(),
             shared: Arc::new(Shared {
                 names: Names::new(&config.broker.prefix),
@@ -122,6 +179,11 @@ impl Worker {
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// Where the reply webhooks are received (with a reply-tracking channel).
+    pub fn replies_addr(&self) -> Option<SocketAddr> {
+        self.replies.as_ref()?.listener.as_ref()?.local_addr().ok()
+    }
+
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.metrics.clone()
     }
@@ -141,6 +203,14 @@ impl Worker {
         let router = http::router(self.shared.metrics.clone(), self.health.clone());
         let listener = self.listener.take().context("the worker can run once")?;
         let http_task = tokio::spawn(http::serve(listener, router, http_stop.clone()));
+        let hooks_task = self.replies.as_mut().and_then(|r| {
+            let (listener, router) = (r.listener.take()?, r.router.take()?);
+            Some(tokio::spawn(http::serve(
+                listener,
+                router,
+                http_stop.clone(),
+            )))
+        });
         let tracker = TaskTracker::new();
         let config = &self.shared.config;
         info!(
@@ -203,6 +273,13 @@ impl Worker {
         {
             http_task.abort();
         }
+        if let Some(mut hooks) = hooks_task
+            && tokio::time::timeout(Duration::from_secs(1), &mut hooks)
+                .await
+                .is_err()
+        {
+            hooks.abort();
+        }
         info!("worker stopped");
         Ok(())
     }
@@ -230,6 +307,9 @@ impl Worker {
         ));
         // A new session starts clean: what the last one saw died with it.
         self.health.start_clean();
+        if let Some(r) = &self.replies {
+            r.publisher.send_replace(Some(settler.publisher.clone()));
+        }
         // Operators' commands first: a channel paused before this replica
         // started must not be consumed for a moment.
         let (_control_ch, mut commands) =
@@ -262,7 +342,11 @@ impl Worker {
                 Followed::Ended(e) => e,
                 Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
             }),
+            e = self.match_replies(&links, &settler.publisher, &stop) => Some(e),
         };
+        if let Some(r) = &self.replies {
+            r.publisher.send_replace(None);
+        }
         stop.cancel();
         self.health.set_consuming(false);
         while consumers.join_next().await.is_some() {}
@@ -310,6 +394,25 @@ impl Worker {
             consumers.spawn(consumer.run());
         }
         Ok((consumers, amqp_channels))
+    }
+
+    /// With a reply-tracking channel: follows the prompt stream and matches
+    /// replies (when this replica's matcher is the active one) until either
+    /// fails. Without one: never returns.
+    async fn match_replies(
+        &self,
+        links: &Links,
+        publisher: &Publisher,
+        stop: &CancellationToken,
+    ) -> anyhow::Error {
+        let Some(r) = &self.replies else {
+            return std::future::pending().await;
+        };
+        let book = r.matcher.book.clone();
+        tokio::select! {
+            e = book.follow(&links.consuming, &self.shared.names) => e,
+            e = r.matcher.run(&links.consuming, publisher, stop.clone()) => e,
+        }
     }
 
     /// Ready once every channel queue has our consumer; then keeps waiting.

@@ -25,6 +25,7 @@ use crate::{
     octopods::status::Check,
     outcome::Via,
     outcome::{Failure, RetryCause},
+    replies::record::{Prompt, Record},
 };
 
 /// One delivery as the pipeline sees it.
@@ -178,6 +179,19 @@ impl<S: crate::octopods::client::Sender> Decision<'_, S> {
             }
         };
         self.record_job_id(job.id.as_str());
+        if self.channel.config.replies.is_some()
+            && let Err(why) = distinct_titles(&job)
+        {
+            let ctx = self.context(now);
+            let failure = Failure::local(why);
+            let attempts = history.attempts.max(1);
+            return Err(Box::new(ctx.dead_letter(
+                crate::outcome::Reason::Validation,
+                failure,
+                job.echo(),
+                attempts,
+            )));
+        }
         // `Phone` displays masked: +1555***4567.
         Span::current().record("phone", tracing::field::display(&job.phone));
         if let Some(hook) = self.shared.fault {
@@ -223,7 +237,7 @@ impl<S: crate::octopods::client::Sender> Decision<'_, S> {
         match SentEvent::from_kept(kept, job, self.name) {
             Some(event) => {
                 DuplicateSuppressed { channel: self.name }.emit(&self.shared.metrics);
-                sent(&self.delivery, self.channel, self.shared, &event)
+                sent(&self.delivery, self.channel, self.shared, &event, job)
             }
             // Never written by `kept`: a bug, not a reason to lose the job.
             None => self.context(now).dead_letter(
@@ -256,7 +270,7 @@ impl<S: crate::octopods::client::Sender> Decision<'_, S> {
                 if let Ok(kept) = event.kept() {
                     claim.remember(kept);
                 }
-                sent(&self.delivery, self.channel, self.shared, &event)
+                sent(&self.delivery, self.channel, self.shared, &event, job)
             }
             Final::DeadLetter(reason, failure) => self
                 .context(OffsetDateTime::now_utc())
@@ -315,8 +329,63 @@ pub(crate) async fn poll(
         info!(error = %escape(why), "no status this time; asking again later");
     }
     let now = OffsetDateTime::now_utc();
-    let decision = crate::octopods::status::decide(&check, &polled, now, &shared.config.status);
-    context(&delivery, shared, name, now).status(decision.events, decision.next)
+    let mut decision = crate::octopods::status::decide(&check, &polled, now, &shared.config.status);
+    let records = conversation_seen(channel, &check, &polled, &mut decision.next);
+    context(&delivery, shared, name, now).status(decision.events, decision.next, records)
+}
+
+/// On an Intercom reply-tracking channel, the prompt's conversation the
+/// first time a poll shows it: a record for the prompt stream (the next
+/// check remembers it was recorded).
+fn conversation_seen(
+    channel: &ChannelState,
+    check: &Check,
+    polled: &crate::octopods::status::Polled,
+    next: &mut Option<(Check, std::time::Duration)>,
+) -> Vec<Record> {
+    let intercom = channel
+        .config
+        .replies
+        .as_ref()
+        .is_some_and(|r| r.platform == crate::config::Platform::Intercom);
+    let crate::octopods::status::Polled::Status(answer) = polled else {
+        return Vec::new();
+    };
+    let Some(id) = answer.conversation().filter(|_| intercom) else {
+        return Vec::new();
+    };
+    if check.conversation.as_deref() == Some(id.as_str()) {
+        return Vec::new();
+    }
+    if let Some((next, _)) = next {
+        next.conversation = Some(id.clone());
+    }
+    vec![Record::Conversation {
+        channel: check.channel.clone(),
+        job_id: check.job_id.clone(),
+        conversation_id: id,
+    }]
+}
+
+/// On a reply-tracking channel, a tap must name one option: titles that
+/// are the same once compared (case, space, Unicode form, markup) refuse
+/// the job (docs/contract.md §15).
+fn distinct_titles(job: &Job) -> Result<(), String> {
+    let mut seen: Vec<(String, &str)> = Vec::new();
+    for c in &job.choices {
+        let Some(n) = crate::replies::text::normalise(&c.title) else {
+            continue;
+        };
+        if let Some((_, other)) = seen.iter().find(|(m, _)| *m == n) {
+            return Err(format!(
+                "waba_interactive_message: option titles {other:?} and {:?} are the same answer \
+                 once compared (case, spaces, Unicode form); this channel matches replies by title",
+                c.title
+            ));
+        }
+        seen.push((n, &c.title));
+    }
+    Ok(())
 }
 
 /// The settlement builders' view of this delivery.
@@ -342,6 +411,7 @@ fn sent(
     channel: &ChannelState,
     shared: &Shared,
     event: &SentEvent,
+    job: &Job,
 ) -> Settlement {
     // A message_id that cannot be one path segment is never polled.
     let check = channel
@@ -355,7 +425,28 @@ fn sent(
         &event.job_id,
         event.to_bytes(),
         first,
+        prompt(channel, event, job),
     )
+}
+
+/// On a reply-tracking channel, what the matcher must know of a sent
+/// prompt with options: its record for the prompt stream, the phone keyed.
+fn prompt(channel: &ChannelState, event: &SentEvent, job: &Job) -> Option<Record> {
+    let secrets = channel.replies.as_ref()?;
+    if job.choices.is_empty() {
+        return None;
+    }
+    let digits = crate::replies::text::phone_digits(job.phone.as_str())?;
+    Some(Record::Prompt(Prompt {
+        channel: event.channel.clone(),
+        job_id: event.job_id.clone(),
+        phone: crate::replies::record::phone_key(&secrets.signing, &digits),
+        options: job.choices.clone(),
+        message_id: event.message_id.clone(),
+        channel_message_id: event.channel_message_id.clone(),
+        sent_at: event.sent_at.clone(),
+        metadata: event.metadata.clone(),
+    }))
 }
 
 /// A tracked message's first status check, after the schedule's first delay.

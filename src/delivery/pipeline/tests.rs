@@ -67,6 +67,7 @@ fn fixture() -> (Shared, ChannelState) {
         limiter: Limiter::new(1_000_000.0, 1000),
         prefetch: 1,
         control: tokio::sync::watch::Sender::new(Default::default()),
+        replies: None,
     };
     let shared = Shared {
         names: crate::broker::Names::new(&config.broker.prefix),

@@ -98,6 +98,44 @@ impl Kind {
     }
 }
 
+/// One option a customer can tap: a reply button or a list row.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Choice {
+    pub id: String,
+    pub title: String,
+}
+
+/// The options of a (validated) `button` or `list` message, in order; none
+/// for the other types. What a customer's tap comes back as (its title).
+pub fn choices(message: &Value) -> Vec<Choice> {
+    let choice = |v: &Value| {
+        Some(Choice {
+            id: v.get("id")?.as_str()?.to_owned(),
+            title: v.get("title")?.as_str()?.to_owned(),
+        })
+    };
+    let action = message.get("action");
+    match message.get("type").and_then(Value::as_str) {
+        Some("button") => action
+            .and_then(|a| a.get("buttons"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|b| choice(b.get("reply")?))
+            .collect(),
+        Some("list") => action
+            .and_then(|a| a.get("sections"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.get("rows")?.as_array())
+            .flatten()
+            .filter_map(choice)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Checks one interactive message for a channel of the given provider.
 pub fn validate(message: &Value, provider: Provider) -> Check {
     let m = object(message, "waba_interactive_message")?;

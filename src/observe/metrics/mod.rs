@@ -48,7 +48,21 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     control_rejected: IntCounterVec,
     session_panics: IntCounterVec,
+    replies: IntCounterVec,
+    reply_webhook: HistogramVec,
+    reply_match_delay: HistogramVec,
+    reply_lookups: IntCounterVec,
 }
+
+/// The `outcome` labels of `octopods_replies_total`.
+pub(crate) const REPLY_OUTCOMES: [&str; 6] = [
+    "matched",
+    "ambiguous",
+    "unmatched",
+    "no_prompt",
+    "expired",
+    "bad_signature",
+];
 
 mod define;
 
@@ -103,6 +117,37 @@ impl Metrics {
         for d in delays {
             self.delayed.with_label_values(&[channel, d]);
         }
+    }
+
+    /// A reply-tracking channel's series, at zero.
+    pub fn register_replies(&self, channel: &str) {
+        for outcome in REPLY_OUTCOMES {
+            self.replies.with_label_values(&[channel, outcome]);
+        }
+    }
+
+    /// A customer message came to `outcome` (one of [`REPLY_OUTCOMES`]).
+    pub fn reply(&self, channel: &str, outcome: &'static str) {
+        self.replies.with_label_values(&[channel, outcome]).inc();
+    }
+
+    pub fn reply_webhook(&self, platform: &str, status: u16, took: Duration) {
+        self.reply_webhook
+            .with_label_values(&[platform, &status.to_string()])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn reply_matched_after(&self, platform: &str, after: Duration) {
+        self.reply_match_delay
+            .with_label_values(&[platform])
+            .observe(after.as_secs_f64());
+    }
+
+    pub fn reply_lookup(&self, platform: &str, status: Option<u16>) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        self.reply_lookups
+            .with_label_values(&[platform, &status])
+            .inc();
     }
 
     pub fn channel_paused(&self, channel: &str, paused: bool) {
