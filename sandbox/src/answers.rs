@@ -249,11 +249,19 @@ pub(crate) fn message_status(
         None if delivered_at.is_some() => ("DELIVERED".to_owned(), None),
         None => ("SENT".to_owned(), None),
     };
+    let conversation = s
+        .conversations
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
+        .map(|open| open(phone))
+        .unwrap_or_default();
     Answer {
         status: 200,
         body: json!({"request_id": request_id(), "message_id": id, "status": status,
                      "phone_number": phone, "sent_at": sent_at, "delivered_at": delivered_at,
-                     "read_at": read_at, "failure_reason": failure_reason}),
+                     "read_at": read_at, "failure_reason": failure_reason,
+                     "intercom_conversation_id": conversation, "intercom_conversation_part_id": ""}),
         retry_after: None,
         hang: None,
     }

@@ -10,6 +10,7 @@
 mod answers;
 mod api;
 mod config;
+pub mod inbox;
 mod script;
 mod server;
 mod state;

@@ -48,6 +48,7 @@ impl Sandbox {
                 .rate_limit
                 .and_then(std::num::NonZeroU32::new)
                 .map(|n| governor::RateLimiter::keyed(governor::Quota::per_second(n))),
+            conversations: Mutex::new(None),
             config,
         });
         let app = Router::new()
@@ -113,6 +114,15 @@ impl Sandbox {
 
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Opens a conversation in `intercom` for every message sent, as
+    /// Octopods does for a workspace connected to Intercom: the status poll
+    /// then answers its `intercom_conversation_id`.
+    pub fn open_conversations_in(&self, intercom: &crate::inbox::Intercom) {
+        if let Ok(mut c) = self.state.conversations.lock() {
+            *c = Some(intercom.conversations());
+        }
     }
 }
 

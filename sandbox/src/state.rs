@@ -41,6 +41,8 @@ pub(crate) struct SandboxState {
     /// Messages accepted: when, and to which phone (for status polls).
     pub(crate) sent: Mutex<HashMap<String, (Instant, String)>>,
     pub(crate) per_key: Option<governor::DefaultKeyedRateLimiter<String>>,
+    /// Where a sent message's conversation is opened (an Intercom stand-in).
+    pub(crate) conversations: Mutex<Option<crate::inbox::intercom::Conversations>>,
 }
 
 impl SandboxState {

@@ -229,12 +229,10 @@ impl Index {
     pub(crate) fn prune(&mut self, horizon: i64) {
         self.prompts.retain(|_, p| p.sent_at >= horizon);
         let prompts = &self.prompts;
-        for lists in [&mut self.by_conversation] {
-            lists.retain(|_, keys| {
-                keys.retain(|k| prompts.contains_key(k));
-                !keys.is_empty()
-            });
-        }
+        self.by_conversation.retain(|_, keys| {
+            keys.retain(|k| prompts.contains_key(k));
+            !keys.is_empty()
+        });
         self.by_phone.retain(|_, keys| {
             keys.retain(|k| prompts.contains_key(k));
             !keys.is_empty()

@@ -248,7 +248,9 @@ impl Matcher {
         channels: &[&Tracked],
         publisher: &Publisher,
     ) -> anyhow::Result<Decided> {
-        let first = channels[0];
+        let Some(first) = channels.first() else {
+            return Ok(Decided::Ignored);
+        };
         let (phone, text) = match inbound.platform {
             Platform::Intercom => {
                 let text = inbound.text.clone();
@@ -362,7 +364,9 @@ impl Matcher {
         channels: &[&Tracked],
         text: Option<&str>,
     ) -> Decided {
-        let first = channels[0];
+        let Some(first) = channels.first() else {
+            return Decided::Ignored;
+        };
         let ids = ReplyIds {
             platform: inbound.platform.as_str().into(),
             id: inbound.key.clone(),
@@ -408,7 +412,9 @@ impl Matcher {
                 let event = ReplyUnmatchedEvent {
                     event: EventKind::ReplyUnmatched,
                     channel: first.name.to_string(),
-                    text: text.map(super::text::strip_markup).unwrap_or_default(),
+                    text: text
+                        .map(|t| super::text::strip_markup(t).trim().to_owned())
+                        .unwrap_or_default(),
                     replied_at,
                     reply: ids,
                 };

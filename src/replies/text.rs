@@ -48,22 +48,22 @@ pub(crate) fn strip_markup(text: &str) -> String {
     while let Some(i) = rest.find(['<', '&']) {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with('<') {
-            match tail.find('>') {
-                Some(end) => {
+        if let Some(tag) = tail.strip_prefix('<') {
+            match tag.split_once('>') {
+                Some((_, after)) => {
                     out.push(' ');
-                    rest = &tail[end + 1..];
+                    rest = after;
                 }
                 None => {
                     // An unclosed `<` is text.
                     out.push('<');
-                    rest = &tail[1..];
+                    rest = tag;
                 }
             }
         } else {
             let (decoded, used) = entity(tail);
             out.push_str(&decoded);
-            rest = &tail[used..];
+            rest = tail.get(used..).unwrap_or_default();
         }
     }
     out.push_str(rest);
@@ -73,7 +73,8 @@ pub(crate) fn strip_markup(text: &str) -> String {
 /// One entity at the start of `tail` (which starts with `&`): what it
 /// stands for and how many bytes it took; an unknown one is itself.
 fn entity(tail: &str) -> (String, usize) {
-    let Some(end) = tail.get(..tail.len().min(12)).and_then(|h| h.find(';')) else {
+    // Bytes, not a `str` slice: the 12th byte may fall inside a character.
+    let Some(end) = tail.bytes().take(12).position(|b| b == b';') else {
         return ("&".into(), 1);
     };
     let name = &tail[1..end];
@@ -92,7 +93,7 @@ fn entity(tail: &str) -> (String, usize) {
             .and_then(char::from_u32),
     };
     match decoded {
-        Some(c) => (c.to_string(), end + 1),
+        Some(c) => (c.to_string(), end.saturating_add(1)),
         None => ("&".into(), 1),
     }
 }
@@ -152,6 +153,12 @@ mod tests {
             "&unknown; & AB"
         );
         assert_eq!(strip_markup("&#1114112;"), "&#1114112;");
+        // An entity followed closely by a multi-byte character.
+        assert_eq!(strip_markup("&gt; is my \u{202e}x"), "> is my \u{202e}x");
+        assert_eq!(
+            strip_markup("&\u{202e}\u{202e}\u{202e}\u{202e};"),
+            "&\u{202e}\u{202e}\u{202e}\u{202e};"
+        );
         let deep = "<b>".repeat(100_000) + "x";
         assert_eq!(strip_markup(&deep).trim(), "x");
         assert_eq!(normalise(&"x".repeat(5000)), None);

@@ -16,6 +16,7 @@ mod input;
 mod lifecycle;
 mod observability;
 mod outcomes;
+mod replies;
 mod scale;
 mod status;
 mod template;

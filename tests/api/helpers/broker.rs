@@ -115,3 +115,39 @@ pub async fn metric_at(addr: &str, series: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Every JSON record of the stream `name` so far, read from its first on a
+/// connection of its own: what arrives until 300 ms pass without one.
+pub async fn read_stream(name: &str) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let conn = broker().await;
+    let ch = conn.create_channel().await.expect("channel");
+    ch.basic_qos(500, lapin::options::BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = ch
+        .basic_consume(
+            name.into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .expect("consume the stream");
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(300), consumer.next()).await
+    {
+        drop(d.acker.ack(BasicAckOptions::default()).await);
+        if let Ok(v) = serde_json::from_slice(&d.data) {
+            out.push(v);
+        }
+    }
+    drop(conn.close(200, "OK".into()).await);
+    out
+}

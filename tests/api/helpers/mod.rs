@@ -108,6 +108,8 @@ pub struct TestChannel {
     pub recipient_interval: Option<&'static str>,
     /// `track_status`: poll sent messages' status.
     pub track_status: bool,
+    /// A `[channels.replies]` table's body (docs/contract.md §15).
+    pub replies: Option<String>,
 }
 
 impl TestChannel {
@@ -120,6 +122,7 @@ impl TestChannel {
             provider: "cloud_api",
             recipient_interval: None,
             track_status: false,
+            replies: None,
         }
     }
 }
@@ -199,6 +202,8 @@ pub struct TestApp {
     pub config_path: std::path::PathBuf,
     pub sandbox: Sandbox,
     pub http: SocketAddr,
+    /// The reply webhooks' address, with a reply-tracking channel.
+    pub replies: Option<SocketAddr>,
     pub channels: Vec<TestChannel>,
     fault: Option<fn(&str)>,
     conn: Connection,
@@ -281,6 +286,9 @@ pub fn config_text(
         if c.track_status {
             text.push_str("track_status = true\n\n");
         }
+        if let Some(r) = &c.replies {
+            text.push_str(&format!("[channels.replies]\n{r}\n\n"));
+        }
     }
     text
 }
@@ -313,6 +321,7 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
         config_path,
         sandbox,
         http: "127.0.0.1:0".parse().expect("address"),
+        replies: None,
         channels: opts.channels,
         fault: opts.fault,
         conn,
@@ -337,6 +346,7 @@ impl TestApp {
             worker.inject_fault(hook);
         }
         self.http = worker.http_addr();
+        self.replies = worker.replies_addr();
         self.shutdown = CancellationToken::new();
         self.handle = Some(tokio::spawn(worker.run(self.shutdown.clone())));
         self.wait_ready().await;

@@ -1,0 +1,122 @@
+//! Stand-ins for the inboxes a customer's answer lands in (written from
+//! `docs/inbox-replies.md`, not from the worker): Intercom and HubSpot.
+//! Each keeps contacts and conversations per phone, answers its API's
+//! lookups with a Bearer token, and — when a test or the demo "taps" an
+//! option for a phone — signs and delivers the webhook the real platform
+//! would, at least once: retried on 5xx, 429, timeouts and refused
+//! connections, as the platforms document.
+
+pub mod hubspot;
+pub mod intercom;
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use serde::Serialize;
+
+pub use hubspot::{Hubspot, HubspotConfig};
+pub use intercom::{Intercom, IntercomConfig};
+
+/// One webhook delivery attempt, for tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    /// The HTTP status, or `None` when there was no answer.
+    pub status: Option<u16>,
+}
+
+/// What delivering one webhook came to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivered {
+    pub attempts: Vec<Attempt>,
+    /// The final status (2xx: delivered).
+    pub status: Option<u16>,
+}
+
+impl Delivered {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// Lookups answer 503 this many more times (a flaky platform API).
+#[derive(Default)]
+pub(crate) struct Faults {
+    lookups: AtomicU32,
+}
+
+impl Faults {
+    pub(crate) fn fail_lookups(&self, n: u32) {
+        self.lookups.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether this lookup fails (spending one).
+    pub(crate) fn lookup_fails(&self) -> bool {
+        self.lookups
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
+/// The headers of one attempt (its number, the body's bytes).
+pub(crate) type Headers<'a> = &'a dyn Fn(u32, &[u8]) -> Vec<(String, String)>;
+
+/// Posts `body` with `headers` (made fresh for each attempt: a signature may
+/// cover the timestamp) until a final answer: 2xx, or a status the
+/// platform does not retry; at most `tries` attempts, backing off from 100 ms.
+pub(crate) async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    body: &dyn Fn(u32) -> Vec<u8>,
+    headers: Headers<'_>,
+    retried: &dyn Fn(u16) -> bool,
+    tries: u32,
+) -> Delivered {
+    let mut attempts = Vec::new();
+    let mut wait = Duration::from_millis(100);
+    let mut status = None;
+    for attempt in 1..=tries.max(1) {
+        let bytes = body(attempt);
+        let mut request = http.post(url).header("content-type", "application/json");
+        for (k, v) in headers(attempt, &bytes) {
+            request = request.header(k, v);
+        }
+        status = request
+            .body(bytes)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16());
+        attempts.push(Attempt { attempt, status });
+        match status {
+            Some(s) if (200..300).contains(&s) || !retried(s) => break,
+            _ => {}
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
+    Delivered { attempts, status }
+}
+
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+/// `<p>text</p>` with `<`, `>` and `&` escaped: how Intercom carries a
+/// WhatsApp message's text (before API version 2.15).
+pub(crate) fn html(text: &str) -> String {
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!("<p>{escaped}</p>")
+}
+
+pub(crate) fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
