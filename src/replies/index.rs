@@ -6,7 +6,6 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{record::Prompt, record::Record, text::normalise};
@@ -15,16 +14,33 @@ use crate::job::interactive::Choice;
 /// A prompt's key: (channel, job_id).
 pub(crate) type JobKey = (Arc<str>, Arc<str>);
 
-/// One open prompt.
+/// One open prompt, kept small: there may be 100,000s (each string boxed,
+/// channel names shared, metadata as the JSON text it came in).
 #[derive(Debug, Clone)]
 pub(crate) struct Open {
-    /// Each option with its title normalised.
-    pub options: Vec<(Choice, String)>,
+    pub options: Box<[Opt]>,
     pub message_id: Box<str>,
     pub channel_message_id: Option<Box<str>>,
     /// Unix seconds.
     pub sent_at: i64,
-    pub metadata: Option<Value>,
+    pub metadata: Option<Box<str>>,
+}
+
+/// An option of a prompt, with its title as compared.
+#[derive(Debug, Clone)]
+pub(crate) struct Opt {
+    pub id: Box<str>,
+    pub title: Box<str>,
+    pub normalised: Box<str>,
+}
+
+impl Opt {
+    pub(crate) fn choice(&self) -> Choice {
+        Choice {
+            id: self.id.to_string(),
+            title: self.title.to_string(),
+        }
+    }
 }
 
 /// What a reply came to among some prompts.
@@ -72,6 +88,8 @@ pub(crate) struct Index {
     by_conversation: HashMap<Box<str>, Vec<JobKey>>,
     /// Reply keys already published, with when (unix s).
     answered: HashMap<Box<str>, i64>,
+    /// Channel names, shared by every key that names one.
+    channels: HashMap<Box<str>, Arc<str>>,
 }
 
 impl Index {
@@ -88,12 +106,12 @@ impl Index {
                 job_id,
                 conversation_id,
             } => {
-                let key: JobKey = (channel.into(), job_id.into());
+                let key: JobKey = (self.channel(&channel), job_id.into());
                 if self.prompts.contains_key(&key) {
                     let list = self
                         .by_conversation
                         .entry(conversation_id.into_boxed_str())
-                        .or_default();
+                        .or_insert_with(|| Vec::with_capacity(1));
                     if !list.contains(&key) {
                         list.push(key);
                     }
@@ -111,16 +129,21 @@ impl Index {
             .options
             .into_iter()
             .filter_map(|c| {
-                let n = normalise(&c.title)?;
-                Some((c, n))
+                let normalised = normalise(&c.title)?.into_boxed_str();
+                Some(Opt {
+                    id: c.id.into_boxed_str(),
+                    title: c.title.into_boxed_str(),
+                    normalised,
+                })
             })
             .collect();
-        let key: JobKey = (p.channel.into(), p.job_id.into());
+        let key: JobKey = (self.channel(&p.channel), p.job_id.into());
         let phone: Box<str> = p.phone.into();
+        // Most phones have one prompt: a list of one, not Vec's first four.
         let list = self
             .by_phone
-            .entry((key.0.clone(), phone.clone()))
-            .or_default();
+            .entry((key.0.clone(), phone))
+            .or_insert_with(|| Vec::with_capacity(1));
         if !list.contains(&key) {
             list.push(key.clone());
         }
@@ -131,9 +154,19 @@ impl Index {
                 message_id: p.message_id.into(),
                 channel_message_id: p.channel_message_id.map(Into::into),
                 sent_at: sent.unix_timestamp(),
-                metadata: p.metadata,
+                metadata: p.metadata.map(|m| m.to_string().into_boxed_str()),
             },
         );
+    }
+
+    /// The one `Arc` of a channel's name.
+    fn channel(&mut self, name: &str) -> Arc<str> {
+        if let Some(c) = self.channels.get(name) {
+            return c.clone();
+        }
+        let c: Arc<str> = name.into();
+        self.channels.insert(name.into(), c.clone());
+        c
     }
 
     /// Remembers that the reply `key` was published (from the stream, or
@@ -199,7 +232,7 @@ impl Index {
                 continue;
             };
             let is_open = now.saturating_sub(p.sent_at) <= window;
-            let option = p.options.iter().position(|(_, n)| n == title);
+            let option = p.options.iter().position(|o| &*o.normalised == title);
             match (is_open, option) {
                 (true, Some(i)) if !hits.iter().any(|(k, _)| k == key) => {
                     hits.push((key.clone(), i));

@@ -385,8 +385,8 @@ impl Matcher {
                         let wanted = text.and_then(normalise)?;
                         p.options
                             .iter()
-                            .find(|(_, n)| *n == wanted)
-                            .map(|(c, _)| c.title.clone())
+                            .find(|o| *o.normalised == *wanted)
+                            .map(|o| o.title.to_string())
                     })
                     .unwrap_or_default();
                 let channel = keys
@@ -447,7 +447,7 @@ impl Matcher {
         replied_at: String,
     ) -> Decided {
         let index = self.book.index();
-        let Some((open, (choice, _))) = index
+        let Some((open, choice)) = index
             .prompt(prompt)
             .and_then(|p| Some((p, p.options.get(option)?)))
         else {
@@ -461,13 +461,16 @@ impl Matcher {
             event: EventKind::Replied,
             job_id: prompt.1.to_string(),
             channel: prompt.0.to_string(),
-            option: choice.clone(),
+            option: choice.choice(),
             replied_at,
             matched_by: by.into(),
             reply,
             message_id: open.message_id.to_string(),
             channel_message_id: open.channel_message_id.as_deref().map(str::to_owned),
-            metadata: open.metadata.clone(),
+            metadata: open
+                .metadata
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
         };
         settled(
             "matched",
