@@ -223,6 +223,9 @@ async fn run_worker(
     }
     let worker = Worker::build(config).await?;
     tracing::info!(http = %worker.http_addr(), "metrics and health endpoints listening");
+    if let Some(hooks) = worker.replies_addr() {
+        tracing::info!(hooks = %hooks, "receiving reply webhooks: POST /hooks/intercom, /hooks/hubspot");
+    }
     let ran = worker.run(shutdown).await;
     if let Some(traces) = traces {
         traces.shutdown(std::time::Duration::from_secs(5)).await;

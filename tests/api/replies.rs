@@ -69,7 +69,7 @@ async fn spawn_inboxes(test: &str, window: &str, unmatched_events: bool) -> Inbo
             channels: vec![ic, hs],
             extra_toml: format!(
                 "{TEST_RETRY}[status]\nschedule = [\"100ms\", \"200ms\"]\nhorizon = \"1m\"\n\
-                 [replies]\nlisten = \"127.0.0.1:0\"\n"
+                 [replies]\nlisten = \"127.0.0.1:0\"\nlookup_timeout = \"30s\"\n"
             ),
             sandbox_status_after: (Duration::from_secs(3600), Duration::from_secs(7200)),
             ..Options::default()
@@ -404,5 +404,41 @@ async fn a_restarted_worker_rebuilds_its_prompts_from_the_broker_alone() {
         (replied["job_id"].as_str(), replied["option"]["id"].as_str()),
         (Some("order-r"), Some("problem"))
     );
+    t.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_matcher_killed_mid_lookup_leaves_its_reply_to_the_next_replica_and_one_event_comes() {
+    let mut t = spawn_inboxes("reply-kill", "7d", false).await;
+    t.prompt("shop-hs", "order-k", "+15550007777").await;
+    // Two replicas, each its own process; the first to subscribe matches.
+    t.app.stop_worker().await;
+    let mut first = BinaryWorker::start(&t.app.config_path).await;
+    eventually(Duration::from_secs(15), "the first replica matching", || async {
+        first.tail(100).contains("matching replies").then_some(())
+    })
+    .await;
+    let second = BinaryWorker::start(&t.app.config_path).await;
+    let hooks = second.field("hooks").expect("the replica logs its hooks address");
+    t.hubspot.set_webhook_url(&format!("http://{hooks}/hooks/hubspot"));
+    // The first replica's lookup never answers (nor times out within the
+    // test: 30 s); it is killed while it waits.
+    t.hubspot.hang_lookups(1);
+    let asked = t.hubspot.lookups_asked();
+    assert!(t.hubspot.tap("+15550007777", "Not yet").await.0.ok());
+    eventually(Duration::from_secs(15), "the first replica's lookup", || async {
+        (t.hubspot.lookups_asked() > asked).then_some(())
+    })
+    .await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10)).await;
+    let replied = t.next("replied").await;
+    assert_eq!((replied["job_id"].as_str(), replied["option"]["id"].as_str()), (Some("order-k"), Some("not-yet")));
+    // Another customer's answer comes next: the reply above came back once.
+    t.prompt("shop-hs", "order-s", "+15550008888").await;
+    assert!(t.hubspot.tap("+15550008888", "Yes, received").await.0.ok());
+    let next = t.next("replied").await;
+    assert_eq!(next["job_id"], "order-s");
+    drop(second);
     t.app.shutdown().await;
 }

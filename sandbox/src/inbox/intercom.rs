@@ -107,6 +107,16 @@ impl Intercom {
         format!("http://{}", self.addr)
     }
 
+    /// The next `n` lookups never answer (the caller's timeout ends them).
+    pub fn hang_lookups(&self, n: u32) {
+        self.inner.faults.hang_lookups(n);
+    }
+
+    /// How many lookups were asked so far.
+    pub fn lookups_asked(&self) -> u32 {
+        self.inner.faults.lookups_asked()
+    }
+
     /// The next `n` lookups answer 503.
     pub fn fail_lookups(&self, n: u32) {
         self.inner.faults.fail_lookups(n);
@@ -304,6 +314,7 @@ async fn contact(
         )
             .into_response();
     }
+    s.faults.asked().await;
     if s.faults.lookup_fails() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

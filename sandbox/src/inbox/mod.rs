@@ -41,13 +41,37 @@ impl Delivered {
     }
 }
 
-/// Lookups answer 503 this many more times (a flaky platform API).
+/// Lookups answer 503 this many more times (a flaky platform API), or
+/// hang this many more times; and how many were asked.
 #[derive(Default)]
 pub(crate) struct Faults {
     lookups: AtomicU32,
+    hangs: AtomicU32,
+    asked: AtomicU32,
 }
 
 impl Faults {
+    pub(crate) fn hang_lookups(&self, n: u32) {
+        self.hangs.store(n, Ordering::SeqCst);
+    }
+
+    /// Counts a lookup; hangs for good if one is due to (the caller's
+    /// timeout ends it).
+    pub(crate) async fn asked(&self) {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if self
+            .hangs
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    pub(crate) fn lookups_asked(&self) -> u32 {
+        self.asked.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn fail_lookups(&self, n: u32) {
         self.lookups.store(n, Ordering::SeqCst);
     }

@@ -95,6 +95,15 @@ impl BinaryWorker {
         }
     }
 
+    /// A field of the first JSON log line that has it, while the process runs.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let lines = self.so_far.lock().map(|l| l.clone()).unwrap_or_default();
+        lines.iter().find_map(|l| {
+            let v: Value = serde_json::from_str(l).ok()?;
+            v["fields"][name].as_str().map(str::to_owned)
+        })
+    }
+
     /// The last `n` log lines, while the process runs.
     pub fn tail(&self, n: usize) -> String {
         let lines = self.so_far.lock().map(|l| l.clone()).unwrap_or_default();
