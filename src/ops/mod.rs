@@ -7,3 +7,4 @@ pub mod console;
 pub(crate) mod control;
 pub(crate) mod dlq;
 pub(crate) mod overview;
+pub(crate) mod replies;

@@ -117,7 +117,7 @@ impl Index {
                     }
                 }
             }
-            Record::Mark { .. } => {}
+            Record::Mark { .. } | Record::Outcome { .. } => {}
         }
     }
 

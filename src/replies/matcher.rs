@@ -25,7 +25,7 @@ use super::{
     inbound::Inbound,
     index::{Found, JobKey},
     lookup::{Looked, Lookup},
-    record::phone_key,
+    record::{Record, phone_key},
     text::{normalise, phone_digits},
 };
 use crate::{
@@ -181,6 +181,15 @@ impl Matcher {
                             .index()
                             .answered(&inbound.key, crate::clock::unix_now());
                     }
+                }
+                if !matches!(outcome, "matched" | "ambiguous") {
+                    // No event in the stream says it: a record does, for the console.
+                    let record = Record::Outcome {
+                        channel: channel.to_string(),
+                        outcome: outcome.into(),
+                        at: crate::clock::unix_now(),
+                    };
+                    super::book::append(publisher, &self.names, &record).await?;
                 }
                 self.metrics.reply(&channel, outcome);
                 let after = crate::clock::unix_now().saturating_sub(inbound.at);

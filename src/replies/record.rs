@@ -33,6 +33,15 @@ pub(crate) enum Record {
     /// A replica's marker: when it reads its own, it has read everything
     /// appended before it.
     Mark { id: String },
+    /// What a customer message that published no stream-bound event came
+    /// to (`unmatched`, `no_prompt`, `expired`), for the console's counts:
+    /// never the text, never the phone.
+    Outcome {
+        channel: String,
+        outcome: String,
+        /// Unix seconds.
+        at: i64,
+    },
 }
 
 /// A sent prompt, as the matcher needs it.

@@ -23,6 +23,16 @@ struct Inboxes {
 }
 
 async fn spawn_inboxes(test: &str, window: &str, unmatched_events: bool) -> Inboxes {
+    spawn_inboxes_with(test, window, unmatched_events, "").await
+}
+
+/// [`spawn_inboxes`] with `extra` TOML appended to the config.
+async fn spawn_inboxes_with(
+    test: &str,
+    window: &str,
+    unmatched_events: bool,
+    extra: &str,
+) -> Inboxes {
     let intercom = Intercom::start(IntercomConfig {
         app_id: "ws-ic".into(),
         client_secret: IC_SECRET.into(),
@@ -69,7 +79,7 @@ async fn spawn_inboxes(test: &str, window: &str, unmatched_events: bool) -> Inbo
             channels: vec![ic, hs],
             extra_toml: format!(
                 "{TEST_RETRY}[status]\nschedule = [\"100ms\", \"200ms\"]\nhorizon = \"1m\"\n\
-                 [replies]\nlisten = \"127.0.0.1:0\"\nlookup_timeout = \"30s\"\n"
+                 [replies]\nlisten = \"127.0.0.1:0\"\nlookup_timeout = \"30s\"\n{extra}"
             ),
             sandbox_status_after: (Duration::from_secs(3600), Duration::from_secs(7200)),
             ..Options::default()
@@ -414,31 +424,109 @@ async fn a_matcher_killed_mid_lookup_leaves_its_reply_to_the_next_replica_and_on
     // Two replicas, each its own process; the first to subscribe matches.
     t.app.stop_worker().await;
     let mut first = BinaryWorker::start(&t.app.config_path).await;
-    eventually(Duration::from_secs(15), "the first replica matching", || async {
-        first.tail(100).contains("matching replies").then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the first replica matching",
+        || async { first.tail(100).contains("matching replies").then_some(()) },
+    )
     .await;
     let second = BinaryWorker::start(&t.app.config_path).await;
-    let hooks = second.field("hooks").expect("the replica logs its hooks address");
-    t.hubspot.set_webhook_url(&format!("http://{hooks}/hooks/hubspot"));
+    let hooks = second
+        .field("hooks")
+        .expect("the replica logs its hooks address");
+    t.hubspot
+        .set_webhook_url(&format!("http://{hooks}/hooks/hubspot"));
     // The first replica's lookup never answers (nor times out within the
     // test: 30 s); it is killed while it waits.
     t.hubspot.hang_lookups(1);
     let asked = t.hubspot.lookups_asked();
     assert!(t.hubspot.tap("+15550007777", "Not yet").await.0.ok());
-    eventually(Duration::from_secs(15), "the first replica's lookup", || async {
-        (t.hubspot.lookups_asked() > asked).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the first replica's lookup",
+        || async { (t.hubspot.lookups_asked() > asked).then_some(()) },
+    )
     .await;
     first.signal("KILL");
     first.wait_exit(Duration::from_secs(10)).await;
     let replied = t.next("replied").await;
-    assert_eq!((replied["job_id"].as_str(), replied["option"]["id"].as_str()), (Some("order-k"), Some("not-yet")));
+    assert_eq!(
+        (replied["job_id"].as_str(), replied["option"]["id"].as_str()),
+        (Some("order-k"), Some("not-yet"))
+    );
     // Another customer's answer comes next: the reply above came back once.
     t.prompt("shop-hs", "order-s", "+15550008888").await;
     assert!(t.hubspot.tap("+15550008888", "Yes, received").await.0.ok());
     let next = t.next("replied").await;
     assert_eq!(next["job_id"], "order-s");
     drop(second);
+    t.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_console_shows_the_latest_replies_and_what_matched_nothing_without_the_customers_text()
+{
+    use crate::console::{VIC, http_login};
+    let users = format!(
+        "[console]\nlisten = \"127.0.0.1:0\"\n[[console.users]]\nname = \"{}\"\nrole = \"viewer\"\npassword_hash = \"{}\"\n",
+        VIC.0,
+        octopods_worker::ops::console::hash_password(VIC.1).expect("hash")
+    );
+    let t = spawn_inboxes_with("reply-console", "7d", false, &users).await;
+    t.prompt("shop-hs", "order-c", "+15550001234").await;
+    assert!(t.hubspot.tap("+15550001234", "Not yet").await.0.ok());
+    assert_eq!(t.next("replied").await["job_id"], "order-c");
+    assert!(
+        t.hubspot
+            .tap("+15550001234", "call me at +4915112345678")
+            .await
+            .0
+            .ok()
+    );
+    eventually(Duration::from_secs(15), "unmatched counted", || async {
+        let n = t
+            .app
+            .metric("octopods_replies_total{channel=\"shop-hs\",outcome=\"unmatched\"}")
+            .await;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    let console = octopods_worker::ops::console::Console::build(t.app.config.clone())
+        .await
+        .expect("console builds");
+    let base = format!("http://{}", console.addr());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(console.run(stop.clone()));
+    let (client, _) = http_login(&base, VIC).await;
+    let page = client
+        .get(format!("{base}/replies"))
+        .send()
+        .await
+        .expect("replies page")
+        .text()
+        .await
+        .expect("text");
+    let row = &page[page
+        .find("data-channel=\"shop-hs\"")
+        .expect("the channel's row")..];
+    let cell = |o: &str| {
+        let at = row.find(&format!("data-outcome=\"{o}\">")).expect("cell") + o.len() + 16;
+        row[at..row[at..].find('<').map_or(at, |e| at + e)].to_owned()
+    };
+    assert_eq!(cell("matched"), "1", "{page}");
+    assert_eq!(cell("unmatched"), "1", "{page}");
+    assert!(
+        page.contains("order-c") && page.contains("Not yet"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("call me"),
+        "the customer's text is not shown"
+    );
+    assert!(
+        !page.contains("4915112345678") && !page.contains("5550001234"),
+        "no phone"
+    );
+    stop.cancel();
     t.app.shutdown().await;
 }

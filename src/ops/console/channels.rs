@@ -30,6 +30,23 @@ pub(super) async fn channels(State(app): Shared, who: Who) -> Response {
     }
 }
 
+/// What came back in the last day (docs/contract.md §15).
+pub(super) async fn replies(State(app): Shared, who: Who) -> Response {
+    let day = std::time::Duration::from_secs(24 * 3600);
+    match crate::ops::replies::read(&app.config, day).await {
+        Ok(s) => page(pages::replies(&who, &s)),
+        Err(e) => page_with(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::message(
+                "Replies",
+                &who,
+                &format!("cannot read the prompt stream: {e:#}"),
+                "/replies",
+            ),
+        ),
+    }
+}
+
 pub(super) async fn pause(
     State(app): Shared,
     Path(name): Path<String>,

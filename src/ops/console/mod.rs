@@ -158,6 +158,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/channels/{name}/resume", post(channels::resume))
         .route("/channels/{name}/clear", post(channels::clear))
         .route("/channels/{name}/set-rate", post(channels::set_rate))
+        .route("/replies", get(channels::replies))
         .route("/dead", get(letters::dead_groups))
         .route("/dead/refresh", post(letters::refresh))
         .route("/dead/list", get(letters::dead_list))

@@ -45,6 +45,7 @@ pub(crate) fn layout(title: &str, who: Option<&Who>, body: Markup) -> Markup {
                     @if let Some(who) = who {
                         nav {
                             a href="/channels" { "Channels" }
+                            a href="/replies" { "Replies" }
                             a href="/dead?source=dead" { "Dead letters" }
                             a href="/dead?source=unroutable" { "Unroutable" }
                         }
@@ -155,6 +156,57 @@ pub(crate) fn channels(who: &Who, o: &Overview) -> Markup {
             table {
                 thead { tr { th { "Queue" } th { "Waiting" } } }
                 tbody { @for (q, n) in &o.delay_queues { tr { td { (q) } td { (dash(*n)) } } } }
+            }
+        },
+    )
+}
+
+/// The replies page: per channel, what the last period's customer
+/// messages came to; the latest matched replies.
+pub(crate) fn replies(who: &Who, s: &crate::ops::replies::Summary) -> Markup {
+    let outcomes = ["matched", "ambiguous", "unmatched", "no_prompt", "expired"];
+    let hours = s.period.as_secs() / 3600;
+    layout(
+        "Replies",
+        Some(who),
+        html! {
+            p.asof { "As of " (timestamp(s.as_of)) ", the last " (hours) " hours of the prompt stream." }
+            @if s.channels.is_empty() {
+                p { "No channel tracks replies ([channels.replies] in the config)." }
+            } @else {
+                table {
+                    thead { tr {
+                        th { "Channel" } th { "Prompts sent" }
+                        @for o in outcomes { th { (o.replace('_', " ")) } }
+                    } }
+                    tbody {
+                        @for (name, c) in &s.channels {
+                            tr data-channel=(name) {
+                                td { (name) } td { (c.prompts) }
+                                @for o in outcomes {
+                                    td data-outcome=(o) { (c.outcomes.get(o).copied().unwrap_or(0)) }
+                                }
+                            }
+                        }
+                    }
+                }
+                h2 { "Latest replies" }
+                @if s.recent.is_empty() {
+                    p { "None in this period." }
+                } @else {
+                    table {
+                        thead { tr { th { "Replied at" } th { "Channel" } th { "Job" } th { "Option" } th { "Matched by" } } }
+                        tbody {
+                            @for r in &s.recent {
+                                tr {
+                                    td { (mask::shown(&r.replied_at, 64)) } td { (mask::shown(&r.channel, 64)) }
+                                    td { (mask::shown(&r.job_id, 200)) } td { (mask::shown(&r.option, 64)) }
+                                    td { (mask::shown(&r.matched_by, 32)) }
+                                }
+                            }
+                        }
+                    }
+                }
             }
         },
     )
