@@ -117,7 +117,8 @@ pub(crate) async fn read(config: &Config, period: Duration) -> anyhow::Result<Su
 fn take(s: &mut Summary, routing_key: &str, data: &[u8], mark: &str) -> bool {
     let count = |s: &mut Summary, channel: &str, outcome: &str| {
         if let Some(c) = s.channels.get_mut(channel) {
-            *c.outcomes.entry(outcome.to_owned()).or_default() += 1;
+            let n = c.outcomes.entry(outcome.to_owned()).or_default();
+            *n = n.saturating_add(1);
         }
     };
     if routing_key.starts_with("replied.") || routing_key.starts_with("reply_ambiguous.") {
@@ -152,7 +153,7 @@ fn take(s: &mut Summary, routing_key: &str, data: &[u8], mark: &str) -> bool {
         Ok(Record::Mark { id }) => id == mark,
         Ok(Record::Prompt(p)) => {
             if let Some(c) = s.channels.get_mut(&p.channel) {
-                c.prompts += 1;
+                c.prompts = c.prompts.saturating_add(1);
             }
             false
         }
