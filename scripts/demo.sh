@@ -10,6 +10,7 @@ cargo build --quiet --locked
 bin=target/debug/octopods-worker
 config=examples/worker.toml
 export OCTOPODS_KEY_STORE_EU=demo-key-store-eu OCTOPODS_KEY_STORE_US=demo-key-store-us
+export OCTOPODS_INTERCOM_SECRET=demo-intercom-secret OCTOPODS_INTERCOM_TOKEN=demo-intercom-token
 mkdir -p .demo
 
 pids=()
@@ -19,7 +20,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" sandbox --listen 127.0.0.1:18080 >.demo/sandbox.log 2>&1 &
+"$bin" sandbox --listen 127.0.0.1:18080 --intercom-listen 127.0.0.1:18081 \
+  --intercom-webhook http://127.0.0.1:19466/hooks/intercom >.demo/sandbox.log 2>&1 &
 sandbox=$!
 pids+=($sandbox)
 "$bin" run --config "$config" >.demo/worker.log 2>&1 &
@@ -47,5 +49,10 @@ echo "result events: one per job (order-1004 is past its 24-hour window and goes
 # One event per job, then delivered and read for each store-eu message sent
 # (that channel tracks delivery status): 5 + 3 + 3.
 "$bin" events --config "$config" --count 11 --timeout 30s
+echo >&2
+echo "the customer of order-1001 taps \"Yes, received\" in WhatsApp; it reaches the shop's Intercom inbox, whose webhook reaches the worker:" >&2
+curl -fsS -X POST http://127.0.0.1:18081/_sandbox/tap -H 'content-type: application/json' \
+  -d '{"phone": "+15551234567", "text": "Yes, received"}' >/dev/null
+"$bin" events --config "$config" --count 1 --timeout 30s
 echo >&2
 echo "dead-lettered jobs stay in octopods.dead (see README, 'Operators')." >&2

@@ -224,6 +224,23 @@ pub struct SandboxArgs {
     /// benchmarks: the stand-in costs next to nothing).
     #[arg(long)]
     pub constant: bool,
+    /// Also run an Intercom stand-in here (its API, and `POST /_sandbox/tap`
+    /// `{"phone", "text"}` for a customer's tap); each message sent opens a
+    /// conversation in it, as Octopods does for a connected workspace.
+    #[arg(long)]
+    pub intercom_listen: Option<SocketAddr>,
+    /// The Intercom stand-in's workspace (`app_id`).
+    #[arg(long, default_value = "demo-workspace")]
+    pub intercom_app_id: String,
+    /// Environment variable holding the secret its webhooks are signed with.
+    #[arg(long, default_value = "OCTOPODS_INTERCOM_SECRET")]
+    pub intercom_secret_env: String,
+    /// Environment variable holding the token its API takes.
+    #[arg(long, default_value = "OCTOPODS_INTERCOM_TOKEN")]
+    pub intercom_token_env: String,
+    /// Where its webhooks go (the worker's `/hooks/intercom`).
+    #[arg(long, default_value = "http://127.0.0.1:9466/hooks/intercom")]
+    pub intercom_webhook: String,
 }
 
 #[derive(Debug, Args)]

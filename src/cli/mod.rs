@@ -113,7 +113,35 @@ async fn run_sandbox(a: SandboxArgs, shutdown: CancellationToken) -> anyhow::Res
             delivered_after: a.delivered_after,
             read_after: a.read_after,
         };
-        sandbox::run(config, shutdown).await
+        match a.intercom_listen {
+            None => sandbox::run(config, shutdown).await,
+            Some(at) => {
+                let env = |name: &str| {
+                    std::env::var(name)
+                        .with_context(|| format!("sandbox: environment variable {name} is not set"))
+                };
+                let intercom = sandbox::inbox::IntercomConfig {
+                    app_id: a.intercom_app_id,
+                    client_secret: env(&a.intercom_secret_env)?,
+                    token: env(&a.intercom_token_env)?,
+                    webhook_url: a.intercom_webhook,
+                };
+                let octopods = sandbox::Sandbox::start(config).await;
+                let intercom = sandbox::inbox::Intercom::start_on(at, intercom)
+                    .await
+                    .with_context(|| format!("sandbox: cannot listen on {at} (Intercom)"))?;
+                match octopods {
+                    Ok(octopods) => {
+                        octopods.open_conversations_in(&intercom);
+                        tracing::info!(url = %octopods.url(), intercom = %intercom.url(), "sandbox listening, with an Intercom stand-in");
+                        shutdown.cancelled().await;
+                        intercom.stop();
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
     };
     ran.with_context(|| format!("sandbox: cannot listen on {listen}"))
 }

@@ -77,7 +77,13 @@ pub struct Tap {
 
 impl Intercom {
     pub async fn start(config: IntercomConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts on `listen`: the API (`GET /contacts/{id}`) and, for demos,
+    /// `POST /_sandbox/tap` `{"phone": "+…", "text": "Yes, received"}`.
+    pub async fn start_on(listen: SocketAddr, config: IntercomConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             webhook: Mutex::new(config.webhook_url.clone()),
@@ -86,20 +92,25 @@ impl Intercom {
             faults: Faults::default(),
             http: super::client(),
         });
+        let stop = CancellationToken::new();
+        let me = Self {
+            inner,
+            addr,
+            stop: stop.clone(),
+        };
         let app = Router::new()
             .route("/contacts/{id}", get(contact))
-            .with_state(inner.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
+            .route("/_sandbox/tap", axum::routing::post(tap_handler))
+            .with_state(me.clone());
         tokio::spawn(async move {
             let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "intercom stand-in failed");
             }
         });
-        Ok(Self { inner, addr, stop })
+        Ok(me)
     }
 
     /// The API's base URL (the worker's `api_url`).
@@ -243,7 +254,7 @@ impl Intercom {
         .await
     }
 
-    async fn send(&self, body: &dyn Fn(u32) -> Vec<u8>) -> Delivered {
+    async fn send(&self, body: &(dyn Fn(u32) -> Vec<u8> + Sync)) -> Delivered {
         let headers = |_, bytes: &[u8]| vec![("x-hub-signature".to_owned(), self.sign(bytes))];
         deliver(
             &self.inner.http,
@@ -298,11 +309,28 @@ fn retried(status: u16) -> bool {
     status == 429 || status >= 500
 }
 
+/// A demo's tap: `{"phone", "text"}`; answers when the webhook was delivered.
+async fn tap_handler(State(me): State<Intercom>, Json(v): Json<serde_json::Value>) -> Response {
+    let (Some(phone), Some(text)) = (
+        v.get("phone").and_then(|p| p.as_str()),
+        v.get("text").and_then(|t| t.as_str()),
+    ) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected {\"phone\": \"+...\", \"text\": \"...\"}\n",
+        )
+            .into_response();
+    };
+    let (delivered, part) = me.tap(phone, text, Tap::default()).await;
+    Json(json!({"part": part, "delivered": delivered})).into_response()
+}
+
 async fn contact(
-    State(s): State<Arc<Inner>>,
+    State(me): State<Intercom>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    let s = &me.inner;
     let bearer = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -85,7 +85,7 @@ impl Faults {
 }
 
 /// The headers of one attempt (its number, the body's bytes).
-pub(crate) type Headers<'a> = &'a dyn Fn(u32, &[u8]) -> Vec<(String, String)>;
+pub(crate) type Headers<'a> = &'a (dyn Fn(u32, &[u8]) -> Vec<(String, String)> + Sync);
 
 /// Posts `body` with `headers` (made fresh for each attempt: a signature may
 /// cover the timestamp) until a final answer: 2xx, or a status the
@@ -93,9 +93,9 @@ pub(crate) type Headers<'a> = &'a dyn Fn(u32, &[u8]) -> Vec<(String, String)>;
 pub(crate) async fn deliver(
     http: &reqwest::Client,
     url: &str,
-    body: &dyn Fn(u32) -> Vec<u8>,
+    body: &(dyn Fn(u32) -> Vec<u8> + Sync),
     headers: Headers<'_>,
-    retried: &dyn Fn(u16) -> bool,
+    retried: &(dyn Fn(u16) -> bool + Sync),
     tries: u32,
 ) -> Delivered {
     let mut attempts = Vec::new();
