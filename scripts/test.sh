@@ -72,7 +72,7 @@ else
   cargo test --locked --no-fail-fast -- --ignored --skip cluster::
   cluster_up=1
   scripts/cluster.sh start
-  cargo test --locked --no-fail-fast -- --ignored cluster:: --nocapture
+  cargo test --locked --no-fail-fast -- --ignored cluster:: --nocapture --test-threads 1
   stop_cluster
   env "${rabbit4[@]}" cargo test --locked --no-fail-fast --test api -- --skip console::
   env "${rabbit4[@]}" cargo test --locked --no-fail-fast --test api -- --ignored --skip cluster::

@@ -487,3 +487,173 @@ fn readiness_fell_and_came_back(readiness: &Readiness) {
         "replica A not ready at the end"
     );
 }
+
+/// docs/contract.md §15 on the cluster: customers tap while the node leading
+/// the replies queue dies; every tap ends as exactly one `replied` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the three-node cluster (scripts/cluster.sh start); run by scripts/test.sh"]
+async fn a_node_lost_while_customers_answer_loses_no_reply_and_doubles_none() {
+    use octopods_sandbox::inbox::{Hubspot, HubspotConfig};
+    const TAPS: usize = 40;
+    let admin = any_node().await;
+    let prefix = unique_prefix("cluster-replies");
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox starts");
+    let hubspot = Hubspot::start(HubspotConfig {
+        portal_id: 777,
+        app_id: 1,
+        client_secret: "cluster-hs-secret".into(),
+        token: "cluster-hs-token".into(),
+        webhook_url: "http://127.0.0.1:9/hooks/hubspot".into(),
+    })
+    .await
+    .expect("hubspot stand-in");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = |name: &str, value: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, value).expect("write");
+        p.display().to_string()
+    };
+    let (key, secret, token) = (
+        file("key", "k"),
+        file("secret", "cluster-hs-secret"),
+        file("token", "cluster-hs-token"),
+    );
+    let config = |replica: &str, order: [u16; 3]| {
+        let urls: Vec<String> = order
+            .iter()
+            .map(|p| format!("\"{}\"", node_url(*p)))
+            .collect();
+        let text = format!(
+            "[broker]\nurls = [{}]\nprefix = \"{prefix}\"\nconnect_timeout = \"2s\"\n\
+             [octopods]\nbase_url = \"{}\"\ntimeout = \"2s\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [worker]\ngrace_period = \"5s\"\nspread_window = \"0ms\"\n{TEST_RETRY}\
+             [replies]\nlisten = \"127.0.0.1:0\"\n\
+             [[channels]]\nname = \"shop\"\napi_key_file = \"{key}\"\nrate_per_second = 200\nburst = 20\n\
+             [channels.replies]\nplatform = \"hubspot\"\nworkspace = \"777\"\nsecret_file = \"{secret}\"\n\
+             token_file = \"{token}\"\napi_url = \"{}\"\n",
+            urls.join(", "),
+            sandbox.url(),
+            hubspot.url()
+        );
+        let path = dir.path().join(format!("{replica}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        path
+    };
+    let config_a = config("A", [5681, 5682, 5683]);
+    let config_b = config("B", [5682, 5683, 5681]);
+    let a = BinaryWorker::start(&config_a).await;
+    let b = BinaryWorker::start(&config_b).await;
+    let hooks = [
+        a.field("hooks").expect("A's hooks"),
+        b.field("hooks").expect("B's hooks"),
+    ];
+
+    let ch = admin.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let phone = |i: usize| format!("+1555700{i:04}");
+    for i in 0..=TAPS {
+        let mut job = button_job(&format!("order-{i}"));
+        job["destination_phone"] = phone(i).into();
+        publish_confirmed(
+            &ch,
+            &format!("{prefix}.jobs"),
+            "shop",
+            &serde_json::to_vec(&job).expect("json"),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
+    }
+    let results = format!("{prefix}.results");
+    eventually(Duration::from_secs(60), "every prompt sent", || async {
+        (queue_depth(&ch, &results).await as usize > TAPS).then_some(())
+    })
+    .await;
+    drop(ch.close(200, "published".into()).await);
+    drop(admin.close(200, "published".into()).await);
+
+    // Half the customers answer; the node leading the replies queue dies;
+    // the other half answer (to the other replica's receiver, in turn).
+    for i in 0..TAPS / 2 {
+        hubspot.set_webhook_url(&format!("http://{}/hooks/hubspot", hooks[i % 2]));
+        assert!(hubspot.tap(&phone(i), "Yes, received").await.0.ok());
+    }
+    let leader = leader_of(&format!("{prefix}.replies"), 3).await;
+    // The test reads events through a node that stays up.
+    let reader = Connection::connect(
+        &node_url(PORTS[leader % 3]),
+        ConnectionProperties::default(),
+    )
+    .await
+    .expect("a surviving node");
+    let rch = reader.create_channel().await.expect("channel");
+    let mut events = rch
+        .basic_consume(
+            results.as_str().into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume results");
+    let mut replied: BTreeMap<String, usize> = BTreeMap::new();
+    let mut next_event = async || {
+        let d = tokio::time::timeout(Duration::from_secs(90), events.next())
+            .await
+            .expect("an event within 90 s")
+            .expect("consumer open")
+            .expect("delivery");
+        d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        serde_json::from_slice::<Value>(&d.data).expect("event json")
+    };
+    eprintln!("killing node {leader}, leader of {prefix}.replies");
+    cluster_async(&["kill", &leader.to_string()]).await;
+    let restart = Restart(Some(leader));
+    for i in TAPS / 2..TAPS {
+        // A receiver whose session is reconnecting answers 503; the
+        // platform retries (the stand-in, as HubSpot does, up to 8 times).
+        hubspot.set_webhook_url(&format!("http://{}/hooks/hubspot", hooks[i % 2]));
+        let delivered = hubspot.tap(&phone(i), "Not yet").await.0;
+        assert!(delivered.ok(), "tap {i}: {delivered:?}");
+    }
+    while replied.len() < TAPS {
+        let e = next_event().await;
+        assert!(
+            matches!(e["event"].as_str(), Some("sent" | "replied")),
+            "{e}"
+        );
+        if e["event"] == "replied" {
+            *replied
+                .entry(e["job_id"].as_str().expect("job_id").to_owned())
+                .or_default() += 1;
+        }
+    }
+    // One more answer: any duplicate of the taps above would come before it.
+    assert!(hubspot.tap(&phone(TAPS), "There's a problem").await.0.ok());
+    loop {
+        let e = next_event().await;
+        let job = e["job_id"].as_str().expect("job_id").to_owned();
+        if job == format!("order-{TAPS}") {
+            break;
+        }
+        *replied.entry(job).or_default() += 1;
+    }
+    restart.now().await;
+    let doubled: Vec<_> = replied.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "replies published twice: {doubled:?}");
+    assert_eq!(replied.len(), TAPS);
+    for mut w in [a, b] {
+        w.signal("TERM");
+        assert_eq!(w.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
+    }
+    drop(events);
+    let cleanup = reader.create_channel().await.expect("channel");
+    let config = Config::load(&config_a).expect("config");
+    topology::delete(&cleanup, &config)
+        .await
+        .expect("delete topology");
+    drop(reader.close(200, "done".into()).await);
+}
