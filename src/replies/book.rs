@@ -40,8 +40,10 @@ pub(crate) struct Book {
 /// Stream records read per ack (the prefetch is 2,000).
 const ACK_EVERY: u64 = 500;
 
-/// Records read between two prunings of the index.
+/// Records read between two prunings of the index, or the time (whichever
+/// comes first: a quiet stream still forgets what is past its window).
 const PRUNE_EVERY: u64 = 10_000;
+const PRUNE_AFTER: Duration = Duration::from_secs(600);
 
 impl Book {
     pub(crate) fn new(longest_window: Duration) -> Self {
@@ -123,6 +125,7 @@ impl Book {
         let started = std::time::Instant::now();
         let mut read: u64 = 0;
         let mut reported = false;
+        let mut pruned = std::time::Instant::now();
         while let Some(next) = consumer.next().await {
             let delivery = next?;
             read = read.saturating_add(1);
@@ -139,9 +142,10 @@ impl Book {
                 read,
                 started,
             );
-            if read.is_multiple_of(PRUNE_EVERY) {
+            if read.is_multiple_of(PRUNE_EVERY) || pruned.elapsed() > PRUNE_AFTER {
                 let horizon = self.horizon();
                 self.index().prune(horizon);
+                pruned = std::time::Instant::now();
             }
         }
         Ok(())
