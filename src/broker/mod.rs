@@ -4,6 +4,7 @@
 //! flow control as the worker sees it ([`Flow`]).
 
 pub mod headers;
+pub(crate) mod limits;
 pub mod publish;
 pub mod topology;
 

@@ -93,7 +93,7 @@ pub(crate) enum Stopped {
 /// stops. The caller keeps a clone of `amqp` open until the tracker
 /// drained: an `Acker` alone does not keep its channel alive.
 pub(crate) struct Consumer {
-    amqp: lapin::Channel,
+    amqp: Arc<AmqpChannel>,
     lane: Lane,
     channel: Arc<ChannelState>,
     shared: Arc<Shared>,
@@ -106,6 +106,30 @@ pub(crate) struct Consumer {
     counted: bool,
 }
 
+/// How many consumers share one AMQP channel. RabbitMQ allows a connection
+/// `channel_max` channels (2,047 by default): one per consumer capped a
+/// worker near 2,000 WhatsApp channels; shared, 10,000 channels with status
+/// lanes take ~630 (docs/architecture.md, Many channels).
+pub(crate) const CONSUMERS_PER_AMQP_CHANNEL: usize = 32;
+
+/// An AMQP channel that several consumers share. Each subscribes with its
+/// own prefetch: `basic.qos` (per consumer, RabbitMQ's meaning of
+/// `global = false`) applies to the consumers created after it, so a
+/// subscription is the pair qos + consume, one at a time per channel.
+pub(crate) struct AmqpChannel {
+    pub(crate) channel: lapin::Channel,
+    subscribing: tokio::sync::Mutex<()>,
+}
+
+impl AmqpChannel {
+    pub(crate) fn new(channel: lapin::Channel) -> Arc<Self> {
+        Arc::new(Self {
+            channel,
+            subscribing: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
 /// How serving one subscription ended.
 enum Served {
     /// The channel was paused: the subscription is cancelled, what it held
@@ -116,7 +140,7 @@ enum Served {
 
 impl Consumer {
     pub(crate) fn new(
-        amqp: lapin::Channel,
+        amqp: Arc<AmqpChannel>,
         lane: Lane,
         channel: Arc<ChannelState>,
         shared: Arc<Shared>,
@@ -158,13 +182,6 @@ impl Consumer {
     pub(crate) async fn run(mut self) -> Stopped {
         if self.queue_name.as_str().is_empty() || self.tag.as_str().is_empty() {
             return Stopped::ConsumerEnded;
-        }
-        if let Err(e) = self
-            .amqp
-            .basic_qos(self.channel.prefetch, BasicQosOptions::default())
-            .await
-        {
-            return Stopped::Broker(e);
         }
         let mut control = self.channel.control.subscribe();
         loop {
@@ -221,6 +238,7 @@ impl Consumer {
     async fn stagger(&self, resuming: bool) -> bool {
         let others = self
             .amqp
+            .channel
             .queue_declare(
                 self.queue_name.clone(),
                 lapin::options::QueueDeclareOptions {
@@ -246,16 +264,22 @@ impl Consumer {
         true
     }
 
+    /// This channel's prefetch, then the subscription, with no other
+    /// consumer of the shared AMQP channel subscribing in between.
     async fn subscribe(&mut self) -> Result<lapin::Consumer, lapin::Error> {
-        let consumer = self
-            .amqp
-            .basic_consume(
+        let consumer = {
+            let _turn = self.amqp.subscribing.lock().await;
+            let amqp = &self.amqp.channel;
+            amqp.basic_qos(self.channel.prefetch, BasicQosOptions::default())
+                .await?;
+            amqp.basic_consume(
                 self.queue_name.clone(),
                 self.tag.clone(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await?
+        };
         self.count_ready();
         Ok(consumer)
     }
@@ -325,7 +349,12 @@ impl Consumer {
 
     async fn cancel(&self) {
         let options = BasicCancelOptions::default();
-        drop(self.amqp.basic_cancel(self.tag.clone(), options).await);
+        drop(
+            self.amqp
+                .channel
+                .basic_cancel(self.tag.clone(), options)
+                .await,
+        );
     }
 
     /// Stops taking jobs; those in flight still settle on this channel. At
@@ -337,7 +366,7 @@ impl Consumer {
     /// and the next session must not wait.
     async fn stop(&self, consumer: &mut lapin::Consumer) {
         self.cancel().await;
-        if self.session.shutdown.is_cancelled() && self.amqp.status().connected() {
+        if self.session.shutdown.is_cancelled() && self.amqp.channel.status().connected() {
             hand_back_buffered(consumer, &self.settler, &self.queue).await;
         }
     }

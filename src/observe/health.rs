@@ -24,6 +24,9 @@ pub(crate) struct Health {
     /// `true` while requests to Octopods wait: blocked, or sends held.
     gate: tokio::sync::watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// Why the last broker session ended, shown while not consuming (a
+    /// broker limit says there what to raise).
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -33,6 +36,7 @@ impl Health {
             broker_blocked: AtomicBool::new(false),
             settle_failing: AtomicBool::new(false),
             sends_held: AtomicBool::new(false),
+            last_failure: std::sync::Mutex::new(None),
             gate: tokio::sync::watch::Sender::new(false),
             metrics,
         }
@@ -40,6 +44,9 @@ impl Health {
 
     pub(crate) fn set_consuming(&self, up: bool) {
         self.consuming.store(up, Ordering::SeqCst);
+        if up && let Ok(mut f) = self.last_failure.lock() {
+            *f = None;
+        }
         self.metrics.broker_connected(up);
     }
 
@@ -99,15 +106,29 @@ impl Health {
     }
 
     /// `None` when ready, else why not.
-    pub(crate) fn not_ready(&self) -> Option<&'static str> {
+    pub(crate) fn not_ready(&self) -> Option<String> {
         if !self.consuming.load(Ordering::SeqCst) {
-            Some("not connected to the broker and consuming\n")
+            let failure = self.last_failure.lock().ok().and_then(|f| f.clone());
+            Some(match failure {
+                Some(why) => format!("not connected to the broker and consuming: {why}\n"),
+                None => "not connected to the broker and consuming\n".into(),
+            })
         } else if self.broker_blocked.load(Ordering::SeqCst) {
-            Some("the broker blocks publishing (resource alarm)\n")
+            Some("the broker blocks publishing (resource alarm)\n".into())
         } else if self.settle_failing.load(Ordering::SeqCst) {
-            Some("the broker refuses the worker's publishes (see octopods_settle_failures_total)\n")
+            Some(
+                "the broker refuses the worker's publishes (see octopods_settle_failures_total)\n"
+                    .into(),
+            )
         } else {
             None
+        }
+    }
+
+    /// A broker session ended with `why` (shown on `/readyz` until one consumes).
+    pub(crate) fn session_failed(&self, why: String) {
+        if let Ok(mut f) = self.last_failure.lock() {
+            *f = Some(why);
         }
     }
 }

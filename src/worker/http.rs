@@ -38,7 +38,7 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     match s.health.not_ready() {
-        None => (StatusCode::OK, "ready\n"),
+        None => (StatusCode::OK, "ready\n".to_owned()),
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }

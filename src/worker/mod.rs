@@ -28,7 +28,9 @@ use crate::{
     broker::{self, Names, Publisher, topology},
     config::Config,
     delivery::channel::{ChannelState, Shared},
-    delivery::consumer::{Consumer, Lane, Session, Stopped},
+    delivery::consumer::{
+        AmqpChannel, CONSUMERS_PER_AMQP_CHANNEL, Consumer, Lane, Session, Stopped,
+    },
     delivery::dedup::Dedup,
     delivery::limit::Limiter,
     delivery::settle::Settler,
@@ -244,6 +246,8 @@ impl Worker {
             match result {
                 Ok(()) => break,
                 Err(e) => {
+                    let e = broker::limits::explain(e);
+                    self.health.session_failed(format!("{e:#}"));
                     let delay = reconnect.next_delay();
                     warn!(error = %format!("{e:#}"), retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "broker session ended; reconnecting");
                     tokio::select! {
@@ -327,7 +331,7 @@ impl Worker {
         reconnect.connected(&self.shared.metrics);
         self.shared.metrics.broker_node(Some(&links.consuming_node));
         info!(node = %links.consuming_node, publishing = %links.publishing_node, "connected; subscribing to the channel queues");
-        let lanes = u32::try_from(amqp_channels.len()).unwrap_or(u32::MAX);
+        let lanes = u32::try_from(consumers.len()).unwrap_or(u32::MAX);
         let failure = tokio::select! {
             () = run.shutdown.cancelled() => None,
             () = self.ready_when_subscribed(&session.subscribed, lanes) => None,
@@ -364,7 +368,7 @@ impl Worker {
     }
 
     /// A consumer for each channel's jobs, and for its status checks when
-    /// it tracks status, each on an AMQP channel of its own.
+    /// it tracks status, [`CONSUMERS_PER_AMQP_CHANNEL`] to an AMQP channel.
     async fn start_consumers(
         &self,
         links: &Links,
@@ -372,7 +376,6 @@ impl Worker {
         session: &Session,
     ) -> anyhow::Result<(JoinSet<Stopped>, Vec<lapin::Channel>)> {
         let mut consumers = JoinSet::new();
-        let mut amqp_channels = Vec::with_capacity(self.channels.len());
         let mut lanes: Vec<(Lane, Arc<ChannelState>)> = Vec::new();
         for c in &self.channels {
             lanes.push((Lane::Jobs, c.clone()));
@@ -380,18 +383,22 @@ impl Worker {
                 lanes.push((Lane::Status, c.clone()));
             }
         }
-        for (lane, channel) in lanes {
+        let mut amqp_channels = Vec::with_capacity(lanes.len() / CONSUMERS_PER_AMQP_CHANNEL + 1);
+        for group in lanes.chunks(CONSUMERS_PER_AMQP_CHANNEL) {
             let amqp = links.consuming.create_channel().await?;
             amqp_channels.push(amqp.clone());
-            let consumer = Consumer::new(
-                amqp,
-                lane,
-                channel,
-                self.shared.clone(),
-                settler.clone(),
-                session.clone(),
-            );
-            consumers.spawn(consumer.run());
+            let shared_amqp = AmqpChannel::new(amqp);
+            for (lane, channel) in group {
+                let consumer = Consumer::new(
+                    shared_amqp.clone(),
+                    *lane,
+                    channel.clone(),
+                    self.shared.clone(),
+                    settler.clone(),
+                    session.clone(),
+                );
+                consumers.spawn(consumer.run());
+            }
         }
         Ok((consumers, amqp_channels))
     }

@@ -461,8 +461,14 @@ async fn a_matcher_killed_mid_lookup_leaves_its_reply_to_the_next_replica_and_on
     assert_eq!(next["job_id"], "order-s");
     // Neither the customer's text nor a phone reached the log.
     for log in [first.tail(100_000), second.tail(100_000)] {
-        assert!(!log.contains("Not yet") && !log.contains("Yes, received"), "{log}");
-        assert!(!log.contains("5550007777") && !log.contains("5550008888"), "{log}");
+        assert!(
+            !log.contains("Not yet") && !log.contains("Yes, received"),
+            "{log}"
+        );
+        assert!(
+            !log.contains("5550007777") && !log.contains("5550008888"),
+            "{log}"
+        );
     }
     drop(second);
     t.app.shutdown().await;

@@ -269,3 +269,79 @@ async fn a_channel_slowed_to_one_per_second_holds_back_no_other_channel() {
     }
     app.shutdown().await;
 }
+
+/// 300 channels on a connection allowed 64 AMQP channels: consumers share
+/// AMQP channels (one each capped a worker near RabbitMQ's `channel_max`,
+/// 2,047: issue 38). Fails if that ceiling comes back.
+#[tokio::test]
+async fn three_hundred_channels_fit_a_connection_of_64_amqp_channels() {
+    const N: usize = 300;
+    let channels: Vec<TestChannel> = (0..N)
+        .map(|i| TestChannel::new(&format!("shop-{i:03}")))
+        .collect();
+    let app = spawn_with(
+        "scale-300",
+        Options {
+            channels,
+            broker_query: Some("channel_max=64".into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    for i in 0..N {
+        let mut job = button_job(&format!("j-{i}"));
+        job["destination_phone"] = format!("+1555300{i:04}").into();
+        let body = serde_json::to_vec(&job).expect("json");
+        app.publish_bytes(&format!("shop-{i:03}"), &body, Default::default())
+            .await;
+    }
+    let mut sent = std::collections::BTreeSet::new();
+    while sent.len() < N {
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent", "{e}");
+        sent.insert(e["channel"].as_str().expect("channel").to_owned());
+    }
+    app.shutdown().await;
+}
+
+/// A broker limit met is said, with what to raise, on `/readyz`.
+#[tokio::test]
+async fn a_channel_max_too_small_is_said_on_readyz_with_what_to_raise() {
+    let channels: Vec<TestChannel> = (0..100)
+        .map(|i| TestChannel::new(&format!("tight-{i:03}")))
+        .collect();
+    let opts = Options {
+        channels,
+        broker_query: Some("channel_max=6".into()),
+        ..Options::default()
+    };
+    let keys = tempfile::tempdir().expect("tempdir");
+    let prefix = unique_prefix("scale-tight");
+    let text = config_text(&prefix, "http://127.0.0.1:9", &opts, keys.path());
+    let config = octopods_worker::config::Config::from_toml(&text).expect("config");
+    let worker = octopods_worker::worker::Worker::build(config.clone())
+        .await
+        .expect("builds");
+    let addr = worker.http_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(worker.run(stop.clone()));
+    let said = eventually(
+        Duration::from_secs(30),
+        "/readyz naming the limit",
+        || async {
+            let r = reqwest::get(format!("http://{addr}/readyz")).await.ok()?;
+            let status = r.status().as_u16();
+            let text = r.text().await.ok()?;
+            (status == 503 && text.contains("channel_max")).then_some(text)
+        },
+    )
+    .await;
+    assert!(said.contains("raise `channel_max`"), "{said}");
+    stop.cancel();
+    drop(run.await);
+    let conn = broker().await;
+    let ch = conn.create_channel().await.expect("channel");
+    octopods_worker::broker::topology::delete(&ch, &config)
+        .await
+        .expect("delete");
+}

@@ -151,6 +151,8 @@ pub struct Options {
     pub max_concurrent_requests: Option<usize>,
     /// When the sandbox reports a sent message DELIVERED, then READ.
     pub sandbox_status_after: (Duration, Duration),
+    /// Query parameters for the broker URL (e.g. `channel_max=64`).
+    pub broker_query: Option<String>,
 }
 
 impl Default for Options {
@@ -166,6 +168,7 @@ impl Default for Options {
             fault: None,
             max_concurrent_requests: None,
             sandbox_status_after: (Duration::from_millis(300), Duration::from_millis(600)),
+            broker_query: None,
         }
     }
 }
@@ -259,7 +262,11 @@ pub fn config_text(
         "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n{}\n\
          [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n{}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"{}ms\"\n\n{}\n",
-        amqp_url(),
+        match &opts.broker_query {
+            None => amqp_url(),
+            Some(q) if amqp_url().contains('?') => format!("{}&{q}", amqp_url()),
+            Some(q) => format!("{}?{q}", amqp_url()),
+        },
         opts.delivery_limit
             .map(|n| format!("delivery_limit = {n}\n"))
             .unwrap_or_default(),
