@@ -27,12 +27,18 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq rabbitmq-server >/dev/null
 fi
 
+# 65,536 open files (raising the hard limit when root may), else the hard limit.
+raise_open_files() {
+  ulimit -n 65536 2>/dev/null || ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true
+}
+
 if ! port_open; then
   echo "starting RabbitMQ" >&2
   # The broker inherits this shell's open-files limit, and RabbitMQ 3.x
   # reserves handles for every quorum queue: with a shell's 1,024 new
-  # connections stall past ~300 queues. Start it with the hard limit.
-  ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true
+  # connections stall past ~300 queues. Start it with what a systemd unit
+  # gives it (LimitNOFILE=65536), or the hard limit where that is lower.
+  raise_open_files
   as_root rabbitmq-server -detached || true
 fi
 wait_for_port

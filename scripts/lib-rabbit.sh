@@ -37,6 +37,9 @@ rabbit_start() {
   fi
   # A killed node leaves its pid file behind.
   rm -f "$base/pid"
+  # A systemd unit's open-files limit (LimitNOFILE=65536): RabbitMQ 3.x
+  # reserves handles per quorum queue (docs/operations.md, Sizing).
+  ulimit -n 65536 2>/dev/null || ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true
   HOME="$RABBIT_HOME" \
     RABBITMQ_CONF_ENV_FILE=/dev/null \
     RABBITMQ_NODENAME="$node" \

@@ -383,7 +383,8 @@ impl Worker {
                 lanes.push((Lane::Status, c.clone()));
             }
         }
-        let mut amqp_channels = Vec::with_capacity(lanes.len() / CONSUMERS_PER_AMQP_CHANNEL + 1);
+        let mut amqp_channels =
+            Vec::with_capacity(lanes.len().div_ceil(CONSUMERS_PER_AMQP_CHANNEL));
         for group in lanes.chunks(CONSUMERS_PER_AMQP_CHANNEL) {
             let amqp = links.consuming.create_channel().await?;
             amqp_channels.push(amqp.clone());

@@ -270,27 +270,29 @@ async fn a_channel_slowed_to_one_per_second_holds_back_no_other_channel() {
     app.shutdown().await;
 }
 
-/// 300 channels on a connection allowed 64 AMQP channels: consumers share
+/// 100 channels on a connection allowed 16 AMQP channels: consumers share
 /// AMQP channels (one each capped a worker near RabbitMQ's `channel_max`,
-/// 2,047: issue 38). Fails if that ceiling comes back.
+/// 2,047: issue 38). Fails if that ceiling comes back. (Not more channels:
+/// a RabbitMQ 3.x started from a shell with 1,024 open files stalls every
+/// new connection past ~300 quorum queues, and the suite runs in parallel.)
 #[tokio::test]
-async fn three_hundred_channels_fit_a_connection_of_64_amqp_channels() {
-    const N: usize = 300;
+async fn a_hundred_channels_fit_a_connection_of_16_amqp_channels() {
+    const N: usize = 100;
     let channels: Vec<TestChannel> = (0..N)
         .map(|i| TestChannel::new(&format!("shop-{i:03}")))
         .collect();
     let app = spawn_with(
-        "scale-300",
+        "scale-100",
         Options {
             channels,
-            broker_query: Some("channel_max=64".into()),
+            broker_query: Some("channel_max=16".into()),
             ..Options::default()
         },
     )
     .await;
     for i in 0..N {
         let mut job = button_job(&format!("j-{i}"));
-        job["destination_phone"] = format!("+1555300{i:04}").into();
+        job["destination_phone"] = format!("+1555100{i:04}").into();
         let body = serde_json::to_vec(&job).expect("json");
         app.publish_bytes(&format!("shop-{i:03}"), &body, Default::default())
             .await;
@@ -307,7 +309,7 @@ async fn three_hundred_channels_fit_a_connection_of_64_amqp_channels() {
 /// A broker limit met is said, with what to raise, on `/readyz`.
 #[tokio::test]
 async fn a_channel_max_too_small_is_said_on_readyz_with_what_to_raise() {
-    let channels: Vec<TestChannel> = (0..100)
+    let channels: Vec<TestChannel> = (0..20)
         .map(|i| TestChannel::new(&format!("tight-{i:03}")))
         .collect();
     let opts = Options {

@@ -1,0 +1,268 @@
+//! `cargo bench --bench scale`: many channels (issue 38, docs/operations.md
+//! Sizing), with the release binary against a constant-answer stand-in.
+//! For each count in `SCALE_CHANNELS` (default `100,1000`), each channel
+//! at 10/s, burst 1, one job each:
+//!
+//! | channels | `topology` | worker ready | all sent | worker RSS | idle CPU | broker memory |
+//!
+//! - `topology`: `octopods-worker topology` (declares every queue), wall time;
+//! - worker ready: `run` started → `/readyz` 200;
+//! - all sent: one job per channel published (confirmed) → every `sent` event read;
+//! - worker RSS after, and its CPU over `SCALE_IDLE` seconds idle (default 10);
+//! - broker memory: `erlang:memory(total)` of each node (`SCALE_NODES`,
+//!   default `rabbit@$(hostname -s)`, through `RABBITMQCTL`, default `rabbitmqctl`).
+//!
+//! `AMQP_URL` (a comma-separated list for a cluster) picks the broker.
+
+use std::{
+    io::Write,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::FieldTable,
+};
+use octopods_worker::{broker::topology, config::Config};
+use serde_json::json;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn urls() -> Vec<String> {
+    std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn proc_field(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = after.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+fn broker_memory_mib() -> Vec<String> {
+    let ctl = std::env::var("RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let host = Command::new("hostname")
+        .arg("-s")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let nodes = std::env::var("SCALE_NODES").unwrap_or_else(|_| format!("rabbit@{host}"));
+    nodes
+        .split(',')
+        .map(|n| {
+            let out = Command::new(&ctl)
+                .args(["-n", n, "eval", "erlang:memory(total)."])
+                .output();
+            match out {
+                Ok(o) => String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<f64>()
+                    .map(|b| format!("{:.0}", b / 1048576.0))
+                    .unwrap_or_else(|_| "?".into()),
+                Err(_) => "?".into(),
+            }
+        })
+        .collect()
+}
+
+/// A config with `n` channels and the worker's HTTP port.
+fn config(
+    dir: &std::path::Path,
+    prefix: &str,
+    n: usize,
+    peer: u16,
+) -> Res<(std::path::PathBuf, u16)> {
+    let http = free_port()?;
+    let list: Vec<String> = urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let mut text = format!(
+        "[broker]\nurls = [{}]\nprefix = \"{prefix}\"\n[octopods]\nbase_url = \"http://127.0.0.1:{peer}\"\n\
+         [http]\nlisten = \"127.0.0.1:{http}\"\n[worker]\nspread_window = \"0ms\"\n",
+        list.join(", ")
+    );
+    std::fs::write(dir.join("key"), "k")?;
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[channels]]\nname = \"shop-{i:05}\"\napi_key_file = \"{}/key\"\nrate_per_second = 10\n",
+            dir.display()
+        ));
+    }
+    let path = dir.join(format!("{prefix}.toml"));
+    std::fs::write(&path, text)?;
+    Ok((path, http))
+}
+
+fn stop(mut child: Child) {
+    drop(Command::new("kill").arg(child.id().to_string()).status());
+    drop(child.wait());
+}
+
+async fn one_count(n: usize, peer: u16) -> Res<String> {
+    let dir = tempfile::tempdir()?;
+    let prefix = format!("scale-{n}-{}", std::process::id());
+    let (path, http) = config(dir.path(), &prefix, n, peer)?;
+    let bin = env!("CARGO_BIN_EXE_octopods-worker");
+    let t = Instant::now();
+    let declared = Command::new(bin)
+        .args(["topology", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let topology_s = t.elapsed().as_secs_f64();
+    if !declared.success() {
+        return Err(format!("topology failed for {n} channels").into());
+    }
+    let t = Instant::now();
+    let worker = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("worker.log"))?)
+        .spawn()?;
+    let pid = worker.id();
+    let ready_url = format!("http://127.0.0.1:{http}/readyz");
+    let ready = loop {
+        if reqwest::get(&ready_url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break Some(t.elapsed().as_secs_f64());
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let Some(ready_s) = ready else {
+        let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+        stop(worker);
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        return Ok(format!(
+            "| {n} | {topology_s:.1} s | never: {} | — | — | — | — |",
+            tail.join(" / ")
+        ));
+    };
+    let conn = Connection::connect(&urls()[0], ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut events = ch
+        .basic_consume(
+            format!("{prefix}.results").as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let t = Instant::now();
+    for i in 0..n {
+        let job = json!({"job_id": format!("j-{i}"), "destination_phone": format!("+1555{i:07}"),
+            "waba_interactive_message": octopods_worker::job::delivery_confirmation()});
+        drop(
+            ch.basic_publish(
+                format!("{prefix}.jobs").as_str().into(),
+                format!("shop-{i:05}").as_str().into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&job)?,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?,
+        );
+    }
+    ch.wait_for_confirms().await?;
+    let mut sent = 0;
+    while sent < n {
+        match tokio::time::timeout(Duration::from_secs(300), events.next()).await {
+            Ok(Some(Ok(d))) => {
+                d.acker.ack(BasicAckOptions::default()).await?;
+                sent += 1;
+            }
+            _ => break,
+        }
+    }
+    let all_sent = if sent == n {
+        format!("{:.1} s", t.elapsed().as_secs_f64())
+    } else {
+        format!("{sent} of {n} in 300 s")
+    };
+    let idle = std::env::var("SCALE_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10u64);
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    let cpu = (cpu_ticks(pid) - before) as f64 / 100.0 / idle as f64 * 100.0;
+    let rss = proc_field(pid, "VmRSS:") as f64 / 1024.0;
+    let memory = broker_memory_mib().join(" / ");
+    stop(worker);
+    let cfg = Config::load(&path)?;
+    topology::delete(&ch, &cfg).await?;
+    drop(conn.close(200, "done".into()).await);
+    Ok(format!(
+        "| {n} | {topology_s:.1} s | {ready_s:.1} s | {all_sent} | {rss:.0} MiB | {cpu:.1} % | {memory} MiB |"
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let counts: Vec<usize> = std::env::var("SCALE_CHANNELS")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .collect();
+    let peer = free_port()?;
+    let sandbox = Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+        .args([
+            "sandbox",
+            "--constant",
+            "--listen",
+            &format!("127.0.0.1:{peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "| channels | `topology` | worker ready | all sent | worker RSS | idle CPU | broker memory |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for n in counts {
+        let row = one_count(n, peer)
+            .await
+            .unwrap_or_else(|e| format!("| {n} | error: {e} |"));
+        println!("{row}");
+        drop(std::io::stdout().flush());
+    }
+    stop(sandbox);
+    Ok(())
+}
