@@ -144,7 +144,7 @@ impl Worker {
                 .collect::<Vec<_>>(),
         );
         for c in &config.channels {
-            metrics.register_channel(&c.name, c.rate_per_second, &delays);
+            metrics.register_channel(&c.name, c.rate_per_second, &delays, config.channels.len());
         }
         let dedup = Dedup::new(
             config.worker.dedup_capacity,

@@ -66,14 +66,36 @@ pub(crate) const REPLY_OUTCOMES: [&str; 6] = [
 
 mod define;
 
+/// Up to this many channels every per-channel series exists at zero.
+pub(crate) const EVERY_SERIES_UP_TO: usize = 200;
+
 impl Metrics {
     /// Makes every per-channel series whose labels are known (the channel ×
     /// the closed enums, the delay queues) exist at zero, so alerts,
-    /// dashboards and `rate()` work before the first event.
-    pub fn register_channel(&self, channel: &str, rate_per_second: f64, delays: &[String]) {
+    /// dashboards and `rate()` work before the first event. With more than
+    /// [`EVERY_SERIES_UP_TO`] channels only the core ones do (budget,
+    /// paused, in flight, received, completed): the ~90 series of a channel
+    /// cost ~32 KiB of memory each channel and as much in Prometheus; the
+    /// others appear at their first event (docs/observability.md).
+    pub fn register_channel(
+        &self,
+        channel: &str,
+        rate_per_second: f64,
+        delays: &[String],
+        channels: usize,
+    ) {
         self.budget
             .with_label_values(&[channel])
             .set(rate_per_second);
+        self.in_flight.with_label_values(&[channel]);
+        self.paused.with_label_values(&[channel]);
+        self.received.with_label_values(&[channel]);
+        for k in EventKind::OUTCOMES {
+            self.completed.with_label_values(&[channel, k.as_str()]);
+        }
+        if channels > EVERY_SERIES_UP_TO {
+            return;
+        }
         for c in [
             &self.received,
             &self.duplicates_suppressed,
@@ -341,7 +363,7 @@ mod tests {
     #[test]
     fn contract_metric_names_are_exposed() {
         let m = Metrics::new();
-        m.register_channel("c", 2.5, &["10s".into()]);
+        m.register_channel("c", 2.5, &["10s".into()], 1);
         m.received("c");
         m.dead_lettered("c", Reason::Window);
         m.retried("c", RetryCause::ServerError);
