@@ -100,5 +100,6 @@ demo=$(scripts/demo.sh 2>"$demo_err") \
 [ "$(grep -c '"event":"sent"' <<<"$demo")" = 4 ] && grep -q '"via":"template"' <<<"$demo" \
   && grep -q '"event":"dead_lettered".*"reason":"validation"' <<<"$demo" \
   && [ "$(grep -c '"event":"read"' <<<"$demo")" = 3 ] \
-  || { echo "scripts/demo.sh did not print 4 sent events (one via template), 1 dead letter and 3 read:" >&2; echo "$demo" >&2; cat "$demo_err" >&2; exit 1; }
-echo "scripts/demo.sh: 4 sent (1 via template), 1 dead-lettered, 3 delivered and read"
+  && grep -q '"event":"replied","job_id":"order-1001/delivery-confirm".*"option":{"id":"yes"' <<<"$demo" \
+  || { echo "scripts/demo.sh did not print 4 sent events (one via template), 1 dead letter, 3 read and order-1001's replied:" >&2; echo "$demo" >&2; cat "$demo_err" >&2; exit 1; }
+echo "scripts/demo.sh: 4 sent (1 via template), 1 dead-lettered, 3 delivered and read, 1 replied"

@@ -70,7 +70,10 @@ impl Hubspot {
         let inner = Arc::new(Inner {
             webhook: Mutex::new(config.webhook_url.clone()),
             config,
-            portal: Mutex::default(),
+            portal: Mutex::new(Portal {
+                next: super::first_id(),
+                ..Portal::default()
+            }),
             faults: Faults::default(),
             http: super::client(),
         });

@@ -88,7 +88,10 @@ impl Intercom {
         let inner = Arc::new(Inner {
             webhook: Mutex::new(config.webhook_url.clone()),
             config,
-            workspace: Mutex::default(),
+            workspace: Mutex::new(Workspace {
+                next: super::first_id(),
+                ..Workspace::default()
+            }),
             faults: Faults::default(),
             http: super::client(),
         });
@@ -148,7 +151,7 @@ impl Intercom {
             Some(c) => c.clone(),
             None => {
                 w.next += 1;
-                let c = format!("6{:011}", w.next);
+                let c = format!("6{}", w.next);
                 w.by_phone.insert(phone.to_owned(), c.clone());
                 w.phones.insert(c.clone(), phone.to_owned());
                 c
@@ -158,7 +161,7 @@ impl Intercom {
             Some(c) => c.clone(),
             None => {
                 w.next += 1;
-                let c = format!("{}", 100_000_000 + w.next);
+                let c = format!("1{}", w.next);
                 w.conversations.insert(contact.clone(), c.clone());
                 c
             }
@@ -181,7 +184,7 @@ impl Intercom {
         let part = {
             let mut w = self.workspace();
             w.next += 1;
-            format!("{}", 900_000_000 + w.next)
+            format!("9{}", w.next)
         };
         let body_text = if how.plain {
             text.to_owned()

@@ -141,6 +141,15 @@ pub(crate) fn html(text: &str) -> String {
     format!("<p>{escaped}</p>")
 }
 
+/// Where a stand-in's ids start: the real platforms never reuse an id, and
+/// a worker remembers answered ids for its longest window (a month), so a
+/// stand-in started again (the demo run twice) must not either. Milliseconds
+/// since the epoch × 1,000: unique per start, room for 1,000 ids a millisecond.
+pub(crate) fn first_id() -> u64 {
+    let ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    u64::try_from(ms).unwrap_or(0).saturating_mul(1000)
+}
+
 pub(crate) fn unix_now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
