@@ -69,9 +69,10 @@ impl Matcher {
         &self,
         conn: &Connection,
         publisher: &Publisher,
+        repair: &tokio::sync::Notify,
         stop: CancellationToken,
     ) -> anyhow::Error {
-        match self.serve(conn, publisher, stop).await {
+        match self.serve(conn, publisher, repair, stop).await {
             Ok(()) => anyhow::anyhow!("the replies consumer ended"),
             Err(e) => e,
         }
@@ -81,6 +82,7 @@ impl Matcher {
         &self,
         conn: &Connection,
         publisher: &Publisher,
+        repair: &tokio::sync::Notify,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         self.book.sync(publisher, &self.names).await?;
@@ -108,6 +110,9 @@ impl Matcher {
             let delivery = delivery?;
             if let Err(e) = self.handle(&delivery, publisher).await {
                 warn!(error = %format!("{e:#}"), "cannot settle a reply; it goes back to its queue");
+                // A refused publish may have left a channel nacking for good
+                // (3.10, a quorum leader lost): the session replaces it.
+                repair.notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 drop(
                     delivery

@@ -57,7 +57,7 @@ pub struct Worker {
 struct Replies {
     listener: Option<TcpListener>,
     router: Option<axum::Router>,
-    publisher: tokio::sync::watch::Sender<Option<Publisher>>,
+    publisher: tokio::sync::watch::Sender<Option<(Publisher, Arc<Notify>)>>,
     matcher: Arc<Matcher>,
 }
 
@@ -312,7 +312,8 @@ impl Worker {
         // A new session starts clean: what the last one saw died with it.
         self.health.start_clean();
         if let Some(r) = &self.replies {
-            r.publisher.send_replace(Some(settler.publisher.clone()));
+            r.publisher
+                .send_replace(Some((settler.publisher.clone(), repair.clone())));
         }
         // Operators' commands first: a channel paused before this replica
         // started must not be consumed for a moment.
@@ -346,7 +347,7 @@ impl Worker {
                 Followed::Ended(e) => e,
                 Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
             }),
-            e = self.match_replies(&links, &settler.publisher, &stop) => Some(e),
+            e = self.match_replies(&links, &settler.publisher, &repair, &stop) => Some(e),
         };
         if let Some(r) = &self.replies {
             r.publisher.send_replace(None);
@@ -411,6 +412,7 @@ impl Worker {
         &self,
         links: &Links,
         publisher: &Publisher,
+        repair: &Notify,
         stop: &CancellationToken,
     ) -> anyhow::Error {
         let Some(r) = &self.replies else {
@@ -419,7 +421,7 @@ impl Worker {
         let book = r.matcher.book.clone();
         tokio::select! {
             e = book.follow(&links.consuming, &self.shared.names) => e,
-            e = r.matcher.run(&links.consuming, publisher, stop.clone()) => e,
+            e = r.matcher.run(&links.consuming, publisher, repair, stop.clone()) => e,
         }
     }
 
