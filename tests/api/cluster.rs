@@ -623,9 +623,9 @@ async fn a_node_lost_while_customers_answer_loses_no_reply_and_doubles_none() {
         assert!(delivered.ok(), "tap {i}: {delivered:?}");
     }
     // Every tap was confirmed into the broker while the node was down; it
-    // comes back now, as the other cluster test's nodes do (once, in CI, the
-    // events then stalled for over 90 s with the node still down: the cause
-    // is not known yet — issue 37's note).
+    // comes back now, as the other cluster test's nodes do. (Replies stalled
+    // here one run in six until the matcher's and the receiver's refused
+    // publishes also had the session replace a channel left nacking.)
     restart.now().await;
     while replied.len() < TAPS {
         let e = next_event().await;
