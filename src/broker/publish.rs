@@ -71,6 +71,10 @@ pub struct Publisher {
     timeout: Duration,
     /// The RabbitMQ it publishes to.
     server: super::ServerVersion,
+    /// Told of every publish the broker refuses (a nack, a return, no
+    /// confirm, a channel error): the worker's session then declares the
+    /// topology again and replaces channels left nacking, whoever published.
+    refused: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 struct Slot {
@@ -130,7 +134,14 @@ impl Publisher {
             next: Default::default(),
             timeout,
             server: super::ServerVersion::of(conn),
+            refused: None,
         })
+    }
+
+    /// This publisher, telling `refused` of every publish the broker refuses.
+    pub(crate) fn reporting_to(mut self, refused: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.refused = Some(refused);
+        self
     }
 
     /// The RabbitMQ this publisher's connection talks to.
@@ -167,6 +178,25 @@ impl Publisher {
     /// publish is a PRODUCER span whose context goes in the message's
     /// headers (`traceparent`), in place of any it carried.
     pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        allow_unroutable: bool,
+    ) -> Result<Routed, PublishError> {
+        let published = self
+            .publish_traced(exchange, routing_key, body, properties, allow_unroutable)
+            .await;
+        if published.is_err()
+            && let Some(refused) = &self.refused
+        {
+            refused.notify_one();
+        }
+        published
+    }
+
+    async fn publish_traced(
         &self,
         exchange: &str,
         routing_key: &str,

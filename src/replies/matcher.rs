@@ -69,10 +69,9 @@ impl Matcher {
         &self,
         conn: &Connection,
         publisher: &Publisher,
-        repair: &tokio::sync::Notify,
         stop: CancellationToken,
     ) -> anyhow::Error {
-        match self.serve(conn, publisher, repair, stop).await {
+        match self.serve(conn, publisher, stop).await {
             Ok(()) => anyhow::anyhow!("the replies consumer ended"),
             Err(e) => e,
         }
@@ -82,7 +81,6 @@ impl Matcher {
         &self,
         conn: &Connection,
         publisher: &Publisher,
-        repair: &tokio::sync::Notify,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         self.book.sync(publisher, &self.names).await?;
@@ -109,10 +107,8 @@ impl Matcher {
             };
             let delivery = delivery?;
             if let Err(e) = self.handle(&delivery, publisher).await {
+                // A refused publish has told the session (Publisher::reporting_to).
                 warn!(error = %format!("{e:#}"), "cannot settle a reply; it goes back to its queue");
-                // A refused publish may have left a channel nacking for good
-                // (3.10, a quorum leader lost): the session replaces it.
-                repair.notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 drop(
                     delivery

@@ -30,9 +30,9 @@ use crate::{
     observe::metrics::Metrics,
 };
 
-/// The publisher of the current broker session, if there is one, and
-/// where a refused publish is reported (the session renews the channel).
-pub(crate) type PublisherSlot = watch::Receiver<Option<(Publisher, Arc<tokio::sync::Notify>)>>;
+/// The publisher of the current broker session, if there is one (it tells
+/// the session of a refused publish itself: `Publisher::reporting_to`).
+pub(crate) type PublisherSlot = watch::Receiver<Option<Publisher>>;
 
 /// What the receiver needs.
 struct Receiver {
@@ -191,7 +191,7 @@ impl Receiver {
                 );
             }
         };
-        let Some((publisher, repair)) = self.publisher.borrow().clone() else {
+        let Some(publisher) = self.publisher.borrow().clone() else {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not connected to the broker\n",
@@ -199,8 +199,6 @@ impl Receiver {
         };
         for m in &messages {
             if let Err(e) = enqueue(&publisher, &self.inbox, m).await {
-                // A channel left nacking (3.10, a quorum leader lost) is renewed.
-                repair.notify_one();
                 warn!(error = %e, "cannot hand a webhook to the broker; answering 503 so the platform retries");
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -57,7 +57,7 @@ pub struct Worker {
 struct Replies {
     listener: Option<TcpListener>,
     router: Option<axum::Router>,
-    publisher: tokio::sync::watch::Sender<Option<(Publisher, Arc<Notify>)>>,
+    publisher: tokio::sync::watch::Sender<Option<Publisher>>,
     matcher: Arc<Matcher>,
 }
 
@@ -303,17 +303,17 @@ impl Worker {
         let stop = CancellationToken::new();
         let repair = Arc::new(Notify::new());
         let settler = Arc::new(Settler::new(
-            Publisher::open(&links.publishing, config.publish_timeout()).await?,
+            Publisher::open(&links.publishing, config.publish_timeout())
+                .await?
+                .reporting_to(repair.clone()),
             &self.shared,
             self.health.clone(),
-            repair.clone(),
             stop.clone(),
         ));
         // A new session starts clean: what the last one saw died with it.
         self.health.start_clean();
         if let Some(r) = &self.replies {
-            r.publisher
-                .send_replace(Some((settler.publisher.clone(), repair.clone())));
+            r.publisher.send_replace(Some(settler.publisher.clone()));
         }
         // Operators' commands first: a channel paused before this replica
         // started must not be consumed for a moment.
@@ -347,7 +347,7 @@ impl Worker {
                 Followed::Ended(e) => e,
                 Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
             }),
-            e = self.match_replies(&links, &settler.publisher, &repair, &stop) => Some(e),
+            e = self.match_replies(&links, &settler.publisher, &stop) => Some(e),
         };
         if let Some(r) = &self.replies {
             r.publisher.send_replace(None);
@@ -412,7 +412,6 @@ impl Worker {
         &self,
         links: &Links,
         publisher: &Publisher,
-        repair: &Notify,
         stop: &CancellationToken,
     ) -> anyhow::Error {
         let Some(r) = &self.replies else {
@@ -421,7 +420,7 @@ impl Worker {
         let book = r.matcher.book.clone();
         tokio::select! {
             e = book.follow(&links.consuming, &self.shared.names) => e,
-            e = r.matcher.run(&links.consuming, publisher, repair, stop.clone()) => e,
+            e = r.matcher.run(&links.consuming, publisher, stop.clone()) => e,
         }
     }
 
@@ -559,7 +558,7 @@ async fn declare(conn: &Connection, config: &Config) -> anyhow::Result<()> {
         .context("cannot declare the topology")
 }
 
-/// Declares the topology again whenever the settle stage saw a publish
+/// Declares the topology again whenever the session's publisher saw a publish
 /// refused (an operator deleted a queue, say), at most once a second. Returns
 /// an error when the publishing channel itself was closed by the broker (a
 /// deleted exchange does that): the session must start over.

@@ -38,7 +38,6 @@ impl Settler {
         };
         failed.emit(&self.metrics);
         self.unsettled(channel, received);
-        self.repair.notify_one();
         let mut recovery = self.recovery.subscribe();
         tokio::select! {
             biased;

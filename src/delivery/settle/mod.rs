@@ -21,7 +21,6 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
 };
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -41,10 +40,10 @@ mod hand_back;
 pub(crate) struct Settler {
     pub(crate) publisher: Publisher,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) health: Arc<Health>,
     /// Blocked while a `sent` result cannot be published: no new requests.
-    /// Woken when a publish was refused: the session declares the topology again.
-    pub(crate) repair: Arc<Notify>,
+    /// (A refused publish is reported by the publisher itself: the session
+    /// declares the topology again; `Publisher::reporting_to`.)
+    pub(crate) health: Arc<Health>,
     /// Cancelled when this broker session ends (the replica stops, or the
     /// connection is lost): waits before a give-back end at once.
     pub(crate) stop: CancellationToken,
@@ -62,14 +61,12 @@ impl Settler {
         publisher: Publisher,
         shared: &crate::delivery::channel::Shared,
         health: Arc<Health>,
-        repair: Arc<Notify>,
         stop: CancellationToken,
     ) -> Self {
         Self {
             publisher,
             metrics: shared.metrics.clone(),
             health,
-            repair,
             stop,
             failures: AtomicU32::new(0),
             recovery: tokio::sync::watch::Sender::new(0),
