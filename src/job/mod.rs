@@ -132,9 +132,6 @@ pub struct Job {
     /// The template to send instead when the 24-hour window is closed, with
     /// its request body.
     pub fallback: Option<(template::Template, bytes::Bytes)>,
-    /// The options a customer can tap (buttons, list rows), for matching
-    /// the answer (docs/contract.md §15).
-    pub choices: Vec<interactive::Choice>,
 }
 
 impl Job {
@@ -255,7 +252,6 @@ impl Job {
                 Some((t, body))
             }
         };
-        let choices = interactive::choices(&message);
         let mut body = Map::new();
         body.insert("destination_phone".into(), Value::String(phone.0.clone()));
         body.insert("waba_interactive_message".into(), message);
@@ -271,7 +267,6 @@ impl Job {
             metadata,
             request_body,
             fallback,
-            choices,
         })
     }
 
@@ -299,6 +294,16 @@ impl Job {
             ));
         }
         Ok(())
+    }
+
+    /// The options a customer can tap (buttons, list rows), for matching
+    /// the answer (docs/contract.md §15). Read from the request body when
+    /// asked — only on a reply-tracking channel — not kept for every job.
+    pub fn choices(&self) -> Vec<interactive::Choice> {
+        serde_json::from_slice::<Value>(&self.request_body)
+            .ok()
+            .and_then(|b| b.get("waba_interactive_message").map(interactive::choices))
+            .unwrap_or_default()
     }
 
     pub fn echo(&self) -> Echo {

@@ -272,3 +272,19 @@ fn timestamps_at_the_calendar_edges_give_a_clear_outcome_not_a_panic() {
         }
     }
 }
+
+#[test]
+fn a_jobs_choices_are_its_buttons_or_list_rows_in_order() {
+    let ids = |j: &Job| -> Vec<String> { j.choices().into_iter().map(|c| c.id).collect() };
+    let buttons = parse(&job()).unwrap();
+    assert_eq!(ids(&buttons), ["yes"]);
+    let mut v = job();
+    v["waba_interactive_message"] = json!({"type": "list", "body": {"text": "?"},
+        "action": {"button": "Choose", "sections": [
+            {"title": "a", "rows": [{"id": "r1", "title": "One"}]},
+            {"title": "b", "rows": [{"id": "r2", "title": "Two"}, {"id": "r3", "title": "Three"}]}]}});
+    assert_eq!(ids(&parse(&v).unwrap()), ["r1", "r2", "r3"]);
+    v["waba_interactive_message"] = json!({"type": "product",
+        "action": {"catalog_id": "c", "product_retailer_id": "p"}});
+    assert!(parse(&v).unwrap().choices().is_empty());
+}

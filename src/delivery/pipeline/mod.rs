@@ -372,7 +372,7 @@ fn conversation_seen(
 /// the job (docs/contract.md §15).
 fn distinct_titles(job: &Job) -> Result<(), String> {
     let mut seen: Vec<(String, &str)> = Vec::new();
-    for c in &job.choices {
+    for c in &job.choices() {
         let Some(n) = crate::replies::text::normalise(&c.title) else {
             continue;
         };
@@ -433,7 +433,8 @@ fn sent(
 /// prompt with options: its record for the prompt stream, the phone keyed.
 fn prompt(channel: &ChannelState, event: &SentEvent, job: &Job) -> Option<Record> {
     let secrets = channel.replies.as_ref()?;
-    if job.choices.is_empty() {
+    let options = job.choices();
+    if options.is_empty() {
         return None;
     }
     let digits = crate::replies::text::phone_digits(job.phone.as_str())?;
@@ -441,7 +442,7 @@ fn prompt(channel: &ChannelState, event: &SentEvent, job: &Job) -> Option<Record
         channel: event.channel.clone(),
         job_id: event.job_id.clone(),
         phone: crate::replies::record::phone_key(&secrets.signing, &digits),
-        options: job.choices.clone(),
+        options,
         message_id: event.message_id.clone(),
         channel_message_id: event.channel_message_id.clone(),
         sent_at: event.sent_at.clone(),
