@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hmac::{Hmac, Mac};
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -151,23 +150,8 @@ fn stop(mut child: Child) {
     drop(child.wait());
 }
 
-fn sign(body: &[u8]) -> String {
-    let mut mac = match Hmac::<sha1::Sha1>::new_from_slice(SECRET.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha1={hex}")
-}
-
 /// (b): webhooks at `rate` per second for `seconds`; latencies in µs.
-async fn receive(url: String, rate: u64, seconds: u64) -> (Vec<u64>, u64) {
+async fn receive(intercom: &Intercom, url: String, rate: u64, seconds: u64) -> (Vec<u64>, u64) {
     let http = reqwest::Client::new();
     let total = rate * seconds;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
@@ -175,7 +159,7 @@ async fn receive(url: String, rate: u64, seconds: u64) -> (Vec<u64>, u64) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..total {
         tick.tick().await;
-        let (http, url) = (http.clone(), url.clone());
+        let (http, url, intercom) = (http.clone(), url.clone(), intercom.clone());
         tasks.spawn(async move {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             let body = serde_json::to_vec(&json!({"type": "notification_event", "id": format!("notif_{i}"),
@@ -185,7 +169,7 @@ async fn receive(url: String, rate: u64, seconds: u64) -> (Vec<u64>, u64) {
                   "conversation_parts": {"conversation_parts": [{"id": format!("p{i}"), "part_type": "comment",
                     "body": "<p>Yes, received</p>", "created_at": now, "author": {"type": "lead", "id": format!("c{}", i % 500)}}]}}}}))
                 .unwrap_or_default();
-            let signature = sign(&body);
+            let signature = intercom.sign(&body);
             let start = Instant::now();
             let ok = http
                 .post(&url)
@@ -253,8 +237,13 @@ async fn main() -> Res<()> {
         if label == "full" {
             // (b) against the worker holding the full index.
             let hooks = cfg.replies.listen;
-            let (lat, failed) =
-                receive(format!("http://{hooks}/hooks/intercom"), rate, seconds).await;
+            let (lat, failed) = receive(
+                &intercom,
+                format!("http://{hooks}/hooks/intercom"),
+                rate,
+                seconds,
+            )
+            .await;
             println!(
                 "receive: {} webhooks at {rate}/s for {seconds} s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {failed} not 200",
                 lat.len(),

@@ -221,7 +221,7 @@ async fn one_count(n: usize, peer: u16) -> Res<String> {
         .unwrap_or(10u64);
     let before = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(idle)).await;
-    let cpu = (cpu_ticks(pid) - before) as f64 / 100.0 / idle as f64 * 100.0;
+    let cpu = cpu_ticks(pid).saturating_sub(before) as f64 / 100.0 / idle as f64 * 100.0;
     let rss = proc_field(pid, "VmRSS:") as f64 / 1024.0;
     let memory = broker_memory_mib().join(" / ");
     stop(worker);

@@ -87,32 +87,12 @@ impl ChannelConfig {
 
     /// Reads the API key from the environment or the file.
     pub fn api_key(&self, index: usize) -> Result<ApiKey, ConfigError> {
-        let key = match (&self.api_key_env, &self.api_key_file) {
-            (Some(var), None) => {
-                let k = format!("channels[{index}].api_key_env");
-                std::env::var(var)
-                    .map_err(|_| invalid(k, format!("environment variable {var} is not set")))?
-            }
-            (None, Some(path)) => {
-                let k = format!("channels[{index}].api_key_file");
-                std::fs::read_to_string(path)
-                    .map_err(|e| invalid(k, format!("cannot read {}: {e}", path.display())))?
-            }
-            _ => {
-                return Err(invalid(
-                    format!("channels[{index}]"),
-                    "set exactly one of api_key_env and api_key_file",
-                ));
-            }
-        };
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(invalid(
-                format!("channels[{index}] ({})", self.name),
-                "the API key is empty",
-            ));
-        }
-        Ok(ApiKey::new(key))
+        let key = super::replies::read_secret(
+            &format!("channels[{index}].api_key"),
+            self.api_key_env.as_deref(),
+            self.api_key_file.as_deref(),
+        )?;
+        Ok(ApiKey::new(key.expose()))
     }
 }
 

@@ -230,11 +230,16 @@ pub(crate) fn read_secret(
                 format!("cannot read {}: {e}", path.display()),
             )
         })?,
-        _ => return Err(invalid(key, "set exactly one of _env and _file")),
+        _ => {
+            return Err(invalid(
+                key,
+                format!("set exactly one of {key}_env and {key}_file"),
+            ));
+        }
     };
     let text = text.trim();
     if text.is_empty() {
-        return Err(invalid(key, "is empty"));
+        return Err(invalid(key, "empty (after trimming whitespace)"));
     }
     Ok(Secret::new(text))
 }

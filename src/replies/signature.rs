@@ -49,7 +49,8 @@ pub(crate) fn hubspot(
     now_ms: i64,
 ) -> Result<(), Refused> {
     let ts: i64 = timestamp.trim().parse().map_err(|_| Refused::Signature)?;
-    if now_ms.saturating_sub(ts).abs() > HUBSPOT_WINDOW_MS {
+    // `abs_diff`: no overflow whatever the timestamp (i64::MIN included).
+    if now_ms.abs_diff(ts) > HUBSPOT_WINDOW_MS.unsigned_abs() {
         return Err(Refused::Stale);
     }
     let expected = base64::engine::general_purpose::STANDARD
