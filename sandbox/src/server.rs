@@ -65,15 +65,7 @@ impl Sandbox {
             .route("/_sandbox/requests", get(requests_handler))
             .with_state(state.clone());
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "sandbox server failed");
-            }
-        });
+        spawn(listener, app, "sandbox", stop.clone());
         Ok(Self { state, stop })
     }
 
@@ -246,6 +238,25 @@ async fn respond(
         response.headers_mut().insert("retry-after", v);
     }
     response
+}
+
+/// Serves `app` on `listener` in a task until `stop` is cancelled (every
+/// stand-in of this crate runs so).
+pub(crate) fn spawn(
+    listener: TcpListener,
+    app: Router,
+    what: &'static str,
+    stop: CancellationToken,
+) {
+    let stopped = stop;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "{what} failed");
+        }
+    });
 }
 
 /// Runs a sandbox until `stop` is cancelled (the CLI command).

@@ -48,7 +48,7 @@ struct Portal {
 
 struct Inner {
     /// Where webhooks go now (see `set_webhook_url`).
-    webhook: Mutex<String>,
+    webhook: super::Webhook,
     config: HubspotConfig,
     portal: Mutex<Portal>,
     faults: Faults,
@@ -68,7 +68,7 @@ impl Hubspot {
         let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
-            webhook: Mutex::new(config.webhook_url.clone()),
+            webhook: super::Webhook::new(&config.webhook_url),
             config,
             portal: Mutex::new(Portal {
                 next: super::first_id(),
@@ -84,15 +84,7 @@ impl Hubspot {
             )
             .with_state(inner.clone());
         let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "hubspot stand-in failed");
-            }
-        });
+        crate::server::spawn(listener, app, "hubspot stand-in", stop.clone());
         Ok(Self { inner, addr, stop })
     }
 
@@ -233,17 +225,11 @@ impl Hubspot {
 
     /// Points the webhook subscription somewhere else (a restarted worker).
     pub fn set_webhook_url(&self, url: &str) {
-        match self.inner.webhook.lock() {
-            Ok(mut w) => *w = url.to_owned(),
-            Err(p) => *p.into_inner() = url.to_owned(),
-        }
+        self.inner.webhook.set(url);
     }
 
     fn webhook(&self) -> String {
-        match self.inner.webhook.lock() {
-            Ok(w) => w.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.inner.webhook.get()
     }
 }
 
@@ -260,11 +246,7 @@ async fn message(
     Path((thread, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer != Some(s.config.token.as_str()) {
+    if !super::bearer_is(&headers, &s.config.token) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"status": "error", "category": "INVALID_AUTHENTICATION"})),

@@ -48,7 +48,7 @@ struct Workspace {
 
 struct Inner {
     /// Where webhooks go now (see `set_webhook_url`).
-    webhook: Mutex<String>,
+    webhook: super::Webhook,
     config: IntercomConfig,
     workspace: Mutex<Workspace>,
     faults: Faults,
@@ -86,7 +86,7 @@ impl Intercom {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
-            webhook: Mutex::new(config.webhook_url.clone()),
+            webhook: super::Webhook::new(&config.webhook_url),
             config,
             workspace: Mutex::new(Workspace {
                 next: super::first_id(),
@@ -105,14 +105,7 @@ impl Intercom {
             .route("/contacts/{id}", get(contact))
             .route("/_sandbox/tap", axum::routing::post(tap_handler))
             .with_state(me.clone());
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "intercom stand-in failed");
-            }
-        });
+        crate::server::spawn(listener, app, "intercom stand-in", stop);
         Ok(me)
     }
 
@@ -293,17 +286,11 @@ impl Intercom {
 
     /// Points the webhook subscription somewhere else (a restarted worker).
     pub fn set_webhook_url(&self, url: &str) {
-        match self.inner.webhook.lock() {
-            Ok(mut w) => *w = url.to_owned(),
-            Err(p) => *p.into_inner() = url.to_owned(),
-        }
+        self.inner.webhook.set(url);
     }
 
     fn webhook(&self) -> String {
-        match self.inner.webhook.lock() {
-            Ok(w) => w.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.inner.webhook.get()
     }
 }
 
@@ -334,11 +321,7 @@ async fn contact(
     headers: HeaderMap,
 ) -> Response {
     let s = &me.inner;
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if bearer != Some(s.config.token.as_str()) {
+    if !super::bearer_is(&headers, &s.config.token) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"type": "error.list", "errors": [{"code": "unauthorized", "message": "Access Token Invalid"}]})),

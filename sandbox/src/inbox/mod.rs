@@ -124,6 +124,38 @@ pub(crate) async fn deliver(
     Delivered { attempts, status }
 }
 
+/// Where a stand-in's webhooks go; a restarted worker listens elsewhere.
+pub(crate) struct Webhook(std::sync::Mutex<String>);
+
+impl Webhook {
+    pub(crate) fn new(url: &str) -> Self {
+        Self(std::sync::Mutex::new(url.to_owned()))
+    }
+
+    pub(crate) fn set(&self, url: &str) {
+        match self.0.lock() {
+            Ok(mut w) => *w = url.to_owned(),
+            Err(p) => *p.into_inner() = url.to_owned(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> String {
+        match self.0.lock() {
+            Ok(w) => w.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>`.
+pub(crate) fn bearer_is(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(token)
+}
+
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
