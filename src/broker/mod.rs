@@ -6,6 +6,7 @@
 pub mod headers;
 pub(crate) mod limits;
 pub mod publish;
+pub(crate) mod streams;
 pub mod topology;
 
 use lapin::{Connection, ConnectionProperties};

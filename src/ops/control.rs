@@ -15,16 +15,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use lapin::{
-    BasicProperties, Channel, Connection,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable, LongString},
-};
+use lapin::{BasicProperties, Channel, Connection, options::BasicAckOptions};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::{
-    broker::{Names, Publisher},
+    broker::{
+        Names, Publisher,
+        streams::{self, Offset},
+    },
     events::timestamp,
 };
 
@@ -175,21 +174,8 @@ pub(crate) async fn subscribe(
     conn: &Connection,
     names: &Names,
 ) -> anyhow::Result<(Channel, lapin::Consumer)> {
-    let ch = conn.create_channel().await?;
     // A stream consumer needs a prefetch; records are tiny.
-    ch.basic_qos(200, BasicQosOptions::default()).await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString(LongString::from("first")),
-    );
-    let consumer = ch
-        .basic_consume(
-            names.control().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
+    let (ch, consumer) = streams::consume(conn, &names.control(), Offset::First, 200)
         .await
         .with_context(|| {
             format!(

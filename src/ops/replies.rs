@@ -7,15 +7,14 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::{
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable},
-};
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::{
-    broker::{self, Names, Publisher},
+    broker::{
+        self, Names, Publisher,
+        streams::{self, Credit, Offset},
+    },
     config::Config,
     replies::record::Record,
 };
@@ -69,33 +68,17 @@ pub(crate) async fn read(config: &Config, period: Duration) -> anyhow::Result<Su
     }
     let conn = broker::connect(&config.broker, "replies").await?;
     let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
-    let ch = conn.create_channel().await?;
-    ch.basic_qos(2000, BasicQosOptions::default()).await?;
     let from = crate::clock::unix_now()
         .saturating_sub(i64::try_from(period.as_secs()).unwrap_or(i64::MAX));
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::Timestamp(u64::try_from(from).unwrap_or_default()),
-    );
-    let mut consumer = ch
-        .basic_consume(
-            names.prompts().as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await?;
+    let (_ch, mut consumer) =
+        streams::consume(&conn, &names.prompts(), Offset::Since(from), 2000).await?;
     let mark = ulid::Ulid::generate().to_string();
     crate::replies::book::append(&publisher, &names, &Record::Mark { id: mark.clone() }).await?;
     let read = async {
-        let mut n: u64 = 0;
+        let mut credit = Credit::every(500);
         while let Some(next) = consumer.next().await {
             let d = next?;
-            n = n.saturating_add(1);
-            if n.is_multiple_of(500) {
-                drop(d.acker.ack(BasicAckOptions { multiple: true }).await);
-            }
+            credit.read(&d).await;
             if d.data.len() > crate::replies::record::MAX_RECORD {
                 continue;
             }

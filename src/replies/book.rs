@@ -12,11 +12,7 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use lapin::{
-    BasicProperties, Connection,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions},
-    types::{AMQPValue, FieldTable},
-};
+use lapin::{BasicProperties, Connection};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -24,7 +20,10 @@ use super::{
     index::Index,
     record::{MAX_RECORD, Record},
 };
-use crate::broker::{Names, Publisher};
+use crate::broker::{
+    Names, Publisher,
+    streams::{self, Credit, Offset},
+};
 
 /// How long a mark may take to come back before the stream is called stuck.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,36 +104,17 @@ impl Book {
     }
 
     async fn read(&self, conn: &Connection, names: &Names, from: i64) -> anyhow::Result<()> {
-        let ch = conn.create_channel().await?;
-        ch.basic_qos(2000, BasicQosOptions::default()).await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-stream-offset".into(),
-            AMQPValue::Timestamp(u64::try_from(from).unwrap_or_default()),
-        );
         let stream = names.prompts();
-        let mut consumer = ch
-            .basic_consume(
-                stream.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                args,
-            )
+        let (_ch, mut consumer) = streams::consume(conn, &stream, Offset::Since(from), 2000)
             .await
             .map_err(|e| anyhow::Error::new(e).context(format!("cannot read {stream}")))?;
         let started = std::time::Instant::now();
-        let mut read: u64 = 0;
+        let mut credit = Credit::every(ACK_EVERY);
         let mut reported = false;
         let mut pruned = std::time::Instant::now();
         while let Some(next) = consumer.next().await {
             let delivery = next?;
-            read = read.saturating_add(1);
-            // A stream keeps what is acked; an ack only gives credit. One
-            // ack for many (at most `ACK_EVERY` outstanding of the prefetch)
-            // reads a long stream several times faster than one each.
-            if read.is_multiple_of(ACK_EVERY) {
-                drop(delivery.acker.ack(BasicAckOptions { multiple: true }).await);
-            }
+            let read = credit.read(&delivery).await;
             self.take(
                 delivery.routing_key.as_str(),
                 &delivery.data,
