@@ -623,9 +623,10 @@ async fn a_node_lost_while_customers_answer_loses_no_reply_and_doubles_none() {
         assert!(delivered.ok(), "tap {i}: {delivered:?}");
     }
     // Every tap was confirmed into the broker while the node was down; it
-    // comes back now, as the other cluster test's nodes do. (Replies stalled
-    // here one run in six until the matcher's and the receiver's refused
-    // publishes also had the session replace a channel left nacking.)
+    // comes back now, as the other cluster test's nodes do. (Replies still
+    // stall here now and then — fewer since every refused publish has the
+    // session replace a channel left nacking; the rest of the race is not
+    // found yet, and CI leaves this test out: issue 37.)
     restart.now().await;
     while replied.len() < TAPS {
         let e = next_event().await;
