@@ -148,9 +148,12 @@ impl Context<'_> {
         })
     }
 
-    /// Sent (now, or earlier by this process): the `sent` event, then the
-    /// message's first status check when the channel tracks status, then
-    /// its prompt record when the channel tracks replies.
+    /// Sent (now, or earlier by this process): its prompt record when the
+    /// channel tracks replies, then the `sent` event, then the message's
+    /// first status check when the channel tracks status. The prompt goes
+    /// first: whoever has seen `sent` (a shop, a test, a customer's tap
+    /// after it) finds the prompt in the stream already, and a matcher that
+    /// catches up after a reply came in cannot miss it.
     pub(crate) fn sent(
         &self,
         job_id: &str,
@@ -161,15 +164,16 @@ impl Context<'_> {
         let Some(event) = written(event) else {
             return unwritable();
         };
-        let mut messages = vec![self.event(EventKind::Sent, event, Some(job_id))];
-        if let Some((check, delay)) = first_check {
-            let Some(m) = self.check(&check, delay) else {
+        let mut messages = Vec::with_capacity(3);
+        if let Some(prompt) = prompt {
+            let Some(m) = self.record(&prompt) else {
                 return unwritable();
             };
             messages.push(m);
         }
-        if let Some(prompt) = prompt {
-            let Some(m) = self.record(&prompt) else {
+        messages.push(self.event(EventKind::Sent, event, Some(job_id)));
+        if let Some((check, delay)) = first_check {
+            let Some(m) = self.check(&check, delay) else {
                 return unwritable();
             };
             messages.push(m);
@@ -456,6 +460,27 @@ mod tests {
         assert_eq!(messages[0].routing_key, "internal.store-eu");
         assert_eq!(messages[0].exchange, "octopods.dead");
         assert_eq!(messages[1].routing_key, "dead_lettered.store-eu");
+    }
+
+    #[test]
+    fn a_prompt_is_in_the_stream_before_its_sent_event() {
+        let names = Names::new("octopods");
+        let job = BasicProperties::default();
+        let ctx = Context {
+            names: &names,
+            channel: "store-eu",
+            job: &job,
+            body: b"{}",
+            now: time::macros::datetime!(2026-12-02 10:00 UTC),
+        };
+        let prompt = Record::Mark { id: "m".into() };
+        let Settlement::Publish { messages, .. } =
+            ctx.sent("order-1", Ok(b"{}".to_vec()), None, Some(prompt))
+        else {
+            panic!("a send publishes");
+        };
+        let keys: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
+        assert_eq!(keys, ["octopods.prompts", "sent.store-eu"]);
     }
 
     #[test]

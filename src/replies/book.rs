@@ -1,9 +1,9 @@
 //! The [`Book`]: this replica's [`Index`], filled by following the prompt
 //! stream from "the longest window ago", and [`Book::sync`] — append a mark
 //! and wait to read it — after which everything appended before (by any
-//! replica) is in the index. The matcher syncs before it starts, before it
-//! calls a reply unmatched, and on a redelivered reply (its last reader may
-//! have published for it before it died).
+//! replica) is in the index. The matcher syncs before it decides each
+//! batch of replies (which also covers a redelivered reply: whatever its
+//! last reader published for it is read by then).
 
 use std::{
     collections::HashMap,

@@ -5,10 +5,17 @@
 //! against the [`Book`](super::book::Book) — by the Intercom conversation
 //! and the title, else by the phone and the title — and settled: its event
 //! confirmed, then the ack. The same message twice publishes one event.
+//!
+//! Replies are taken in batches, and the book catches up with the prompt
+//! stream before each batch is decided: a prompt is in the stream before
+//! its `sent` event, so before the customer can have answered it, and a
+//! mark appended after the batch was taken comes after every such prompt.
+//! Deciding on a book that lags would answer the one prompt read so far
+//! where two are open (`replied` where `reply_ambiguous` is right).
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties, Connection,
     message::Delivery,
@@ -48,6 +55,23 @@ pub(crate) struct Matcher {
     pub(crate) replica: String,
 }
 
+/// Replies taken from the queue per catch-up with the prompt stream (the
+/// prefetch is the same).
+const BATCH: u16 = 32;
+
+/// Back to the queue, for this replica or the next active one.
+async fn back(delivery: &Delivery) {
+    drop(
+        delivery
+            .acker
+            .nack(BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            })
+            .await,
+    );
+}
+
 /// What one customer message comes to.
 enum Decided {
     /// Publish these (kind, channel, JSON) and count the outcome on the channel.
@@ -85,7 +109,7 @@ impl Matcher {
     ) -> anyhow::Result<()> {
         self.book.sync(publisher, &self.names).await?;
         let ch = conn.create_channel().await?;
-        ch.basic_qos(32, BasicQosOptions::default()).await?;
+        ch.basic_qos(BATCH, BasicQosOptions::default()).await?;
         let queue = self.names.replies();
         let tag = headers::truncate(format!("octopods-worker-{}-replies", self.replica), 255);
         let mut consumer = ch
@@ -105,23 +129,34 @@ impl Matcher {
             let Some(delivery) = next else {
                 return Err(anyhow::anyhow!("the broker cancelled the replies consumer"));
             };
-            let delivery = delivery?;
-            if let Err(e) = self.handle(&delivery, publisher).await {
-                // A refused publish has told the session (Publisher::reporting_to).
-                warn!(error = %format!("{e:#}"), "cannot settle a reply; it goes back to its queue");
+            let mut batch = vec![delivery?];
+            while batch.len() < usize::from(BATCH) {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(d))) => batch.push(d),
+                    Some(Some(Err(e))) => return Err(e.into()),
+                    Some(None) | None => break,
+                }
+            }
+            // Every prompt sent before these replies came in is in the
+            // stream before this mark: once it is read, none is missing.
+            if let Err(e) = self.book.sync(publisher, &self.names).await {
+                warn!(error = %format!("{e:#}"), "cannot catch up with the prompt stream; the replies go back to their queue");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                drop(
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            multiple: false,
-                            requeue: true,
-                        })
-                        .await,
-                );
+                for d in batch {
+                    back(&d).await;
+                }
                 continue;
             }
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+            for d in batch {
+                if let Err(e) = self.handle(&d, publisher).await {
+                    // A refused publish has told the session (Publisher::reporting_to).
+                    warn!(error = %format!("{e:#}"), "cannot settle a reply; it goes back to its queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    back(&d).await;
+                    continue;
+                }
+                d.acker.ack(BasicAckOptions::default()).await?;
+            }
         }
     }
 
@@ -134,10 +169,6 @@ impl Matcher {
             );
             return Ok(());
         };
-        if delivery.redelivered {
-            // Whoever had it before may have published for it: read to now.
-            self.book.sync(publisher, &self.names).await?;
-        }
         if self.book.index().was_answered(&inbound.key) {
             info!(reply = %escape(&inbound.key), "a reply already answered (delivered again); nothing published");
             return Ok(());
@@ -151,7 +182,7 @@ impl Matcher {
             self.metrics.reply("unknown", "no_prompt");
             return Ok(());
         };
-        match self.decide(&inbound, &channels, publisher).await? {
+        match self.decide(&inbound, &channels).await? {
             Decided::Settled {
                 outcome,
                 channel,
@@ -249,15 +280,8 @@ impl Matcher {
             .map(|_| ())
     }
 
-    /// Matches one message: by its conversation, else by its phone, and
-    /// once more after catching up with the stream before calling it
-    /// unmatched (a prompt appended a moment ago by another replica).
-    async fn decide(
-        &self,
-        inbound: &Inbound,
-        channels: &[&Tracked],
-        publisher: &Publisher,
-    ) -> anyhow::Result<Decided> {
+    /// Matches one message: by its conversation, else by its phone.
+    async fn decide(&self, inbound: &Inbound, channels: &[&Tracked]) -> anyhow::Result<Decided> {
         let Some(first) = channels.first() else {
             return Ok(Decided::Ignored);
         };
@@ -310,11 +334,7 @@ impl Matcher {
                 }
             }
         };
-        let mut found = self.by_phone(inbound, channels, phone.as_deref(), text.as_deref());
-        if !found.settles() {
-            self.book.sync(publisher, &self.names).await?;
-            found = self.by_phone(inbound, channels, phone.as_deref(), text.as_deref());
-        }
+        let found = self.by_phone(inbound, channels, phone.as_deref(), text.as_deref());
         Ok(self.settle(found, "phone", inbound, channels, text.as_deref()))
     }
 

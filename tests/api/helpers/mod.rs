@@ -480,13 +480,27 @@ impl TestApp {
 
     /// Publishes many jobs to `channel`, waiting for all confirms at the end.
     pub async fn publish_many(&self, channel: &str, jobs: impl IntoIterator<Item = Value>) {
-        for job in jobs {
-            let body = serde_json::to_vec(&job).expect("json");
+        let bodies = jobs
+            .into_iter()
+            .map(|job| serde_json::to_vec(&job).expect("json"));
+        self.publish_many_raw(&self.queue("jobs"), channel, bodies)
+            .await;
+    }
+
+    /// Publishes many bodies to an exchange named in full (`""`: the default
+    /// exchange), waiting for all confirms at the end.
+    pub async fn publish_many_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        bodies: impl IntoIterator<Item = Vec<u8>>,
+    ) {
+        for body in bodies {
             drop(
                 self.ch
                     .basic_publish(
-                        self.queue("jobs").as_str().into(),
-                        channel.into(),
+                        exchange.into(),
+                        routing_key.into(),
                         BasicPublishOptions::default(),
                         &body,
                         BasicProperties::default().with_delivery_mode(2),
