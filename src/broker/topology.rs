@@ -430,8 +430,65 @@ pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
 /// refuses an inequivalent argument); it is declared as it is, and the log
 /// says what to set instead.
 pub async fn declare(conn: &lapin::Connection, config: &Config) -> Result<(), lapin::Error> {
+    declare_plan(conn, Plan::new(config)).await
+}
+
+/// Declares one channel's queues and its binding: a channel added at run
+/// time (docs/contract.md §16), with what `declare` gives a configured one.
+pub async fn declare_channel(
+    conn: &lapin::Connection,
+    config: &Config,
+    channel: &crate::config::ChannelConfig,
+) -> Result<(), lapin::Error> {
+    let n = Names::new(&config.broker.prefix);
+    let one = Config {
+        channels: vec![channel.clone()],
+        ..config.clone()
+    };
+    let mut plan = Plan::new(&one);
+    let ours = [
+        n.channel_queue(&channel.name),
+        n.status_queue(&channel.name),
+    ];
+    plan.exchanges.clear();
+    plan.queues.retain(|q| ours.contains(&q.name));
+    plan.bindings.retain(|b| ours.contains(&b.queue));
+    declare_plan(conn, plan).await
+}
+
+/// Binds a channel's queue to the jobs exchange (`bind`), or unbinds it:
+/// jobs for it then go to the unroutable queue.
+pub async fn route_channel(
+    ch: &Channel,
+    names: &Names,
+    channel: &str,
+    bind: bool,
+) -> Result<(), lapin::Error> {
+    let queue = names.channel_queue(channel);
+    let exchange = names.jobs_exchange();
+    if bind {
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            channel.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    } else {
+        ch.queue_unbind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            channel.into(),
+            FieldTable::default(),
+        )
+        .await
+    }
+}
+
+async fn declare_plan(conn: &lapin::Connection, plan: Plan) -> Result<(), lapin::Error> {
     let server = super::ServerVersion::of(conn);
-    let plan = Plan::new(config).for_server(server);
+    let plan = plan.for_server(server);
     let mut ch = conn.create_channel().await?;
     for e in &plan.exchanges {
         let kind = match e.kind {

@@ -1,6 +1,6 @@
 //! `octopods-worker channel status|pause|resume|set-rate|clear` (docs/contract.md
-//! §13): append a command to the control stream, or show every channel's
-//! state as the stream and the broker have it.
+//! §13) and `add|remove|list` (§16): append a command to the control
+//! stream, or show every channel's state as the stream and the broker have it.
 
 use std::io::Write;
 
@@ -9,6 +9,8 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::ConfigArg;
+
+mod roster;
 use crate::{
     broker::{self, Names, Publisher},
     config::Config,
@@ -59,6 +61,45 @@ pub enum ChannelCommand {
         config: ConfigArg,
         name: String,
     },
+    /// Serve a new channel on every replica, no restart. Its queue is
+    /// declared now, and jobs for it waiting in `<prefix>.unroutable` are
+    /// moved to it.
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        /// Sends per second for the whole deployment.
+        #[arg(long)]
+        rate: f64,
+        /// Sends allowed at once above the rate (default 1).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// The file holding the channel's API key, in `worker.channel_keys_dir`
+        /// on every replica (a name, or a path in that directory). The key
+        /// is read there, never sent through the broker.
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+    },
+    /// Stop serving a channel added with `add`. Refused while its queue
+    /// holds jobs, unless `--keep-queued`: they then stay in the queue
+    /// (sent if the channel is added again). New jobs for it go to
+    /// `<prefix>.unroutable`.
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        /// Remove it although jobs are queued; they stay in its queue.
+        #[arg(long)]
+        keep_queued: bool,
+    },
+    /// Every channel served: from the file or added, rate, burst, key file.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON object per channel instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(command: ChannelCommand, out: &mut impl Write) -> anyhow::Result<()> {
@@ -80,21 +121,54 @@ pub async fn run(command: ChannelCommand, out: &mut impl Write) -> anyhow::Resul
             burst,
         } => (config, name, Change::SetRate { rate, burst }),
         ChannelCommand::Clear { config, name } => (config, name, Change::Clear),
+        ChannelCommand::Add {
+            config,
+            name,
+            rate,
+            burst,
+            key_file,
+        } => {
+            let config = Config::load(&config.config)?;
+            return roster::add(&config, &name, rate, burst, &key_file, out).await;
+        }
+        ChannelCommand::Remove {
+            config,
+            name,
+            keep_queued,
+        } => {
+            let config = Config::load(&config.config)?;
+            return roster::remove(&config, &name, keep_queued, out).await;
+        }
+        ChannelCommand::List { config, json } => {
+            let config = Config::load(&config.config)?;
+            return roster::list(&config, json, out).await;
+        }
     };
     let config = Config::load(&config.config)?;
-    if config.channel(&name).is_none() {
-        let known: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
-        bail!(
-            "unknown channel {:?}; configured: {}",
-            escape(&name),
-            known.join(", ")
-        );
-    }
     let command = Command::new(&name, change);
     command.check().map_err(|e| anyhow::anyhow!(e))?;
     let conn = broker::connect(&config.broker, "channel").await?;
     let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
-    control::append(&publisher, &Names::new(&config.broker.prefix), &command).await?;
+    let names = Names::new(&config.broker.prefix);
+    if config.channel(&name).is_none() {
+        let added = control::snapshot(&conn, &publisher, &names).await?.added;
+        if !added.contains_key(&name) {
+            crate::broker::close(&conn, 200, "OK").await;
+            let configured: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+            let added: Vec<&str> = added.keys().map(String::as_str).collect();
+            let added = if added.is_empty() {
+                String::new()
+            } else {
+                format!("; added: {}", added.join(", "))
+            };
+            bail!(
+                "unknown channel {:?}; configured: {}{added}",
+                escape(&name),
+                configured.join(", ")
+            );
+        }
+    }
+    control::append(&publisher, &names, &command).await?;
     crate::broker::close(&conn, 200, "OK").await;
     writeln!(
         out,
@@ -114,6 +188,8 @@ fn describe(change: &Change) -> String {
         } => format!("rate {rate}/s, burst {b}"),
         Change::SetRate { rate, burst: None } => format!("rate {rate}/s"),
         Change::Clear => "back to the configuration".into(),
+        Change::Add { .. } => "added".into(),
+        Change::Remove => "removed".into(),
         Change::Marker { .. } => String::new(),
     }
 }

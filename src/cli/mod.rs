@@ -289,7 +289,11 @@ async fn run_dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             (args, Op::Purge { limit, dry_run })
         }
     };
-    let config = Config::load(&args.config.config)?;
+    let mut config = Config::load(&args.config.config)?;
+    if matches!(op, Op::Replay { .. }) {
+        // Channels added at run time are channels to replay to.
+        config = crate::ops::control::served(&config).await?.0;
+    }
     let request = dlq::Request {
         source: args.from,
         filter: &args.filter,

@@ -97,6 +97,22 @@ impl ChannelConfig {
 }
 
 impl ChannelConfig {
+    /// A channel added at run time (docs/contract.md §16): its key read
+    /// from `key_path`, everything else the defaults.
+    pub(crate) fn added(name: &str, rate: f64, burst: Option<u32>, key_path: PathBuf) -> Self {
+        Self {
+            name: name.to_owned(),
+            api_key_env: None,
+            api_key_file: Some(key_path),
+            provider: Provider::default(),
+            rate_per_second: rate,
+            burst: burst.unwrap_or_else(default_burst),
+            recipient_interval: None,
+            track_status: false,
+            replies: None,
+        }
+    }
+
     /// `i`: the channel's place in the file, for the key in messages.
     pub(super) fn check(&self, i: usize) -> Result<(), ConfigError> {
         check_name(&format!("channels[{i}].name"), &self.name, 64)?;

@@ -78,7 +78,8 @@ pub struct Config {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub replies: RepliesConfig,
-    /// The WhatsApp channels this deployment sends for. At least one.
+    /// The WhatsApp channels this deployment sends for: at least one, or
+    /// none with `worker.channel_keys_dir` (all added at run time).
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
 }
@@ -123,8 +124,11 @@ impl Config {
         self.telemetry.check()?;
         self.console.check()?;
         self.replies.check()?;
-        if self.channels.is_empty() {
-            return Err(invalid("channels", "configure at least one [[channels]]"));
+        if self.channels.is_empty() && self.worker.channel_keys_dir.is_none() {
+            return Err(invalid(
+                "channels",
+                "configure at least one [[channels]] (or worker.channel_keys_dir, to add them at run time)",
+            ));
         }
         let mut seen = HashSet::new();
         for (i, ch) in self.channels.iter().enumerate() {
@@ -199,6 +203,32 @@ impl Config {
 
     pub fn channel(&self, name: &str) -> Option<&ChannelConfig> {
         self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+/// A channel's name as the file requires it (`[a-z0-9._-]`, 1–64), for
+/// names that come from elsewhere (a command, a control record).
+pub(crate) fn check_channel_name(value: &str) -> Result<(), String> {
+    check_name("channel", value, 64).map_err(|e| e.to_string())
+}
+
+/// A key file's name inside `worker.channel_keys_dir`: a plain file name
+/// (`[A-Za-z0-9._-]`, 1–255, not starting with a dot), so a control record
+/// can never name a file outside the directory.
+pub(crate) fn check_key_file_name(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && !value.starts_with('.')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "key file {:?}: a file name in worker.channel_keys_dir (1-255 characters of A-Z, a-z, 0-9, '-', '_', '.', not starting with '.')",
+            crate::observe::logging::escape(&value.chars().take(80).collect::<String>())
+        ))
     }
 }
 

@@ -45,6 +45,11 @@ pub struct WorkerConfig {
     /// Default `2s`; `0s` subscribes at once.
     #[serde(with = "humantime_serde")]
     pub spread_window: Duration,
+    /// Where the API keys of channels added at run time are read from
+    /// (`octopods-worker channel add NAME --key-file F`: F is a file in
+    /// this directory; the key never goes through the broker). Default:
+    /// none, and `channel add` is refused.
+    pub channel_keys_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +61,7 @@ impl Default for WorkerConfig {
             dedup_ttl: Duration::from_secs(3600),
             replica_id: None,
             spread_window: Duration::from_secs(2),
+            channel_keys_dir: None,
         }
     }
 }

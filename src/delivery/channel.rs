@@ -27,9 +27,30 @@ pub(crate) struct ChannelState {
     /// A reply-tracking channel's secrets (its prompts' phones are keyed
     /// by the signing secret).
     pub(crate) replies: Option<crate::config::ReplySecrets>,
+    /// Cancelled when the channel is removed (docs/contract.md §16): its
+    /// consumers stop and hand back what they hold.
+    pub(crate) removed: tokio_util::sync::CancellationToken,
 }
 
 impl ChannelState {
+    pub(crate) fn new(
+        config: ChannelConfig,
+        key: ApiKey,
+        replies: Option<crate::config::ReplySecrets>,
+        broker: &crate::config::BrokerConfig,
+    ) -> Self {
+        Self {
+            prefetch: config.effective_prefetch(broker),
+            limiter: Limiter::new(config.rate_per_second, config.burst)
+                .with_recipient_interval(config.recipient_interval),
+            key,
+            config,
+            control: tokio::sync::watch::Sender::new(Override::default()),
+            replies,
+            removed: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
     /// Applies an operator's command to this channel: pause or resume its
     /// consumption, or put a new rate in force.
     /// A record that cannot be applied changes nothing and says why.

@@ -85,6 +85,9 @@ pub(crate) enum Stopped {
     Broker(lapin::Error),
     /// The broker cancelled the consumer (queue deleted).
     ConsumerEnded,
+    /// The channel was removed (docs/contract.md §16): what the consumer
+    /// held went back to the queue.
+    Removed,
 }
 
 /// One channel queue's consumer: subscribe, serve its deliveries (one task
@@ -184,12 +187,19 @@ impl Consumer {
             return Stopped::ConsumerEnded;
         }
         let mut control = self.channel.control.subscribe();
+        let ended = |c: &Self| {
+            if c.channel.removed.is_cancelled() {
+                Stopped::Removed
+            } else {
+                Stopped::Cancelled
+            }
+        };
         loop {
             let Some(resuming) = self.wait_while_paused(&mut control).await else {
-                return Stopped::Cancelled;
+                return ended(&self);
             };
             if !self.stagger(resuming).await {
-                return Stopped::Cancelled;
+                return ended(&self);
             }
             let consumer = match self.subscribe().await {
                 Ok(c) => c,
@@ -226,6 +236,7 @@ impl Consumer {
         );
         tokio::select! {
             () = self.session.stop.cancelled() => return None,
+            () = self.channel.removed.cancelled() => return None,
             _ = control.wait_for(|o| o.paused.is_none()) => {}
         }
         info!(channel = name, "channel resumed");
@@ -258,6 +269,7 @@ impl Consumer {
         };
         tokio::select! {
             () = self.session.stop.cancelled() => return false,
+            () = self.channel.removed.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
         info!(channel = name, replica = %escape(&self.shared.replica_id), delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "subscribing");
@@ -304,6 +316,13 @@ impl Consumer {
                 () = self.session.stop.cancelled() => {
                     self.stop(&mut consumer).await;
                     return Served::Stopped(Stopped::Cancelled);
+                }
+                () = self.channel.removed.cancelled() => {
+                    self.cancel().await;
+                    hold.cancel();
+                    hand_back_buffered(&mut consumer, &self.settler, &self.queue).await;
+                    info!(channel = self.channel.config.name.as_str(), lane = self.lane.as_str(), "channel removed: not consuming; its jobs stay in the queue");
+                    return Served::Stopped(Stopped::Removed);
                 }
                 changed = control.changed() => {
                     if changed.is_err() || control.borrow_and_update().paused.is_some() {

@@ -72,7 +72,9 @@ impl Emit for SessionPanicked<'_> {
 /// applied) and was skipped.
 pub(crate) struct ControlRecordSkipped<'a> {
     pub(crate) why: &'a str,
-    /// `unreadable`, `out_of_range` or `panicked`.
+    /// `unreadable`, `out_of_range`, `refused` (an add or remove this
+    /// replica cannot carry out: its key unreadable, a channel of the file)
+    /// or `panicked`.
     pub(crate) reason: &'static str,
 }
 

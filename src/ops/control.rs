@@ -56,6 +56,17 @@ pub(crate) enum Change {
     },
     /// Back to the configuration: not paused, the configured rate.
     Clear,
+    /// A channel served from now on (docs/contract.md §16), its API key in
+    /// the file `key` of `worker.channel_keys_dir` on every replica.
+    Add {
+        rate: f64,
+        #[serde(default)]
+        burst: Option<u32>,
+        key: String,
+    },
+    /// A channel added at run time no longer served; its queue and
+    /// whatever it holds stay.
+    Remove,
     /// Ends a reader's catch-up (`channel status`); changes nothing.
     Marker {
         id: String,
@@ -77,6 +88,82 @@ pub(crate) struct Paused {
     pub since: String,
     pub reason: Option<String>,
     pub by: String,
+}
+
+/// A channel added at run time, as the stream has it now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Added {
+    pub rate: f64,
+    pub burst: Option<u32>,
+    /// The key file's name in `worker.channel_keys_dir`.
+    pub key: String,
+    pub at: String,
+    pub by: String,
+}
+
+/// Folds `command` into the channels added at run time: an `add` of a
+/// channel not there yet adds it (a second `add` changes nothing: a new
+/// rate is `set-rate`'s), a `remove` forgets it. Checked first; returns
+/// whether the roster changed.
+pub(crate) fn fold_added(
+    added: &mut std::collections::BTreeMap<String, Added>,
+    command: &Command,
+) -> Result<bool, String> {
+    command.check()?;
+    Ok(match &command.change {
+        Change::Add { rate, burst, key } => {
+            if added.contains_key(&command.channel) {
+                return Ok(false);
+            }
+            added.insert(
+                command.channel.clone(),
+                Added {
+                    rate: *rate,
+                    burst: *burst,
+                    key: key.clone(),
+                    at: command.at.clone(),
+                    by: command.by.clone(),
+                },
+            );
+            true
+        }
+        Change::Remove => added.remove(&command.channel).is_some(),
+        _ => false,
+    })
+}
+
+/// `config` with the channels added at run time after its own (a name the
+/// file has stays the file's): every channel a replica serves now.
+pub(crate) fn with_added(
+    config: &crate::config::Config,
+    added: &std::collections::BTreeMap<String, Added>,
+) -> crate::config::Config {
+    let mut all = config.clone();
+    let dir = config.worker.channel_keys_dir.clone().unwrap_or_default();
+    for (name, a) in added {
+        if config.channel(name).is_none() {
+            all.channels.push(crate::config::ChannelConfig::added(
+                name,
+                a.rate,
+                a.burst,
+                dir.join(&a.key),
+            ));
+        }
+    }
+    all
+}
+
+/// `config` with the channels added at run time, as the stream has them
+/// now (one connection, closed after), and the stream folded.
+pub(crate) async fn served(
+    config: &crate::config::Config,
+) -> anyhow::Result<(crate::config::Config, Folded)> {
+    let conn = crate::broker::connect(&config.broker, "control").await?;
+    let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
+    let folded = snapshot(&conn, &publisher, &Names::new(&config.broker.prefix)).await;
+    crate::broker::close(&conn, 200, "OK").await;
+    let folded = folded?;
+    Ok((with_added(config, &folded.added), folded))
 }
 
 /// The longest text a record may carry in any field (a reason, who, when).
@@ -103,7 +190,8 @@ impl Override {
             Change::Resume => self.paused = None,
             Change::SetRate { rate, burst } => self.rate = Some((*rate, *burst)),
             Change::Clear => *self = Override::default(),
-            Change::Marker { .. } => {}
+            // The roster's business ([`Added`]), not the override's.
+            Change::Add { .. } | Change::Remove | Change::Marker { .. } => {}
         }
         Ok(())
     }
@@ -140,8 +228,17 @@ impl Command {
                 return Err(format!("{field}: {len} bytes, at most {MAX_TEXT}"));
             }
         }
-        if let Change::SetRate { rate, burst } = &self.change {
-            crate::config::check_budget(*rate, burst.unwrap_or(1))?;
+        match &self.change {
+            Change::SetRate { rate, burst } => {
+                crate::config::check_budget(*rate, burst.unwrap_or(1))?;
+            }
+            Change::Add { rate, burst, key } => {
+                crate::config::check_channel_name(&self.channel)?;
+                crate::config::check_budget(*rate, burst.unwrap_or(1))?;
+                crate::config::check_key_file_name(key)?;
+            }
+            Change::Remove => crate::config::check_channel_name(&self.channel)?,
+            _ => {}
         }
         Ok(())
     }
@@ -202,13 +299,21 @@ pub(crate) async fn read(delivery: lapin::message::Delivery) -> Result<Command, 
     Ok(command)
 }
 
+/// The stream folded: every channel's override and the channels added at
+/// run time.
+#[derive(Debug, Default)]
+pub(crate) struct Folded {
+    pub overrides: std::collections::BTreeMap<String, Override>,
+    pub added: std::collections::BTreeMap<String, Added>,
+}
+
 /// Reads the whole stream as it stands (up to a marker this call appends)
-/// and returns the override of every channel named in it.
+/// and folds it.
 pub(crate) async fn snapshot(
     conn: &Connection,
     publisher: &Publisher,
     names: &Names,
-) -> anyhow::Result<std::collections::BTreeMap<String, Override>> {
+) -> anyhow::Result<Folded> {
     let (ch, mut consumer) = subscribe(conn, names).await?;
     let id = ulid::Ulid::generate().to_string();
     append(
@@ -217,7 +322,7 @@ pub(crate) async fn snapshot(
         &Command::new("", Change::Marker { id: id.clone() }),
     )
     .await?;
-    let mut state: std::collections::BTreeMap<String, Override> = Default::default();
+    let mut state = Folded::default();
     loop {
         let Ok(next) = tokio::time::timeout(Duration::from_secs(10), consumer.next()).await else {
             bail!(
@@ -235,8 +340,15 @@ pub(crate) async fn snapshot(
             break;
         }
         // One that cannot be applied changes nothing (checked in `apply`).
+        drop(fold_added(&mut state.added, &command));
+        if command.change == Change::Remove {
+            // A channel removed starts again from nothing if added again.
+            state.overrides.remove(&command.channel);
+            continue;
+        }
         drop(
             state
+                .overrides
                 .entry(command.channel.clone())
                 .or_default()
                 .apply(&command),

@@ -43,10 +43,11 @@ pub(crate) async fn read(config: &Config) -> anyhow::Result<Overview> {
     let conn = broker::connect(&config.broker, "overview").await?;
     let publisher = Publisher::open(&conn, config.command_publish_timeout()).await?;
     let state = control::snapshot(&conn, &publisher, &names).await?;
+    let served = control::with_added(config, &state.added);
     let mut ch = conn.create_channel().await?;
-    let mut channels = Vec::with_capacity(config.channels.len());
-    for c in &config.channels {
-        let o = state.get(&c.name).cloned().unwrap_or_default();
+    let mut channels = Vec::with_capacity(served.channels.len());
+    for c in &served.channels {
+        let o = state.overrides.get(&c.name).cloned().unwrap_or_default();
         let (rate, burst, source) = match o.rate {
             Some((r, b)) => (r, b.unwrap_or(c.burst), "override"),
             None => (c.rate_per_second, c.burst, "config"),

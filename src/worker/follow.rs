@@ -7,7 +7,10 @@ use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures_util::StreamExt;
 
+use tracing::info;
+
 use super::Worker;
+use crate::delivery::channel::ChannelState;
 use crate::observe::emit::{ControlRecordSkipped, Emit};
 use crate::{
     broker::{Names, Publisher},
@@ -82,19 +85,92 @@ impl Worker {
 }
 
 impl Worker {
-    /// Applies one operator's command to the channel it names (a channel
-    /// this replica does not serve ignores it).
+    /// Applies one operator's command: a channel added or removed, or a
+    /// change to the channel it names (a channel this replica does not
+    /// serve ignores it).
     fn apply(&self, command: &Command) -> Result<(), String> {
         if let Some(hook) = self.shared.fault {
             hook(&format!("control:{}", command.channel));
         }
-        match self
-            .channels
+        match &command.change {
+            Change::Add { rate, burst, key } => {
+                command.check()?;
+                self.add(&command.channel, *rate, *burst, key);
+                Ok(())
+            }
+            Change::Remove => {
+                command.check()?;
+                self.remove(&command.channel);
+                Ok(())
+            }
+            _ => match self.roster.find(&command.channel) {
+                Some(ch) => ch.apply(command, &self.shared.metrics),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Serves a channel added at run time: its key read from
+    /// `worker.channel_keys_dir` here (never from the broker); the session
+    /// declares its queue and starts its consumers.
+    fn add(&self, name: &str, rate: f64, burst: Option<u32>, key: &str) {
+        let config = &self.shared.config;
+        if config.channel(name).is_some() {
+            self.reject(
+                &format!("add {name}: configured in the file; its entry there is what counts"),
+                "refused",
+            );
+            return;
+        }
+        if self.roster.find(name).is_some() {
+            return;
+        }
+        let Some(dir) = &config.worker.channel_keys_dir else {
+            self.reject(
+                &format!("add {name}: worker.channel_keys_dir is not set on this replica"),
+                "refused",
+            );
+            return;
+        };
+        let channel = crate::config::ChannelConfig::added(name, rate, burst, dir.join(key));
+        let key = match channel.api_key(0) {
+            Ok(k) => k,
+            Err(e) => {
+                self.reject(&format!("add {name}: {e}"), "refused");
+                return;
+            }
+        };
+        let delays: Vec<String> = crate::broker::topology::delay_queues(config)
             .iter()
-            .find(|c| c.config.name == command.channel)
-        {
-            Some(ch) => ch.apply(command, &self.shared.metrics),
-            None => Ok(()),
+            .map(|d| crate::broker::topology::delay_label(*d))
+            .collect();
+        self.shared.metrics.register_channel(
+            name,
+            rate,
+            &delays,
+            self.roster.len().saturating_add(1),
+        );
+        let state = ChannelState::new(channel, key, None, &config.broker);
+        if self.roster.add(std::sync::Arc::new(state)) {
+            info!(channel = name, rate, "channel added");
+        }
+    }
+
+    /// Stops serving a channel added at run time; its jobs stay queued.
+    fn remove(&self, name: &str) {
+        if self.shared.config.channel(name).is_some() {
+            self.reject(
+                &format!("remove {name}: configured in the file; remove it there"),
+                "refused",
+            );
+            return;
+        }
+        if self.roster.remove(name).is_some() {
+            self.shared.metrics.forget_channel(name);
+            info!(
+                channel = name,
+                "channel removed; its jobs stay in its queue"
+            );
         }
     }
 

@@ -32,19 +32,19 @@ use crate::{
         AmqpChannel, CONSUMERS_PER_AMQP_CHANNEL, Consumer, Lane, Session, Stopped,
     },
     delivery::dedup::Dedup,
-    delivery::limit::Limiter,
     delivery::settle::Settler,
     observe::health::Health,
     observe::metrics::Metrics,
     octopods::client::Client,
-    ops::control::{self, Override},
+    ops::control,
     replies::{self, matcher::Matcher},
 };
 
 /// A worker ready to run: config checked, keys read, HTTP port bound.
 pub struct Worker {
     shared: Arc<Shared>,
-    channels: Vec<Arc<ChannelState>>,
+    /// The channels served: the file's, and those added at run time.
+    roster: Roster,
     listener: Option<TcpListener>,
     health: Arc<Health>,
     /// With a reply-tracking channel: the receiver and the matcher.
@@ -109,23 +109,16 @@ impl Worker {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let keys = config.api_keys()?;
         let reply_secrets = config.reply_secrets()?;
-        let channels = config
-            .channels
-            .iter()
-            .zip(keys)
-            .zip(reply_secrets.iter().cloned())
-            .map(|((c, key), replies)| {
-                Arc::new(ChannelState {
-                    prefetch: c.effective_prefetch(&config.broker),
-                    limiter: Limiter::new(c.rate_per_second, c.burst)
-                        .with_recipient_interval(c.recipient_interval),
-                    key,
-                    config: c.clone(),
-                    control: tokio::sync::watch::Sender::new(Override::default()),
-                    replies,
-                })
-            })
-            .collect();
+        let roster = Roster::new(
+            config
+                .channels
+                .iter()
+                .zip(keys)
+                .zip(reply_secrets.iter().cloned())
+                .map(|((c, key), replies)| {
+                    Arc::new(ChannelState::new(c.clone(), key, replies, &config.broker))
+                }),
+        );
         let listener = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
@@ -169,7 +162,7 @@ impl Worker {
                 replica_id,
                 fault: None,
             }),
-            channels,
+            roster,
             listener: Some(listener),
         })
     }
@@ -327,28 +320,51 @@ impl Worker {
             shutdown: run.shutdown.clone(),
             subscribed: Arc::new(Semaphore::new(0)),
         };
-        let (mut consumers, amqp_channels) =
-            self.start_consumers(&links, &settler, &session).await?;
+        let mut serving = Serving::default();
+        self.start_consumers(&links, &settler, &session, &mut serving)
+            .await?;
         reconnect.connected(&self.shared.metrics);
         self.shared.metrics.broker_node(Some(&links.consuming_node));
         info!(node = %links.consuming_node, publishing = %links.publishing_node, "connected; subscribing to the channel queues");
-        let lanes = u32::try_from(consumers.len()).unwrap_or(u32::MAX);
-        let failure = tokio::select! {
-            () = run.shutdown.cancelled() => None,
-            () = self.ready_when_subscribed(&session.subscribed, lanes) => None,
-            e = repair_topology(&links.publishing, &settler, config, &repair) => Some(e),
-            Some(joined) = consumers.join_next() => Some(match joined {
-                Ok(Stopped::Broker(e)) => anyhow::Error::new(e).context("consumer failed"),
-                Ok(other) => anyhow::anyhow!("consumer stopped: {other:?}"),
-                Err(e) => anyhow::Error::new(e).context("consumer task failed"),
-            }),
-            e = watch_connections(&mut events, &self.health) => Some(e),
-            followed = self.follow(&mut commands, None) => Some(match followed {
-                Followed::Ended(e) => e,
-                Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
-            }),
-            e = self.match_replies(&links, &settler.publisher, &stop) => Some(e),
+        let lanes = u32::try_from(serving.consumers.len()).unwrap_or(u32::MAX);
+        let mut ready = std::pin::pin!(self.ready_when_subscribed(&session.subscribed, lanes));
+        let mut repaired = std::pin::pin!(repair_topology(
+            &links.publishing,
+            &settler,
+            config,
+            &repair
+        ));
+        let mut followed = std::pin::pin!(self.follow(&mut commands, None));
+        let mut replies = std::pin::pin!(self.match_replies(&links, &settler.publisher, &stop));
+        let failure = loop {
+            tokio::select! {
+                () = run.shutdown.cancelled() => break None,
+                () = &mut ready => break None,
+                e = &mut repaired => break Some(e),
+                Some(joined) = serving.consumers.join_next() => match joined {
+                    Ok(Stopped::Removed) => {}
+                    Ok(Stopped::Broker(e)) => break Some(anyhow::Error::new(e).context("consumer failed")),
+                    Ok(other) => break Some(anyhow::anyhow!("consumer stopped: {other:?}")),
+                    Err(e) => break Some(anyhow::Error::new(e).context("consumer task failed")),
+                },
+                e = watch_connections(&mut events, &self.health) => break Some(e),
+                f = &mut followed => break Some(match f {
+                    Followed::Ended(e) => e,
+                    Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
+                }),
+                e = &mut replies => break Some(e),
+                () = self.roster.changed.notified() => {
+                    if let Err(e) = self.start_consumers(&links, &settler, &session, &mut serving).await {
+                        break Some(e);
+                    }
+                }
+            }
         };
+        let Serving {
+            mut consumers,
+            amqp_channels,
+            ..
+        } = serving;
         if let Some(r) = &self.replies {
             r.publisher.send_replace(None);
         }
@@ -368,41 +384,66 @@ impl Worker {
         Ok(())
     }
 
-    /// A consumer for each channel's jobs, and for its status checks when
-    /// it tracks status, [`CONSUMERS_PER_AMQP_CHANNEL`] to an AMQP channel.
+    /// A consumer for the jobs of each channel of the roster not served yet
+    /// (all of them when the session starts), and for its status checks
+    /// when it tracks status, [`CONSUMERS_PER_AMQP_CHANNEL`] to an AMQP
+    /// channel. A channel added at run time gets its queue declared first.
     async fn start_consumers(
         &self,
         links: &Links,
         settler: &Arc<Settler>,
         session: &Session,
-    ) -> anyhow::Result<(JoinSet<Stopped>, Vec<lapin::Channel>)> {
-        let mut consumers = JoinSet::new();
+        serving: &mut Serving,
+    ) -> anyhow::Result<()> {
+        let config = &self.shared.config;
+        serving.started.retain(|_, c| !c.removed.is_cancelled());
         let mut lanes: Vec<(Lane, Arc<ChannelState>)> = Vec::new();
-        for c in &self.channels {
+        for c in self.roster.all() {
+            if serving
+                .started
+                .get(&c.config.name)
+                .is_some_and(|s| Arc::ptr_eq(s, &c))
+            {
+                continue;
+            }
+            if config.channel(&c.config.name).is_none()
+                && let Err(e) =
+                    topology::declare_channel(&links.publishing, config, &c.config).await
+            {
+                warn!(channel = %c.config.name, error = %e, "cannot declare an added channel's queue; not serving it in this session");
+                continue;
+            }
+            serving.started.insert(c.config.name.clone(), c.clone());
             lanes.push((Lane::Jobs, c.clone()));
             if c.config.track_status {
-                lanes.push((Lane::Status, c.clone()));
+                lanes.push((Lane::Status, c));
             }
         }
-        let mut amqp_channels =
-            Vec::with_capacity(lanes.len().div_ceil(CONSUMERS_PER_AMQP_CHANNEL));
-        for group in lanes.chunks(CONSUMERS_PER_AMQP_CHANNEL) {
-            let amqp = links.consuming.create_channel().await?;
-            amqp_channels.push(amqp.clone());
-            let shared_amqp = AmqpChannel::new(amqp);
-            for (lane, channel) in group {
-                let consumer = Consumer::new(
-                    shared_amqp.clone(),
-                    *lane,
-                    channel.clone(),
-                    self.shared.clone(),
-                    settler.clone(),
-                    session.clone(),
-                );
-                consumers.spawn(consumer.run());
+        for (lane, channel) in lanes {
+            let amqp = match &serving.filling {
+                Some((amqp, n)) if *n < CONSUMERS_PER_AMQP_CHANNEL => amqp.clone(),
+                _ => {
+                    let channel = links.consuming.create_channel().await?;
+                    serving.amqp_channels.push(channel.clone());
+                    let amqp = AmqpChannel::new(channel);
+                    serving.filling = Some((amqp.clone(), 0));
+                    amqp
+                }
+            };
+            if let Some((_, n)) = &mut serving.filling {
+                *n = n.saturating_add(1);
             }
+            let consumer = Consumer::new(
+                amqp,
+                lane,
+                channel,
+                self.shared.clone(),
+                settler.clone(),
+                session.clone(),
+            );
+            serving.consumers.spawn(consumer.run());
         }
-        Ok((consumers, amqp_channels))
+        Ok(())
     }
 
     /// With a reply-tracking channel: follows the prompt stream and matches
@@ -463,6 +504,16 @@ impl Worker {
             );
         }
     }
+}
+
+/// A session's consumers: their tasks, the AMQP channels they share (the
+/// last one filling up), and the channel each serves.
+#[derive(Default)]
+struct Serving {
+    consumers: JoinSet<Stopped>,
+    amqp_channels: Vec<lapin::Channel>,
+    filling: Option<(Arc<AmqpChannel>, usize)>,
+    started: std::collections::HashMap<String, Arc<ChannelState>>,
 }
 
 /// What every session of one run shares: the tracker its deliveries run
@@ -550,7 +601,9 @@ impl Links {
 
 mod follow;
 pub(crate) mod http;
+mod roster;
 use follow::Followed;
+use roster::Roster;
 
 async fn declare(conn: &Connection, config: &Config) -> anyhow::Result<()> {
     topology::declare(conn, config)

@@ -17,6 +17,7 @@ mod lifecycle;
 mod observability;
 mod outcomes;
 mod replies;
+mod roster;
 mod scale;
 mod status;
 mod template;

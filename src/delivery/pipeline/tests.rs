@@ -68,6 +68,7 @@ fn fixture() -> (Shared, ChannelState) {
         prefetch: 1,
         control: tokio::sync::watch::Sender::new(Default::default()),
         replies: None,
+        removed: Default::default(),
     };
     let shared = Shared {
         names: crate::broker::Names::new(&config.broker.prefix),

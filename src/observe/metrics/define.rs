@@ -312,7 +312,7 @@ impl Metrics {
             broker_reconnects,
             registry,
         };
-        for reason in ["unreadable", "out_of_range", "panicked"] {
+        for reason in ["unreadable", "out_of_range", "refused", "panicked"] {
             metrics.control_rejected.with_label_values(&[reason]);
         }
         metrics.session_panics.with_label_values::<&str>(&[]);

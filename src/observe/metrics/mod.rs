@@ -77,6 +77,14 @@ impl Metrics {
     /// paused, in flight, received, completed): the ~90 series of a channel
     /// cost ~32 KiB of memory each channel and as much in Prometheus; the
     /// others appear at their first event (docs/observability.md).
+    /// A channel removed at run time: its gauges go (its counters stay, as
+    /// counters do).
+    pub fn forget_channel(&self, channel: &str) {
+        drop(self.budget.remove_label_values(&[channel]));
+        drop(self.in_flight.remove_label_values(&[channel]));
+        drop(self.paused.remove_label_values(&[channel]));
+    }
+
     pub fn register_channel(
         &self,
         channel: &str,

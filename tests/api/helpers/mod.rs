@@ -27,7 +27,10 @@ use std::{
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use octopods_worker::{
@@ -153,6 +156,9 @@ pub struct Options {
     pub sandbox_status_after: (Duration, Duration),
     /// Query parameters for the broker URL (e.g. `channel_max=64`).
     pub broker_query: Option<String>,
+    /// `worker.channel_keys_dir` set (channels can be added at run time;
+    /// their key files go in [`TestApp::runtime_keys`]).
+    pub runtime_channels: bool,
 }
 
 impl Default for Options {
@@ -169,6 +175,7 @@ impl Default for Options {
             max_concurrent_requests: None,
             sandbox_status_after: (Duration::from_millis(300), Duration::from_millis(600)),
             broker_query: None,
+            runtime_channels: false,
         }
     }
 }
@@ -217,6 +224,8 @@ pub struct TestApp {
     /// that failed) removes its topology anyway.
     cleaned: bool,
     _keys: tempfile::TempDir,
+    /// Channels a test added at run time: their queues go at cleanup.
+    pub added: Vec<String>,
 }
 
 impl Drop for TestApp {
@@ -229,6 +238,7 @@ impl Drop for TestApp {
         }
         self.shutdown.cancel();
         let config = self.config.clone();
+        let added = self.added_queues();
         let cleanup = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -240,6 +250,12 @@ impl Drop for TestApp {
                     .ok()?;
                 let ch = conn.create_channel().await.ok()?;
                 drop(topology::delete(&ch, &config).await);
+                for q in added {
+                    drop(
+                        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                            .await,
+                    );
+                }
                 drop(conn.close(200, "OK".into()).await);
                 Some(())
             })
@@ -261,7 +277,7 @@ pub fn config_text(
     let mut text = format!(
         "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n{}\n\
          [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n{}\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"{}ms\"\n\n{}\n",
+         [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"{}ms\"\n{}\n{}\n",
         match &opts.broker_query {
             None => amqp_url(),
             Some(q) if amqp_url().contains('?') => format!("{}&{q}", amqp_url()),
@@ -274,6 +290,13 @@ pub fn config_text(
             .map(|n| format!("max_concurrent_requests = {n}\n"))
             .unwrap_or_default(),
         opts.spread_window.as_millis(),
+        if opts.runtime_channels {
+            let dir = keys.join("runtime");
+            std::fs::create_dir_all(&dir).expect("runtime keys dir");
+            format!("channel_keys_dir = \"{}\"\n", dir.display())
+        } else {
+            String::new()
+        },
         opts.extra_toml
     );
     for c in &opts.channels {
@@ -337,12 +360,25 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
         handle: None,
         cleaned: false,
         _keys: keys,
+        added: Vec::new(),
     };
     app.start_worker().await;
     app
 }
 
 impl TestApp {
+    /// Where `channel add --key-file` key files go (with `runtime_channels`).
+    pub fn runtime_keys(&self) -> std::path::PathBuf {
+        self._keys.path().join("runtime")
+    }
+
+    fn added_queues(&self) -> Vec<String> {
+        self.added
+            .iter()
+            .map(|n| self.queue(&format!("jobs.{n}")))
+            .collect()
+    }
+
     /// Starts (or restarts) the in-process worker and waits until it is ready.
     pub async fn start_worker(&mut self) {
         assert!(self.handle.is_none(), "the worker is already running");
@@ -631,6 +667,12 @@ impl TestApp {
         topology::delete(&self.ch, &self.config)
             .await
             .expect("delete the test topology");
+        for q in self.added_queues() {
+            self.ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .expect("delete an added channel's queue");
+        }
         self.cleaned = true;
         drop(self.conn.close(200, "OK".into()).await);
     }
