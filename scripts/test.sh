@@ -56,10 +56,7 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast --run-ignored only -E 'not test(/^cluster::/)'
   cluster_up=1
   scripts/cluster.sh start
-  # Not yet the replies one (cluster::a_node_lost_while_customers_answer…): it
-  # stalls now and then, its race not found yet (issue 37 stays open for it).
-  cargo nextest run --locked --no-fail-fast --run-ignored only \
-    -E 'test(/^cluster::/) - test(/^cluster::a_node_lost_while_customers/)' --no-capture
+  cargo nextest run --locked --no-fail-fast --run-ignored only -E 'test(/^cluster::/)' --no-capture
   stop_cluster
   # The black-box suite again on RabbitMQ 4.0.5. Not the cluster tests (their
   # three nodes are 3.10's; the time they would add is CI's budget), and not
@@ -75,8 +72,7 @@ else
   cargo test --locked --no-fail-fast -- --ignored --skip cluster::
   cluster_up=1
   scripts/cluster.sh start
-  cargo test --locked --no-fail-fast -- --ignored cluster:: --nocapture --test-threads 1 \
-    --skip cluster::a_node_lost_while_customers
+  cargo test --locked --no-fail-fast -- --ignored cluster:: --nocapture --test-threads 1
   stop_cluster
   env "${rabbit4[@]}" cargo test --locked --no-fail-fast --test api -- --skip console::
   env "${rabbit4[@]}" cargo test --locked --no-fail-fast --test api -- --ignored --skip cluster::

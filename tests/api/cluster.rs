@@ -623,10 +623,11 @@ async fn a_node_lost_while_customers_answer_loses_no_reply_and_doubles_none() {
         assert!(delivered.ok(), "tap {i}: {delivered:?}");
     }
     // Every tap was confirmed into the broker while the node was down; it
-    // comes back now, as the other cluster test's nodes do. (Replies still
-    // stall here now and then — fewer since every refused publish has the
-    // session replace a channel left nacking; the rest of the race is not
-    // found yet, and CI leaves this test out: issue 37.)
+    // comes back now, as the other cluster test's nodes do. (Replies used to
+    // stall here now and then: a prompt was appended after its `sent` event,
+    // and with a node lost that append could come after the reply was
+    // called unmatched. The prompt now goes first, and the matcher catches
+    // up with the stream before each batch.)
     restart.now().await;
     while replied.len() < TAPS {
         let e = next_event().await;
