@@ -486,10 +486,16 @@ pub async fn route_channel(
     }
 }
 
+/// Declares at most this many queues (and bindings) at once, each lane on
+/// its own AMQP channel: RabbitMQ starts every quorum queue as a Raft group
+/// of its own, and declared one after another 10,000 of them took 3.7 min
+/// on one node here.
+const LANES: usize = 8;
+
 async fn declare_plan(conn: &lapin::Connection, plan: Plan) -> Result<(), lapin::Error> {
     let server = super::ServerVersion::of(conn);
     let plan = plan.for_server(server);
-    let mut ch = conn.create_channel().await?;
+    let ch = conn.create_channel().await?;
     for e in &plan.exchanges {
         let kind = match e.kind {
             "fanout" => ExchangeKind::Fanout,
@@ -505,7 +511,32 @@ async fn declare_plan(conn: &lapin::Connection, plan: Plan) -> Result<(), lapin:
         )
         .await?;
     }
-    for q in &plan.queues {
+    drop(ch.close(200, "OK".into()).await);
+    let lane = |n: usize| n.div_ceil(LANES).max(1);
+    futures_util::future::try_join_all(
+        plan.queues
+            .chunks(lane(plan.queues.len()))
+            .map(|queues| declare_queues(conn, queues, server)),
+    )
+    .await?;
+    futures_util::future::try_join_all(
+        plan.bindings
+            .chunks(lane(plan.bindings.len()))
+            .map(|bindings| declare_bindings(conn, bindings)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// One lane of [`declare_plan`]: `queues`, one after another, on a channel
+/// of its own.
+async fn declare_queues(
+    conn: &lapin::Connection,
+    queues: &[Queue],
+    server: super::ServerVersion,
+) -> Result<(), lapin::Error> {
+    let mut ch = conn.create_channel().await?;
+    for q in queues {
         let declared = ch
             .queue_declare(q.name.as_str().into(), DURABLE_QUEUE, table(&q.arguments))
             .await;
@@ -535,7 +566,17 @@ async fn declare_plan(conn: &lapin::Connection, plan: Plan) -> Result<(), lapin:
             Err(e) => return Err(e),
         }
     }
-    for b in &plan.bindings {
+    drop(ch.close(200, "OK".into()).await);
+    Ok(())
+}
+
+/// One lane of bindings, on a channel of its own.
+async fn declare_bindings(
+    conn: &lapin::Connection,
+    bindings: &[Binding],
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    for b in bindings {
         ch.queue_bind(
             b.queue.as_str().into(),
             b.exchange.as_str().into(),
