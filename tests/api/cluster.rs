@@ -33,6 +33,9 @@ use crate::helpers::*;
 const PORTS: [u16; 3] = [5681, 5682, 5683];
 const CHANNELS: [&str; 2] = ["store-eu", "store-us"];
 const PER_CHANNEL: usize = 1000;
+/// Jobs per channel published at the start; the rest (10 s of flow at the
+/// two channels' rates) right before the second kill.
+const FIRST_PART: usize = 600;
 const RATE: f64 = 40.0;
 const BURST: u32 = 5;
 
@@ -205,6 +208,36 @@ fn assert_budget(at: &[(u64, char)], channel: &str) {
     }
 }
 
+/// Publishes the jobs `range` of every channel, confirmed.
+async fn publish_jobs(prefix: &str, range: std::ops::Range<usize>) {
+    let admin = any_node().await;
+    let ch = admin.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    for (c, channel) in CHANNELS.iter().enumerate() {
+        for i in range.clone() {
+            let mut job = button_job(&format!("{channel}-{i}"));
+            job["destination_phone"] = phone(c, i).into();
+            let body = serde_json::to_vec(&job).expect("json");
+            drop(
+                ch.basic_publish(
+                    format!("{prefix}.jobs").as_str().into(),
+                    (*channel).into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish"),
+            );
+        }
+    }
+    assert!(ch.wait_for_confirms().await.expect("confirms").is_empty());
+    drop(ch.close(200, "published".into()).await);
+    drop(admin.close(200, "published".into()).await);
+}
+
 /// Kills `node`, waits for sends to go on without it, restarts it. Returns
 /// the kill's time on the sandbox clock.
 async fn kill_and_recover(
@@ -273,31 +306,10 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
     let b = BinaryWorker::start(&config_b).await;
     let (readiness, watcher) = watch_readiness(a.addr.clone());
 
-    let ch = admin.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirms");
-    for (c, channel) in CHANNELS.iter().enumerate() {
-        for i in 0..PER_CHANNEL {
-            let mut job = button_job(&format!("{channel}-{i}"));
-            job["destination_phone"] = phone(c, i).into();
-            let body = serde_json::to_vec(&job).expect("json");
-            drop(
-                ch.basic_publish(
-                    format!("{prefix}.jobs").as_str().into(),
-                    (*channel).into(),
-                    BasicPublishOptions::default(),
-                    &body,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
-                .await
-                .expect("publish"),
-            );
-        }
-    }
-    assert!(ch.wait_for_confirms().await.expect("confirms").is_empty());
-    drop(ch.close(200, "published".into()).await);
-    drop(admin.close(200, "published".into()).await);
+    // Part of the jobs now, the rest just before the second kill: however
+    // fast the flow recovers from the first, the second loss is mid-flow.
+    drop(admin.close(200, "started".into()).await);
+    publish_jobs(&prefix, 0..FIRST_PART).await;
 
     // 1. The node replica A is connected to.
     eventually(Duration::from_secs(30), "200 sends", || async {
@@ -326,6 +338,7 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
     let alive = if node_a == 1 { 2 } else { 1 };
     let queue = format!("{prefix}.jobs.{}", CHANNELS[0]);
     let leader = leader_of(&queue, alive).await;
+    publish_jobs(&prefix, FIRST_PART..PER_CHANNEL).await;
     let second_kill =
         kill_and_recover(&sandbox, leader, &format!("leader of {queue}"), [&a, &b]).await;
     let kills = [first_kill, second_kill];
