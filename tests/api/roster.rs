@@ -21,6 +21,12 @@ fn job_for(channel: &str, id: &str) -> Value {
     j
 }
 
+/// `channel add NAME --rate RATE --key-file KEY`.
+async fn add(app: &TestApp, name: &str, rate: &str, key: &str) -> std::process::Output {
+    app.cli(&["channel", "add", name, "--rate", rate, "--key-file", key])
+        .await
+}
+
 fn budget(channel: &str) -> String {
     format!("octopods_channel_rate_budget{{channel=\"{channel}\"}}")
 }
@@ -40,17 +46,7 @@ async fn a_channel_added_at_run_time_takes_its_waiting_jobs_and_every_replica_fo
     std::fs::write(app.runtime_keys().join("shop-new.key"), format!("{key}\n")).unwrap();
     app.added.push("shop-new".into());
     let asked = Instant::now();
-    let out = ok(&app
-        .cli(&[
-            "channel",
-            "add",
-            "shop-new",
-            "--rate",
-            "50",
-            "--key-file",
-            "shop-new.key",
-        ])
-        .await);
+    let out = ok(&add(&app, "shop-new", "50", "shop-new.key").await);
     assert!(out.contains("shop-new: added (rate 50/s, burst 1"), "{out}");
     assert!(out.contains("moved 3 jobs"), "{out}");
     assert!(out.contains("consumed by a replica"), "{out}");
@@ -105,17 +101,7 @@ async fn a_channel_added_at_run_time_takes_its_waiting_jobs_and_every_replica_fo
         (Some("sent"), Some("later"))
     );
     // The same add again changes nothing and says so.
-    let again = ok(&app
-        .cli(&[
-            "channel",
-            "add",
-            "shop-new",
-            "--rate",
-            "5",
-            "--key-file",
-            "shop-new.key",
-        ])
-        .await);
+    let again = ok(&add(&app, "shop-new", "5", "shop-new.key").await);
     assert!(again.contains("already added"), "{again}");
     app.shutdown().await;
 }
@@ -128,17 +114,7 @@ async fn a_channel_removed_with_jobs_queued_is_refused_unless_asked_and_loses_no
         app
     };
     std::fs::write(app.runtime_keys().join("gone.key"), "key-gone").unwrap();
-    ok(&app
-        .cli(&[
-            "channel",
-            "add",
-            "shop-gone",
-            "--rate",
-            "50",
-            "--key-file",
-            "gone.key",
-        ])
-        .await);
+    ok(&add(&app, "shop-gone", "50", "gone.key").await);
     ok(&app.cli(&["channel", "pause", "shop-gone"]).await);
     eventually(Duration::from_secs(2), "shop-gone paused", || async {
         (app.metric("octopods_channel_paused{channel=\"shop-gone\"}")
@@ -193,17 +169,7 @@ async fn a_channel_removed_with_jobs_queued_is_refused_unless_asked_and_loses_no
     );
 
     // Added again: a fresh start (not paused), every job sent once.
-    let out = ok(&app
-        .cli(&[
-            "channel",
-            "add",
-            "shop-gone",
-            "--rate",
-            "50",
-            "--key-file",
-            "gone.key",
-        ])
-        .await);
+    let out = ok(&add(&app, "shop-gone", "50", "gone.key").await);
     assert!(out.contains("moved 1 jobs"), "{out}");
     let mut ids = Vec::new();
     for _ in 0..7 {
@@ -218,7 +184,7 @@ async fn a_channel_removed_with_jobs_queued_is_refused_unless_asked_and_loses_no
 
 #[tokio::test]
 async fn channel_add_and_remove_refuse_what_they_cannot_do_safely() {
-    let mut app = spawn_with("roster-refuse", runtime()).await;
+    let app = spawn_with("roster-refuse", runtime()).await;
     let refused = |out: &std::process::Output| {
         assert!(!out.status.success(), "{}", stdout(out));
         stderr(out)
@@ -226,57 +192,18 @@ async fn channel_add_and_remove_refuse_what_they_cannot_do_safely() {
     std::fs::write(app.runtime_keys().join("k"), "key-x").unwrap();
     let err = refused(&app.cli(&["channel", "remove", "store-eu"]).await);
     assert!(err.contains("configured in the file"), "{err}");
-    let err = refused(
-        &app.cli(&[
-            "channel",
-            "add",
-            "store-eu",
-            "--rate",
-            "1",
-            "--key-file",
-            "k",
-        ])
-        .await,
-    );
+    let err = refused(&add(&app, "store-eu", "1", "k").await);
     assert!(err.contains("configured in the file"), "{err}");
     // A key file outside the directory every replica reads from.
     let outside = app.config_path.with_file_name("outside.key");
     std::fs::write(&outside, "key-out").unwrap();
-    let err = refused(
-        &app.cli(&[
-            "channel",
-            "add",
-            "shop-x",
-            "--rate",
-            "1",
-            "--key-file",
-            outside.to_str().unwrap(),
-        ])
-        .await,
-    );
+    let err = refused(&add(&app, "shop-x", "1", outside.to_str().unwrap()).await);
     assert!(err.contains("must be in worker.channel_keys_dir"), "{err}");
-    let err = refused(
-        &app.cli(&[
-            "channel",
-            "add",
-            "shop-x",
-            "--rate",
-            "1",
-            "--key-file",
-            "missing",
-        ])
-        .await,
-    );
+    let err = refused(&add(&app, "shop-x", "1", "missing").await);
     assert!(err.contains("missing"), "{err}");
-    let err = refused(
-        &app.cli(&["channel", "add", "Shop X", "--rate", "1", "--key-file", "k"])
-            .await,
-    );
+    let err = refused(&add(&app, "Shop X", "1", "k").await);
     assert!(err.contains("a-z, 0-9"), "{err}");
-    let err = refused(
-        &app.cli(&["channel", "add", "shop-x", "--rate", "0", "--key-file", "k"])
-            .await,
-    );
+    let err = refused(&add(&app, "shop-x", "0", "k").await);
     assert!(err.contains("rate 0"), "{err}");
     let err = refused(&app.cli(&["channel", "remove", "shop-never"]).await);
     assert!(err.contains("not a channel added at run time"), "{err}");
@@ -302,6 +229,5 @@ async fn channel_add_and_remove_refuse_what_they_cannot_do_safely() {
         metric_at(&app.http.to_string(), &budget("shop-evil")).await,
         None
     );
-    app.added.clear();
     app.shutdown().await;
 }
