@@ -103,33 +103,30 @@ pub(crate) struct Added {
 
 /// Folds `command` into the channels added at run time: an `add` of a
 /// channel not there yet adds it (a second `add` changes nothing: a new
-/// rate is `set-rate`'s), a `remove` forgets it. Checked first; returns
-/// whether the roster changed.
+/// rate is `set-rate`'s), a `remove` forgets it. Checked first.
 pub(crate) fn fold_added(
     added: &mut std::collections::BTreeMap<String, Added>,
     command: &Command,
-) -> Result<bool, String> {
+) -> Result<(), String> {
     command.check()?;
-    Ok(match &command.change {
+    match &command.change {
         Change::Add { rate, burst, key } => {
-            if added.contains_key(&command.channel) {
-                return Ok(false);
-            }
-            added.insert(
-                command.channel.clone(),
-                Added {
+            added
+                .entry(command.channel.clone())
+                .or_insert_with(|| Added {
                     rate: *rate,
                     burst: *burst,
                     key: key.clone(),
                     at: command.at.clone(),
                     by: command.by.clone(),
-                },
-            );
-            true
+                });
         }
-        Change::Remove => added.remove(&command.channel).is_some(),
-        _ => false,
-    })
+        Change::Remove => {
+            added.remove(&command.channel);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// `config` with the channels added at run time after its own (a name the
