@@ -147,13 +147,20 @@ impl Matcher {
                 }
                 continue;
             }
-            for d in batch {
+            let mut batch = batch.into_iter();
+            while let Some(d) = batch.next() {
                 if let Err(e) = self.handle(&d, publisher).await {
-                    // A refused publish has told the session (Publisher::reporting_to).
-                    warn!(error = %format!("{e:#}"), "cannot settle a reply; it goes back to its queue");
+                    // A refused publish has told the session
+                    // (Publisher::reporting_to). The rest of the batch
+                    // would meet the same broker: all of it goes back,
+                    // after one pause, not one pause each.
+                    warn!(error = %format!("{e:#}"), "cannot settle a reply; it and the rest of its batch go back to their queue");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     back(&d).await;
-                    continue;
+                    for rest in batch.by_ref() {
+                        back(&rest).await;
+                    }
+                    break;
                 }
                 d.acker.ack(BasicAckOptions::default()).await?;
             }
