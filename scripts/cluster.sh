@@ -15,10 +15,21 @@
 # /tmp/octopods-cluster) with its own Erlang cookie. Runs Debian's
 # rabbitmq-server as the calling user; nothing outside that directory is
 # touched.
+#
+# OCTOPODS_CLUSTER_RABBIT=4 runs the same cluster (names, ports) from the
+# RabbitMQ 4.0.5 of scripts/ensure-rabbitmq4.sh's chroot instead, its data
+# under the chroot's /tmp; the tests take the cluster the same way.
 set -euo pipefail
 
-dir=${OCTOPODS_CLUSTER_DIR:-/tmp/octopods-cluster}
 nodes=(1 2 3)
+if [ "${OCTOPODS_CLUSTER_RABBIT:-}" = 4 ]; then
+  RABBIT_CHROOT=${RABBITMQ4_ROOT:-/var/cache/octopods-worker/trixie-rabbitmq}
+  [ -x "$RABBIT_CHROOT/usr/lib/rabbitmq/bin/rabbitmq-server" ] && grep -q " $RABBIT_CHROOT/proc " /proc/mounts \
+    || "$(dirname "$0")/ensure-rabbitmq4.sh" >&2
+  dir=$RABBIT_CHROOT/tmp/octopods-cluster
+else
+  dir=${OCTOPODS_CLUSTER_DIR:-/tmp/octopods-cluster}
+fi
 RABBIT_HOME=$dir
 # shellcheck source=scripts/lib-rabbit.sh
 . "$(dirname "$0")/lib-rabbit.sh"
@@ -36,6 +47,9 @@ listeners.tcp.local = 127.0.0.1:$(amqp_port "$n")
 # listens on loopback only.
 log.file.level = warning
 cluster_partition_handling = pause_minority
+# Set, or RabbitMQ 4.x looks the host's name up in DNS in every connection's
+# handshake (scripts/ensure-rabbitmq4.sh says more).
+cluster_name = octopods-test-cluster
 CONF
   rabbit_start "$(node_name "$n")" "$(amqp_port "$n")" "2568$n" "$base" "$base/rabbitmq.conf"
 }
@@ -90,7 +104,7 @@ sys.exit(0 if sys.argv[1] in status.get("running_nodes", []) else 1)' "$(node_na
     ctl "$n" "$@"
     ;;
   *)
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

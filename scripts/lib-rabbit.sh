@@ -7,8 +7,22 @@
 #   rabbit_start NODE PORT DIST_PORT DIR CONF       start, wait until booted
 #
 # RABBIT_HOME must be set (the cookie lives there).
+# RABBIT_CHROOT, if set, runs the RabbitMQ installed in that chroot instead
+# (scripts/ensure-rabbitmq4.sh's: 4.0.5, with its own epmd on 4371);
+# RABBIT_HOME and every data directory must then lie inside it.
 
 rabbit_bin=/usr/lib/rabbitmq/bin
+
+# Runs `env ARGS...` on the host, or inside RABBIT_CHROOT.
+rabbit_env() {
+  if [ -n "${RABBIT_CHROOT:-}" ]; then
+    chroot "$RABBIT_CHROOT" env ERL_EPMD_PORT=4371 "$@"
+  else
+    env "$@"
+  fi
+}
+# A host path as the broker sees it (inside RABBIT_CHROOT, if set).
+rabbit_path() { echo "${1#"${RABBIT_CHROOT:-}"}"; }
 
 rabbit_cookie() {
   if [ ! -s "$RABBIT_HOME/.erlang.cookie" ]; then
@@ -22,7 +36,7 @@ rabbit_cookie() {
 rabbit_ctl() {
   local node=$1
   shift
-  HOME="$RABBIT_HOME" RABBITMQ_CONF_ENV_FILE=/dev/null ERL_EPMD_ADDRESS=127.0.0.1 \
+  rabbit_env HOME="$(rabbit_path "$RABBIT_HOME")" RABBITMQ_CONF_ENV_FILE=/dev/null ERL_EPMD_ADDRESS=127.0.0.1 \
     "$rabbit_bin/rabbitmqctl" -q -n "$node" --erlang-cookie "$(rabbit_cookie)" "$@"
 }
 
@@ -40,17 +54,19 @@ rabbit_start() {
   # A systemd unit's open-files limit (LimitNOFILE=65536): RabbitMQ 3.x
   # reserves handles per quorum queue (docs/operations.md, Sizing).
   ulimit -n 65536 2>/dev/null || ulimit -S -n "$(ulimit -H -n)" 2>/dev/null || true
-  HOME="$RABBIT_HOME" \
+  local in
+  in=$(rabbit_path "$base")
+  rabbit_env HOME="$(rabbit_path "$RABBIT_HOME")" \
     RABBITMQ_CONF_ENV_FILE=/dev/null \
     RABBITMQ_NODENAME="$node" \
     RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
     RABBITMQ_NODE_PORT="$port" \
     RABBITMQ_DIST_PORT="$dist" \
-    RABBITMQ_CONFIG_FILE="$conf" \
-    RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" \
-    RABBITMQ_MNESIA_BASE="$base/mnesia" \
-    RABBITMQ_LOG_BASE="$base/log" \
-    RABBITMQ_PID_FILE="$base/pid" \
+    RABBITMQ_CONFIG_FILE="$(rabbit_path "$conf")" \
+    RABBITMQ_ENABLED_PLUGINS_FILE="$in/enabled_plugins" \
+    RABBITMQ_MNESIA_BASE="$in/mnesia" \
+    RABBITMQ_LOG_BASE="$in/log" \
+    RABBITMQ_PID_FILE="$in/pid" \
     ERL_EPMD_ADDRESS=127.0.0.1 \
     ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}" \
     "$rabbit_bin/rabbitmq-server" >"$base/log/startup.log" 2>&1 &

@@ -28,6 +28,9 @@ impl BinaryWorker {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
             .args(["--log-format", "json", command, "--config"])
             .arg(config)
+            // The config names its broker; the suite's `AMQP_URL` would
+            // replace it (the cluster tests' replicas onto the single node).
+            .env_remove("AMQP_URL")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start the binary");
