@@ -58,7 +58,16 @@ cat > "$ROOT/etc/rabbitmq/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:$PORT
 # Many quorum queues in the tests: the same room as the system's broker.
 vm_memory_high_watermark.relative = 0.4
+# RabbitMQ 4.0 names the cluster after the host's fully qualified name when
+# this is unset, and looks that name up in DNS in every connection's
+# handshake (rabbit_reader:server_properties -> rabbit_nodes:
+# cluster_name_default -> inet:gethostbyname): one lost DNS packet and a
+# new connection waits the resolver's 5 s (issue 39, docs/operations.md).
+cluster_name = octopods-test-rabbit4
 EOF
+# The host's names, as a container runtime gives them: the broker's own
+# lookups of this host's name are answered here, not by a DNS server.
+cp /etc/hosts "$ROOT/etc/hosts"
 
 if ! "$CTL" -q status >/dev/null 2>&1; then
   echo "starting RabbitMQ 4.0.5 ($NODE, 127.0.0.1:$PORT)" >&2

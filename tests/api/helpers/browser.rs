@@ -87,12 +87,22 @@ impl Browser {
         selector: &str,
         deadline: Duration,
     ) -> fantoccini::elements::Element {
-        self.client
+        match self
+            .client
             .wait()
             .at_most(deadline)
             .for_element(Locator::Css(selector))
             .await
-            .unwrap_or_else(|e| panic!("no {selector} on the page within {deadline:?}: {e}"))
+        {
+            Ok(element) => element,
+            Err(e) => {
+                // The page it got instead says why (an error page, a login).
+                let url = self.client.current_url().await.map(|u| u.to_string());
+                let page = self.client.source().await.unwrap_or_default();
+                let page: String = page.chars().take(4000).collect();
+                panic!("no {selector} on the page within {deadline:?}: {e}\n{url:?}\n{page}")
+            }
+        }
     }
 
     pub async fn all(&self, selector: &str) -> Vec<fantoccini::elements::Element> {
