@@ -231,3 +231,65 @@ async fn channel_add_and_remove_refuse_what_they_cannot_do_safely() {
     );
     app.shutdown().await;
 }
+
+/// The way a deployment moves a channel from its config file to the roster
+/// (docs/operations.md, Adding and removing channels): take it out of the
+/// file, restart the replicas, `channel add` it. Its queue and binding stay
+/// throughout, so jobs queued before and published in between wait there
+/// and are all sent, once, after the add.
+#[tokio::test]
+async fn a_channel_moved_from_the_file_to_run_time_keeps_its_queued_jobs() {
+    let mut app = spawn_with(
+        "roster-move",
+        Options {
+            channels: vec![TestChannel::new("store-eu"), TestChannel::new("shop-old")],
+            ..runtime()
+        },
+    )
+    .await;
+    app.stop_worker().await;
+    app.publish_many(
+        "shop-old",
+        (0..3).map(|i| job_for("shop-old", &format!("before-{i}"))),
+    )
+    .await;
+    // The file without shop-old, and the replica restarted on it.
+    let text = std::fs::read_to_string(&app.config_path).unwrap();
+    let start = text.find("[[channels]]\nname = \"shop-old\"").unwrap();
+    let end = text[start..]
+        .find("\n\n")
+        .map_or(text.len(), |i| start + i + 2);
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    std::fs::write(&app.config_path, &without).unwrap();
+    app.config.channels.retain(|c| c.name != "shop-old");
+    app.start_worker().await;
+    app.publish_many("shop-old", [job_for("shop-old", "between")])
+        .await;
+    assert_eq!(
+        app.depth("jobs.shop-old").await,
+        4,
+        "served by no replica, still routed to its queue"
+    );
+    assert_eq!(app.depth("unroutable").await, 0);
+    assert!(app.requests().is_empty());
+
+    let key = "key-shop-old-moved";
+    std::fs::write(app.runtime_keys().join("shop-old.key"), key).unwrap();
+    app.added.push("shop-old".into());
+    ok(&add(&app, "shop-old", "50", "shop-old.key").await);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let e = app.next_event().await;
+        assert_eq!(
+            (e["event"].as_str(), e["channel"].as_str()),
+            (Some("sent"), Some("shop-old")),
+            "{e}"
+        );
+        ids.push(e["job_id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    assert_eq!(ids, ["before-0", "before-1", "before-2", "between"]);
+    assert_eq!(requests_with_key(&app, key).len(), 4, "with the added key");
+    assert_eq!(app.depth("jobs.shop-old").await, 0);
+    app.shutdown().await;
+}
