@@ -12,7 +12,9 @@
 //! - broker memory: `erlang:memory(total)` of each node (`SCALE_NODES`,
 //!   default `rabbit@$(hostname -s)`, through `RABBITMQCTL`, default `rabbitmqctl`).
 //!
-//! `AMQP_URL` (a comma-separated list for a cluster) picks the broker.
+//! `AMQP_URL` (a comma-separated list for a cluster) picks the broker;
+//! `SCALE_REPLICAS` (default 1) starts that many workers, each with every
+//! channel (ready: all of them; RSS and CPU: each).
 
 use std::{
     io::Write,
@@ -96,15 +98,20 @@ fn broker_memory_mib() -> Vec<String> {
         .collect()
 }
 
-/// A config with `n` channels and the worker's HTTP port.
+/// A config with `n` channels and the HTTP port of replica `replica`.
 fn config(
     dir: &std::path::Path,
     prefix: &str,
     n: usize,
     peer: u16,
+    replica: usize,
 ) -> Res<(std::path::PathBuf, u16)> {
     let http = free_port()?;
-    let list: Vec<String> = urls().iter().map(|u| format!("\"{u}\"")).collect();
+    // Each replica prefers another node first (a cluster's load spread).
+    let mut nodes = urls();
+    let len = nodes.len();
+    nodes.rotate_left(replica % len);
+    let list: Vec<String> = nodes.iter().map(|u| format!("\"{u}\"")).collect();
     let mut text = format!(
         "[broker]\nurls = [{}]\nprefix = \"{prefix}\"\n[octopods]\nbase_url = \"http://127.0.0.1:{peer}\"\n\
          [http]\nlisten = \"127.0.0.1:{http}\"\n[worker]\nspread_window = \"0ms\"\n",
@@ -117,7 +124,7 @@ fn config(
             dir.display()
         ));
     }
-    let path = dir.join(format!("{prefix}.toml"));
+    let path = dir.join(format!("{prefix}-{replica}.toml"));
     std::fs::write(&path, text)?;
     Ok((path, http))
 }
@@ -127,10 +134,23 @@ fn stop(mut child: Child) {
     drop(child.wait());
 }
 
+/// Replicas started (`SCALE_REPLICAS`, default 1), each with every channel.
+fn replicas() -> usize {
+    std::env::var("SCALE_REPLICAS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1usize)
+        .max(1)
+}
+
 async fn one_count(n: usize, peer: u16) -> Res<String> {
     let dir = tempfile::tempdir()?;
     let prefix = format!("scale-{n}-{}", std::process::id());
-    let (path, http) = config(dir.path(), &prefix, n, peer)?;
+    let mut configs = Vec::new();
+    for r in 0..replicas() {
+        configs.push(config(dir.path(), &prefix, n, peer, r)?);
+    }
+    let path = configs[0].0.clone();
     let bin = env!("CARGO_BIN_EXE_octopods-worker");
     let t = Instant::now();
     let declared = Command::new(bin)
@@ -144,29 +164,45 @@ async fn one_count(n: usize, peer: u16) -> Res<String> {
         return Err(format!("topology failed for {n} channels").into());
     }
     let t = Instant::now();
-    let worker = Command::new(bin)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("worker.log"))?)
-        .spawn()?;
-    let pid = worker.id();
-    let ready_url = format!("http://127.0.0.1:{http}/readyz");
-    let ready = loop {
-        if reqwest::get(&ready_url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break Some(t.elapsed().as_secs_f64());
+    let mut workers = Vec::new();
+    for (r, (path, _)) in configs.iter().enumerate() {
+        workers.push(
+            Command::new(bin)
+                .args(["run", "--config"])
+                .arg(path)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(
+                    dir.path().join(format!("worker-{r}.log")),
+                )?)
+                .spawn()?,
+        );
+    }
+    let pids: Vec<u32> = workers.iter().map(Child::id).collect();
+    // Ready: every replica's `/readyz` answered 200.
+    let mut ready = Some(0.0);
+    for (_, http) in &configs {
+        let ready_url = format!("http://127.0.0.1:{http}/readyz");
+        loop {
+            if reqwest::get(&ready_url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                ready = Some(t.elapsed().as_secs_f64());
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                ready = None;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if t.elapsed() > Duration::from_secs(600) {
-            break None;
+        if ready.is_none() {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
     let Some(ready_s) = ready else {
-        let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
-        stop(worker);
+        let log = std::fs::read_to_string(dir.path().join("worker-0.log")).unwrap_or_default();
+        workers.into_iter().for_each(stop);
         let tail: Vec<&str> = log.lines().rev().take(3).collect();
         return Ok(format!(
             "| {n} | {topology_s:.1} s | never: {} | — | — | — | — |",
@@ -219,17 +255,29 @@ async fn one_count(n: usize, peer: u16) -> Res<String> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10u64);
-    let before = cpu_ticks(pid);
+    let before: Vec<u64> = pids.iter().map(|p| cpu_ticks(*p)).collect();
     tokio::time::sleep(Duration::from_secs(idle)).await;
-    let cpu = cpu_ticks(pid).saturating_sub(before) as f64 / 100.0 / idle as f64 * 100.0;
-    let rss = proc_field(pid, "VmRSS:") as f64 / 1024.0;
+    let cpu = pids
+        .iter()
+        .zip(&before)
+        .map(|(p, b)| {
+            let c = cpu_ticks(*p).saturating_sub(*b) as f64 / 100.0 / idle as f64 * 100.0;
+            format!("{c:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" / ");
+    let rss = pids
+        .iter()
+        .map(|p| format!("{:.0}", proc_field(*p, "VmRSS:") as f64 / 1024.0))
+        .collect::<Vec<_>>()
+        .join(" / ");
     let memory = broker_memory_mib().join(" / ");
-    stop(worker);
+    workers.into_iter().for_each(stop);
     let cfg = Config::load(&path)?;
     topology::delete(&ch, &cfg).await?;
     drop(conn.close(200, "done".into()).await);
     Ok(format!(
-        "| {n} | {topology_s:.1} s | {ready_s:.1} s | {all_sent} | {rss:.0} MiB | {cpu:.1} % | {memory} MiB |"
+        "| {n} | {topology_s:.1} s | {ready_s:.1} s | {all_sent} | {rss} MiB | {cpu} % | {memory} MiB |"
     ))
 }
 
