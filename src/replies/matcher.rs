@@ -72,6 +72,15 @@ async fn back(delivery: &Delivery) {
     );
 }
 
+/// After a failure the broker may still be in: one pause, then every one
+/// of `deliveries` goes back to its queue.
+async fn give_back(deliveries: impl IntoIterator<Item = Delivery>) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for d in deliveries {
+        back(&d).await;
+    }
+}
+
 /// What one customer message comes to.
 enum Decided {
     /// Publish these (kind, channel, JSON) and count the outcome on the channel.
@@ -141,10 +150,7 @@ impl Matcher {
             // stream before this mark: once it is read, none is missing.
             if let Err(e) = self.book.sync(publisher, &self.names).await {
                 warn!(error = %format!("{e:#}"), "cannot catch up with the prompt stream; the replies go back to their queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                for d in batch {
-                    back(&d).await;
-                }
+                give_back(batch).await;
                 continue;
             }
             let mut batch = batch.into_iter();
@@ -155,11 +161,7 @@ impl Matcher {
                     // would meet the same broker: all of it goes back,
                     // after one pause, not one pause each.
                     warn!(error = %format!("{e:#}"), "cannot settle a reply; it and the rest of its batch go back to their queue");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    back(&d).await;
-                    for rest in batch.by_ref() {
-                        back(&rest).await;
-                    }
+                    give_back(std::iter::once(d).chain(batch)).await;
                     break;
                 }
                 d.acker.ack(BasicAckOptions::default()).await?;
