@@ -27,6 +27,22 @@ async fn add(app: &TestApp, name: &str, rate: &str, key: &str) -> std::process::
         .await
 }
 
+/// The next `n` events, each `sent` for `channel`: their job ids, sorted.
+async fn sent_ids(app: &TestApp, channel: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let e = app.next_event().await;
+        assert_eq!(
+            (e["event"].as_str(), e["channel"].as_str()),
+            (Some("sent"), Some(channel)),
+            "{e}"
+        );
+        ids.push(e["job_id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    ids
+}
+
 fn budget(channel: &str) -> String {
     format!("octopods_channel_rate_budget{{channel=\"{channel}\"}}")
 }
@@ -60,14 +76,10 @@ async fn a_channel_added_at_run_time_takes_its_waiting_jobs_and_every_replica_fo
         .await;
     }
     eprintln!("add reached 2 replicas in {:?}", asked.elapsed());
-    for _ in 0..3 {
-        let e = app.next_event().await;
-        assert_eq!(
-            (e["event"].as_str(), e["channel"].as_str()),
-            (Some("sent"), Some("shop-new")),
-            "{e}"
-        );
-    }
+    assert_eq!(
+        sent_ids(&app, "shop-new", 3).await,
+        ["early-0", "early-1", "early-2"]
+    );
     assert_eq!(app.depth("unroutable").await, 0);
     assert_eq!(
         requests_with_key(&app, key).len(),
@@ -171,14 +183,10 @@ async fn a_channel_removed_with_jobs_queued_is_refused_unless_asked_and_loses_no
     // Added again: a fresh start (not paused), every job sent once.
     let out = ok(&add(&app, "shop-gone", "50", "gone.key").await);
     assert!(out.contains("moved 1 jobs"), "{out}");
-    let mut ids = Vec::new();
-    for _ in 0..7 {
-        let e = app.next_event().await;
-        assert_eq!(e["event"], "sent", "{e}");
-        ids.push(e["job_id"].as_str().unwrap().to_owned());
-    }
-    ids.sort();
-    assert_eq!(ids, ["after", "q-0", "q-1", "q-2", "q-3", "q-4", "q-5"]);
+    assert_eq!(
+        sent_ids(&app, "shop-gone", 7).await,
+        ["after", "q-0", "q-1", "q-2", "q-3", "q-4", "q-5"]
+    );
     app.shutdown().await;
 }
 
@@ -254,14 +262,7 @@ async fn a_channel_moved_from_the_file_to_run_time_keeps_its_queued_jobs() {
     )
     .await;
     // The file without shop-old, and the replica restarted on it.
-    let text = std::fs::read_to_string(&app.config_path).unwrap();
-    let start = text.find("[[channels]]\nname = \"shop-old\"").unwrap();
-    let end = text[start..]
-        .find("\n\n")
-        .map_or(text.len(), |i| start + i + 2);
-    let without = format!("{}{}", &text[..start], &text[end..]);
-    std::fs::write(&app.config_path, &without).unwrap();
-    app.config.channels.retain(|c| c.name != "shop-old");
+    app.rewrite_config(&runtime());
     app.start_worker().await;
     app.publish_many("shop-old", [job_for("shop-old", "between")])
         .await;
@@ -277,18 +278,10 @@ async fn a_channel_moved_from_the_file_to_run_time_keeps_its_queued_jobs() {
     std::fs::write(app.runtime_keys().join("shop-old.key"), key).unwrap();
     app.added.push("shop-old".into());
     ok(&add(&app, "shop-old", "50", "shop-old.key").await);
-    let mut ids = Vec::new();
-    for _ in 0..4 {
-        let e = app.next_event().await;
-        assert_eq!(
-            (e["event"].as_str(), e["channel"].as_str()),
-            (Some("sent"), Some("shop-old")),
-            "{e}"
-        );
-        ids.push(e["job_id"].as_str().unwrap().to_owned());
-    }
-    ids.sort();
-    assert_eq!(ids, ["before-0", "before-1", "before-2", "between"]);
+    assert_eq!(
+        sent_ids(&app, "shop-old", 4).await,
+        ["before-0", "before-1", "before-2", "between"]
+    );
     assert_eq!(requests_with_key(&app, key).len(), 4, "with the added key");
     assert_eq!(app.depth("jobs.shop-old").await, 0);
     app.shutdown().await;

@@ -367,6 +367,16 @@ pub async fn spawn_with(test: &str, opts: Options) -> TestApp {
 }
 
 impl TestApp {
+    /// Writes the config file (and `config`) anew from `opts`, with this
+    /// test's prefix, sandbox and key directory: an operator's edit before
+    /// the replicas restart.
+    pub fn rewrite_config(&mut self, opts: &Options) {
+        let text = config_text(&self.prefix, &self.sandbox.url(), opts, self._keys.path());
+        self.config =
+            Config::from_toml(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        std::fs::write(&self.config_path, &text).expect("write config");
+    }
+
     /// Where `channel add --key-file` key files go (with `runtime_channels`).
     pub fn runtime_keys(&self) -> std::path::PathBuf {
         self._keys.path().join("runtime")
