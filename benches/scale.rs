@@ -143,6 +143,22 @@ fn replicas() -> usize {
         .max(1)
 }
 
+/// Seconds from `t` until the worker on `http` answers `/readyz` with
+/// 200; `None` after 10 minutes.
+async fn ready_since(http: u16, t: Instant) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{http}/readyz");
+    while t.elapsed() <= Duration::from_secs(600) {
+        if reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Some(t.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 async fn one_count(n: usize, peer: u16) -> Res<String> {
     let dir = tempfile::tempdir()?;
     let prefix = format!("scale-{n}-{}", std::process::id());
@@ -181,21 +197,7 @@ async fn one_count(n: usize, peer: u16) -> Res<String> {
     // Ready: every replica's `/readyz` answered 200.
     let mut ready = Some(0.0);
     for (_, http) in &configs {
-        let ready_url = format!("http://127.0.0.1:{http}/readyz");
-        loop {
-            if reqwest::get(&ready_url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                ready = Some(t.elapsed().as_secs_f64());
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(600) {
-                ready = None;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        ready = ready_since(*http, t).await;
         if ready.is_none() {
             break;
         }
