@@ -370,16 +370,29 @@ impl Worker {
         }
         stop.cancel();
         self.health.set_consuming(false);
-        while consumers.join_next().await.is_some() {}
+        // A graceful stop counts from the signal: cancelling the consumers
+        // (one `basic.cancel` each, which a loaded broker answers slowly,
+        // and a frozen one never) is part of the grace period, not before
+        // it. A failing session gives them the time a close gets.
+        let cancels_end = match failure {
+            None => run.end(self.shared.config.worker.grace_period),
+            Some(_) => crate::clock::after(broker::CLOSE_TIMEOUT),
+        };
+        stop_consumers(&mut consumers, cancels_end).await;
         if let Some(e) = failure {
             links.close(320, "reconnecting").await;
             return Err(e);
         }
         self.drain(run, &mut events).await;
         drop(events);
-        for amqp in &amqp_channels {
-            broker::close_channel(amqp, "shutdown").await;
-        }
+        // Acks sent before a channel's close are settled by it; the
+        // channels close together, within one close's wait.
+        futures_util::future::join_all(
+            amqp_channels
+                .iter()
+                .map(|amqp| broker::close_channel(amqp, "shutdown")),
+        )
+        .await;
         links.close(200, "shutdown").await;
         Ok(())
     }
@@ -593,9 +606,12 @@ impl Links {
         })
     }
 
+    /// Closes both connections together: one close's wait at most.
     async fn close(&self, code: u16, why: &str) {
-        broker::close(&self.consuming, code, why).await;
-        broker::close(&self.publishing, code, why).await;
+        tokio::join!(
+            broker::close(&self.consuming, code, why),
+            broker::close(&self.publishing, code, why)
+        );
     }
 }
 
@@ -641,6 +657,20 @@ async fn repair_topology(
             Err(e) => warn!(error = %format!("{e:#}"), "cannot declare the topology again"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits until every consumer has cancelled on the broker (and handed back
+/// what it held), until `end`; those still waiting then are dropped, and
+/// what they hold goes back to the queue when the channel closes.
+async fn stop_consumers(consumers: &mut JoinSet<Stopped>, end: Instant) {
+    let all = async { while consumers.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(end, all).await.is_err() {
+        warn!(
+            consumers = consumers.len(),
+            "the broker did not confirm every consumer's cancel in time; what those consumers hold goes back to the queue with their channel"
+        );
+        consumers.shutdown().await;
     }
 }
 

@@ -141,3 +141,54 @@ async fn twenty_restarts_with_a_slow_backlog_spend_no_job() {
     assert_eq!(app.depth("jobs.store-eu").await, 0);
     app.shutdown().await;
 }
+
+/// A broker that stops answering while the worker stops (a hung node, a
+/// partition) holds the stop no longer than the grace period and the
+/// closes' waits: the consumers' cancels count inside the grace period
+/// (with 10,000 channels a loaded broker took 17–27 s to answer them, and a
+/// frozen one never does). What the worker held is redelivered, not lost.
+#[tokio::test]
+async fn a_broker_that_stops_answering_holds_the_stop_no_longer_than_the_grace_period() {
+    let proxy = Proxy::start(&amqp_url()).await;
+    let mut app = spawn_with(
+        "frozen-stop",
+        Options {
+            broker_url: Some(proxy.url(&amqp_url())),
+            // The job is still at its request when the broker freezes
+            // (within the test config's 2 s request timeout).
+            sandbox_latency: Duration::from_millis(1500),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.publish_job(&button_job("held")).await;
+    eventually(Duration::from_secs(10), "the request in flight", || async {
+        (!app.requests().is_empty()).then_some(())
+    })
+    .await;
+    proxy.freeze();
+    let grace = app.config.worker.grace_period;
+    // Cancels and drain inside the grace period; then the channels and the
+    // connections close, each group within one close's wait (2 s).
+    let bound = grace + Duration::from_secs(6);
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(60), app.stop_worker()).await;
+    let took = started.elapsed();
+    eprintln!("stop with a frozen broker: {took:?} (grace {grace:?})");
+    assert!(
+        stopped.is_ok(),
+        "the stop was still waiting on the frozen broker after 60 s"
+    );
+    assert!(
+        took <= bound,
+        "the stop took {took:?}; the bound is {bound:?}"
+    );
+    // The held job comes back once the broker sees the connection go.
+    proxy.sever();
+    proxy.thaw();
+    app.start_worker().await;
+    let e = app.next_event().await;
+    assert_eq!(e["event"], "sent", "{e}");
+    assert_eq!(e["job_id"], "held", "{e}");
+    app.shutdown().await;
+}

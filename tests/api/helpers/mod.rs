@@ -6,17 +6,20 @@
 //!   the worker's connection.
 //! - [`jobs`]: sample jobs and the payload Octopods must receive for them.
 //! - [`binary`]: the real binary, for signals and crashes.
+//! - [`proxy`]: a relay to the broker that freezes and severs.
 
 mod binary;
 mod broker;
 pub mod browser;
 mod jobs;
 pub mod otlp;
+mod proxy;
 mod raw_amqp;
 
 pub use binary::*;
 pub use broker::*;
 pub use jobs::*;
+pub use proxy::*;
 pub use raw_amqp::*;
 
 use std::{
@@ -154,6 +157,8 @@ pub struct Options {
     pub max_concurrent_requests: Option<usize>,
     /// When the sandbox reports a sent message DELIVERED, then READ.
     pub sandbox_status_after: (Duration, Duration),
+    /// The worker's broker URL (the test broker's when `None`).
+    pub broker_url: Option<String>,
     /// Query parameters for the broker URL (e.g. `channel_max=64`).
     pub broker_query: Option<String>,
     /// `worker.channel_keys_dir` set (channels can be added at run time;
@@ -174,6 +179,7 @@ impl Default for Options {
             fault: None,
             max_concurrent_requests: None,
             sandbox_status_after: (Duration::from_millis(300), Duration::from_millis(600)),
+            broker_url: None,
             broker_query: None,
             runtime_channels: false,
         }
@@ -278,10 +284,13 @@ pub fn config_text(
         "[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nprefetch = 32\n{}\n\
          [octopods]\nbase_url = \"{sandbox_url}\"\ntimeout = \"2s\"\n{}\n\
          [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"{}ms\"\n{}\n{}\n",
-        match &opts.broker_query {
-            None => amqp_url(),
-            Some(q) if amqp_url().contains('?') => format!("{}&{q}", amqp_url()),
-            Some(q) => format!("{}?{q}", amqp_url()),
+        {
+            let url = opts.broker_url.clone().unwrap_or_else(amqp_url);
+            match &opts.broker_query {
+                None => url,
+                Some(q) if url.contains('?') => format!("{url}&{q}"),
+                Some(q) => format!("{url}?{q}"),
+            }
         },
         opts.delivery_limit
             .map(|n| format!("delivery_limit = {n}\n"))
