@@ -185,6 +185,17 @@ impl Config {
         })
     }
 
+    /// Whether the histograms are kept by channel (`http.channel_histograms`):
+    /// unset, while the file lists at most 200 channels and no more can be
+    /// added at run time. A platform's thousands of channels would make each
+    /// histogram thousands of times 15 series, in the worker and in Prometheus.
+    pub fn channel_histograms(&self) -> bool {
+        self.http.channel_histograms.unwrap_or(
+            self.channels.len() <= crate::observe::metrics::EVERY_SERIES_UP_TO
+                && self.worker.channel_keys_dir.is_none(),
+        )
+    }
+
     /// `broker.publish_timeout`, at most half the grace period.
     pub fn publish_timeout(&self) -> Duration {
         self.broker

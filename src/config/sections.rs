@@ -10,12 +10,17 @@ use serde::Deserialize;
 pub struct HttpConfig {
     /// Address of `/metrics`, `/healthz`, `/readyz`. Default `0.0.0.0:9464`.
     pub listen: SocketAddr,
+    /// The histograms by channel (`true`) or one for all channels
+    /// (`false`, labelled `channel="*"`). Unset: by channel while the file
+    /// lists at most 200 channels and none can be added at run time.
+    pub channel_histograms: Option<bool>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+            channel_histograms: None,
         }
     }
 }

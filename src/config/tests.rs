@@ -263,3 +263,25 @@ fn telemetry_endpoints_and_bounds_are_checked() {
         assert!(e.contains("telemetry."), "{bad}: {e}");
     }
 }
+
+#[test]
+fn histograms_by_channel_unless_many_or_runtime_channels() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert!(c.channel_histograms(), "a few channels from the file");
+    let runtime = Config::from_toml("[worker]\nchannel_keys_dir = \"/keys\"\n").unwrap();
+    assert!(!runtime.channel_histograms(), "channels added at run time");
+    let mut many = String::new();
+    for i in 0..201 {
+        many.push_str(&format!(
+            "[[channels]]\nname = \"c{i}\"\napi_key_env = \"K\"\nrate_per_second = 1\n"
+        ));
+    }
+    assert!(
+        !Config::from_toml(&many).unwrap().channel_histograms(),
+        "201 channels"
+    );
+    let forced = Config::from_toml(&format!("[http]\nchannel_histograms = true\n{many}")).unwrap();
+    assert!(forced.channel_histograms(), "set explicitly");
+    let off = Config::from_toml(&format!("[http]\nchannel_histograms = false\n{MINIMAL}")).unwrap();
+    assert!(!off.channel_histograms(), "set explicitly");
+}

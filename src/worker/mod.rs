@@ -123,7 +123,7 @@ impl Worker {
             .await
             .with_context(|| format!("http.listen: cannot bind {}", config.http.listen))?;
         let client = Client::new(&config.octopods).context("cannot build the HTTP client")?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new().histograms_by_channel(config.channel_histograms()));
         let delays: Vec<String> = topology::delay_queues(&config)
             .iter()
             .map(|d| topology::delay_label(*d))

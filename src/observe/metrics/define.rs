@@ -311,6 +311,7 @@ impl Metrics {
             broker_connected,
             broker_reconnects,
             registry,
+            histograms_by_channel: true,
         };
         for reason in ["unreadable", "out_of_range", "refused", "panicked"] {
             metrics.control_rejected.with_label_values(&[reason]);
