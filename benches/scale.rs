@@ -3,16 +3,22 @@
 //! For each count in `SCALE_CHANNELS` (default `100,1000`), each channel
 //! at 10/s, burst 1, one job each:
 //!
-//! | channels | `topology` | worker ready | all sent | worker RSS | idle CPU | broker memory |
+//! | channels | `topology` | worker ready | all sent | worker RSS | idle CPU | broker memory | budget |
 //!
 //! - `topology`: `octopods-worker topology` (declares every queue), wall time;
 //! - worker ready: `run` started → `/readyz` 200;
-//! - all sent: one job per channel published (confirmed) → every `sent` event read;
+//! - all sent: one job per channel published (confirmed) → every channel's
+//!   first `sent` event read;
 //! - worker RSS after, and its CPU over `SCALE_IDLE` seconds idle (default 10);
+//! - budget: `SCALE_SAMPLE` channels (default 5) get `SCALE_BACKLOG` jobs
+//!   (default 40) instead of one; the most `sent` events (by `sent_at`) of
+//!   one of them in any second, against what 10/s with burst 1 allows (11):
+//!   with several replicas, one budget across them;
 //! - broker memory: `erlang:memory(total)` of each node (`SCALE_NODES`,
 //!   default `rabbit@$(hostname -s)`, through `RABBITMQCTL`, default `rabbitmqctl`).
 //!
 //! `AMQP_URL` (a comma-separated list for a cluster) picks the broker;
+//! `SCALE_HISTOGRAMS` (`true` or `false`) sets `http.channel_histograms`;
 //! `SCALE_REPLICAS` (default 1) starts that many workers, each with every
 //! channel (ready: all of them; RSS and CPU: each).
 
@@ -112,9 +118,14 @@ fn config(
     let len = nodes.len();
     nodes.rotate_left(replica % len);
     let list: Vec<String> = nodes.iter().map(|u| format!("\"{u}\"")).collect();
+    // `SCALE_HISTOGRAMS=true|false` sets `http.channel_histograms` (unset:
+    // its default, one for all channels past 200).
+    let histograms = std::env::var("SCALE_HISTOGRAMS")
+        .map(|v| format!("channel_histograms = {v}\n"))
+        .unwrap_or_default();
     let mut text = format!(
         "[broker]\nurls = [{}]\nprefix = \"{prefix}\"\n[octopods]\nbase_url = \"http://127.0.0.1:{peer}\"\n\
-         [http]\nlisten = \"127.0.0.1:{http}\"\n[worker]\nspread_window = \"0ms\"\n",
+         [http]\nlisten = \"127.0.0.1:{http}\"\n{histograms}[worker]\nspread_window = \"0ms\"\n",
         list.join(", ")
     );
     std::fs::write(dir.join("key"), "k")?;
@@ -207,7 +218,7 @@ async fn one_count(n: usize, peer: u16) -> Res<String> {
         workers.into_iter().for_each(stop);
         let tail: Vec<&str> = log.lines().rev().take(3).collect();
         return Ok(format!(
-            "| {n} | {topology_s:.1} s | never: {} | — | — | — | — |",
+            "| {n} | {topology_s:.1} s | never: {} | — | — | — | — | — |",
             tail.join(" / ")
         ));
     };
@@ -222,36 +233,56 @@ async fn one_count(n: usize, peer: u16) -> Res<String> {
             FieldTable::default(),
         )
         .await?;
+    let (sample, backlog) = (
+        env_or("SCALE_SAMPLE", 5).min(n),
+        env_or("SCALE_BACKLOG", 40).max(1),
+    );
+    let jobs = n + sample * (backlog - 1);
     let t = Instant::now();
     for i in 0..n {
-        let job = json!({"job_id": format!("j-{i}"), "destination_phone": format!("+1555{i:07}"),
-            "waba_interactive_message": octopods_worker::job::delivery_confirmation()});
-        drop(
-            ch.basic_publish(
-                format!("{prefix}.jobs").as_str().into(),
-                format!("shop-{i:05}").as_str().into(),
-                BasicPublishOptions::default(),
-                &serde_json::to_vec(&job)?,
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?,
-        );
+        for b in 0..if i < sample { backlog } else { 1 } {
+            let job = json!({"job_id": format!("j-{i}-{b}"), "destination_phone": format!("+1555{i:07}"),
+                "waba_interactive_message": octopods_worker::job::delivery_confirmation()});
+            drop(
+                ch.basic_publish(
+                    format!("{prefix}.jobs").as_str().into(),
+                    format!("shop-{i:05}").as_str().into(),
+                    BasicPublishOptions::default(),
+                    &serde_json::to_vec(&job)?,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?,
+            );
+        }
     }
     ch.wait_for_confirms().await?;
-    let mut sent = 0;
-    while sent < n {
+    // All sent: every channel's first job (a sampled channel's backlog
+    // comes after it); then the backlogs finish, for the budget column.
+    let (mut sent, mut firsts, mut all_sent) = (0, 0, None);
+    let mut sent_at: Vec<Vec<u64>> = vec![Vec::new(); sample];
+    while sent < jobs {
         match tokio::time::timeout(Duration::from_secs(300), events.next()).await {
             Ok(Some(Ok(d))) => {
                 d.acker.ack(BasicAckOptions::default()).await?;
                 sent += 1;
+                let send = sampled_send(&d.data);
+                if send.as_ref().is_some_and(|s| s.first) {
+                    firsts += 1;
+                    if firsts == n {
+                        all_sent = Some(t.elapsed());
+                    }
+                }
+                if let Some(s) = send.filter(|s| s.channel < sample) {
+                    sent_at[s.channel].push(s.at_ms);
+                }
             }
             _ => break,
         }
     }
-    let all_sent = if sent == n {
-        format!("{:.1} s", t.elapsed().as_secs_f64())
-    } else {
-        format!("{sent} of {n} in 300 s")
+    let budget = budget_column(&mut sent_at, backlog);
+    let all_sent = match all_sent {
+        Some(took) => format!("{:.1} s", took.as_secs_f64()),
+        None => format!("{firsts} of {n} in 300 s"),
     };
     let idle = std::env::var("SCALE_IDLE")
         .ok()
@@ -279,8 +310,57 @@ async fn one_count(n: usize, peer: u16) -> Res<String> {
     topology::delete(&ch, &cfg).await?;
     drop(conn.close(200, "done".into()).await);
     Ok(format!(
-        "| {n} | {topology_s:.1} s | {ready_s:.1} s | {all_sent} | {rss} MiB | {cpu} % | {memory} MiB |"
+        "| {n} | {topology_s:.1} s | {ready_s:.1} s | {all_sent} | {rss} MiB | {cpu} % | {memory} MiB | {budget} |"
     ))
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A `sent` event: its channel's index, whether it was the channel's first
+/// job, and its `sent_at` in Unix milliseconds.
+struct SentEvent {
+    channel: usize,
+    first: bool,
+    at_ms: u64,
+}
+
+fn sampled_send(body: &[u8]) -> Option<SentEvent> {
+    let e: serde_json::Value = serde_json::from_slice(body).ok()?;
+    if e["event"] != "sent" {
+        return None;
+    }
+    let at = humantime::parse_rfc3339(e["sent_at"].as_str()?).ok()?;
+    let ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    Some(SentEvent {
+        channel: e["channel"].as_str()?.strip_prefix("shop-")?.parse().ok()?,
+        first: e["job_id"].as_str()?.ends_with("-0"),
+        at_ms: u64::try_from(ms).ok()?,
+    })
+}
+
+/// The most sends of one sampled channel within any second, and what its
+/// budget (10/s, burst 1) allows there: `max 11 / 11`, or `… EXCEEDED`.
+fn budget_column(sent_at: &mut [Vec<u64>], backlog: usize) -> String {
+    const ALLOWED: usize = 11;
+    let mut most = 0;
+    for at in sent_at.iter_mut() {
+        at.sort_unstable();
+        for (i, start) in at.iter().enumerate() {
+            let within = at[i..].iter().take_while(|t| **t < start + 1000).count();
+            most = most.max(within);
+        }
+    }
+    let counted: usize = sent_at.iter().map(Vec::len).sum();
+    let verdict = if most <= ALLOWED { "held" } else { "EXCEEDED" };
+    format!(
+        "{verdict}: max {most} / {ALLOWED} in 1 s ({} channels × {backlog}, {counted} sends)",
+        sent_at.len()
+    )
 }
 
 #[tokio::main]
@@ -303,9 +383,9 @@ async fn main() -> Res<()> {
         .spawn()?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
-        "| channels | `topology` | worker ready | all sent | worker RSS | idle CPU | broker memory |"
+        "| channels | `topology` | worker ready | all sent | worker RSS | idle CPU | broker memory | budget |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for n in counts {
         let row = one_count(n, peer)
             .await
