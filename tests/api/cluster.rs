@@ -7,6 +7,13 @@
 //! and run as their own group, after it, by `scripts/test.sh`:
 //! `cargo nextest run --run-ignored only -E 'test(/^cluster::/)'`.
 //! Without the cluster they fail with a message saying how to start it.
+//!
+//! `CLUSTER_IDLE_CHANNELS=N` gives both replicas N more channels without
+//! jobs (declared up front with `topology`): the same kills with a
+//! platform's many queues and consumers on the nodes (docs/contract.md §16).
+//! Its waits (ready, sends going on after a loss, every job sent) grow by
+//! one time their size per 1,000 idle channels: on one small machine the
+//! brokers' CPU, not the worker, sets how fast thousands of queues recover.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -107,6 +114,41 @@ async fn leader_of(queue: &str, ask: usize) -> usize {
         .unwrap_or_else(|| panic!("leader {leader:?} is not a cluster node"))
 }
 
+/// `CLUSTER_IDLE_CHANNELS`: channels without jobs beside [`CHANNELS`].
+fn idle_channels() -> usize {
+    std::env::var("CLUSTER_IDLE_CHANNELS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `d`, one time more per 1,000 idle channels (module docs).
+fn slack(d: Duration) -> Duration {
+    d * (1 + u32::try_from(idle_channels() / 1000).unwrap_or(u32::MAX))
+}
+
+/// Declares a config's topology with the binary's `topology` command: with
+/// many idle channels, before the replicas start (their readiness wait is
+/// shorter than declaring thousands of queues on the cluster).
+fn declare_up_front(config: &Path) {
+    if idle_channels() == 0 {
+        return;
+    }
+    let t = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+        .args(["topology", "--config"])
+        .arg(config)
+        .env_remove("AMQP_URL")
+        .output()
+        .expect("run the binary");
+    assert!(out.status.success(), "topology: {}", stderr(&out));
+    eprintln!(
+        "cluster: {} idle channels declared in {:.1} s",
+        idle_channels(),
+        t.elapsed().as_secs_f64()
+    );
+}
+
 /// One replica's config: the nodes in `order`, its own key file per channel
 /// (the sandbox tells the replicas apart by key).
 fn replica_config(
@@ -126,6 +168,14 @@ fn replica_config(
          [http]\nlisten = \"127.0.0.1:0\"\n\n[worker]\ngrace_period = \"5s\"\nspread_window = \"0ms\"\n\n{TEST_RETRY}\n",
         urls.join(", ")
     );
+    let idle_key = dir.join("idle");
+    std::fs::write(&idle_key, "key-idle").expect("write key");
+    for i in 0..idle_channels() {
+        text.push_str(&format!(
+            "[[channels]]\nname = \"idle-{i:05}\"\napi_key_file = \"{}\"\nrate_per_second = 10\n\n",
+            idle_key.display()
+        ));
+    }
     for c in CHANNELS {
         let key = dir.join(format!("{replica}-{c}"));
         std::fs::write(&key, format!("key-{c}-{replica}")).expect("write key");
@@ -252,11 +302,12 @@ async fn kill_and_recover(
     cluster_async(&["kill", &node.to_string()]).await;
     // Back even if this test fails: the next run needs all three nodes.
     let restart = Restart(Some(node));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let within = slack(Duration::from_secs(60));
+    let deadline = Instant::now() + within;
     while sandbox.requests().len() < before + 100 {
         assert!(
             Instant::now() < deadline,
-            "sends did not go on within 60 s of losing node {node}: {} requests\nA: {}\nB: {}",
+            "sends did not go on within {within:?} of losing node {node}: {} requests\nA: {}\nB: {}",
             sandbox.requests().len(),
             workers[0].tail(30),
             workers[1].tail(30)
@@ -308,8 +359,10 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
     // Replica A prefers node 1, B node 2: they sit on different nodes.
     let config_a = replica_config(dir.path(), &prefix, &sandbox.url(), "A", [5681, 5682, 5683]);
     let config_b = replica_config(dir.path(), &prefix, &sandbox.url(), "B", [5682, 5683, 5681]);
-    let a = BinaryWorker::start(&config_a).await;
-    let b = BinaryWorker::start(&config_b).await;
+    declare_up_front(&config_a);
+    let ready = slack(Duration::from_secs(60));
+    let a = BinaryWorker::start_within(&config_a, ready).await;
+    let b = BinaryWorker::start_within(&config_b, ready).await;
     let (readiness, watcher) = watch_readiness(a.addr.clone());
 
     // Part of the jobs now, the rest just before the second kill: however
@@ -317,7 +370,7 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
     publish_jobs(&prefix, 0..FIRST_PART).await;
 
     // 1. The node replica A is connected to.
-    eventually(Duration::from_secs(30), "200 sends", || async {
+    eventually(slack(Duration::from_secs(30)), "200 sends", || async {
         (sandbox.requests().len() >= 200).then_some(())
     })
     .await;
@@ -325,7 +378,7 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
         .await
         .expect("replica A names its node");
     let first_kill = kill_and_recover(&sandbox, node_a, "replica A's node", [&a, &b]).await;
-    let back = Instant::now() + Duration::from_secs(60);
+    let back = Instant::now() + slack(Duration::from_secs(60));
     loop {
         let r = reqwest::get(format!("http://{}/readyz", a.addr)).await;
         if r.is_ok_and(|r| r.status().is_success()) {
@@ -333,7 +386,8 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
         }
         assert!(
             Instant::now() < back,
-            "replica A not ready again within 60 s:\n{}",
+            "replica A not ready again within {:?}:\n{}",
+            slack(Duration::from_secs(60)),
             a.tail(30)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -395,14 +449,15 @@ async fn every_job_ends_sent(ch: &lapin::Channel, prefix: &str) -> usize {
         .await
         .expect("consume results");
     let mut sent: BTreeMap<String, usize> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let within = slack(Duration::from_secs(180));
+    let deadline = Instant::now() + within;
     while sent.len() < CHANNELS.len() * PER_CHANNEL {
         let left = deadline.saturating_duration_since(Instant::now());
         let next = tokio::time::timeout(left, events.next())
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "only {} of {} jobs sent within 180 s",
+                    "only {} of {} jobs sent within {within:?}",
                     sent.len(),
                     CHANNELS.len() * PER_CHANNEL
                 )

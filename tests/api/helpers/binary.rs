@@ -13,17 +13,38 @@ pub struct BinaryWorker {
 impl BinaryWorker {
     /// Starts the binary and waits until `/readyz` answers 200.
     pub async fn start(config: &std::path::Path) -> Self {
-        Self::spawn("run", "http", "/readyz", config).await
+        Self::start_within(config, Duration::from_secs(15)).await
+    }
+
+    /// [`BinaryWorker::start`], ready within `ready` (thousands of channels
+    /// on a cluster take longer to subscribe).
+    pub async fn start_within(config: &std::path::Path, ready: Duration) -> Self {
+        Self::spawn("run", "http", "/readyz", config, ready).await
     }
 
     /// Starts `console` and waits until its `/healthz` answers 200.
     pub async fn console(config: &std::path::Path) -> Self {
-        Self::spawn("console", "addr", "/healthz", config).await
+        Self::spawn(
+            "console",
+            "addr",
+            "/healthz",
+            config,
+            Duration::from_secs(15),
+        )
+        .await
     }
 
     /// Starts `command` with JSON logs, reads its address from the log
-    /// field `addr_field`, and waits until `ready` answers 200 there.
-    async fn spawn(command: &str, addr_field: &str, ready: &str, config: &std::path::Path) -> Self {
+    /// field `addr_field`, and waits until `ready` answers 200 there. The
+    /// process is ours from its start: a wait that fails kills it (it
+    /// once outlived its test and declared 10,000 queues into the next).
+    async fn spawn(
+        command: &str,
+        addr_field: &str,
+        ready: &str,
+        config: &std::path::Path,
+        within: Duration,
+    ) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
             .args(["--log-format", "json", command, "--config"])
@@ -54,25 +75,22 @@ impl BinaryWorker {
             }
             log
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(15))
-            .expect("the process logs its HTTP address");
-        let url = format!("http://{addr}{ready}");
-        eventually(
-            Duration::from_secs(15),
-            "the binary to be ready",
-            || async {
-                let r = reqwest::get(&url).await.ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
-        .await;
-        Self {
+        let mut worker = Self {
             child,
-            addr,
+            addr: String::new(),
             log: Some(log),
             so_far,
-        }
+        };
+        worker.addr = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the process logs its HTTP address");
+        let url = format!("http://{}{ready}", worker.addr);
+        eventually(within, "the binary to be ready", || async {
+            let r = reqwest::get(&url).await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        worker
     }
 
     pub fn signal(&self, signal: &str) {
