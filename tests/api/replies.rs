@@ -3,7 +3,7 @@
 //! through the worker's webhook receiver, the replies queue, the prompt
 //! stream and the matcher — the real broker throughout.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use octopods_sandbox::inbox::{Hubspot, HubspotConfig, Intercom, IntercomConfig, intercom::Tap};
 use serde_json::{Value, json};
@@ -123,13 +123,35 @@ impl Inboxes {
         assert_eq!(sent["job_id"], job_id);
     }
 
-    /// The next event of `kind`, skipping the others (status events).
+    /// The next event of `kind`, skipping the others (status events). A
+    /// wait that fails says how far the worker got (webhooks answered,
+    /// lookups, outcomes): once, on RabbitMQ 4.0.5 in CI, a tap's `replied`
+    /// never came, and nothing said where it stopped.
     async fn next(&self, kind: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let e = self.app.next_event().await;
-            if e["event"] == kind {
-                return e;
+            if let Some(e) = self.app.try_next_event().await {
+                if e["event"] == kind {
+                    return e;
+                }
+                continue;
             }
+            if Instant::now() > deadline {
+                let metrics = self.app.metrics().await;
+                let seen: Vec<&str> = metrics
+                    .lines()
+                    .filter(|l| {
+                        (l.starts_with("octopods_repl") && !l.contains("_bucket"))
+                            || l.starts_with("octopods_jobs_completed_total")
+                    })
+                    .filter(|l| !l.ends_with(" 0"))
+                    .collect();
+                panic!(
+                    "no {kind} event within 15 s; the worker's reply series:\n{}",
+                    seen.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
