@@ -130,16 +130,20 @@ fn slack(d: Duration) -> Duration {
 /// Declares a config's topology with the binary's `topology` command: with
 /// many idle channels, before the replicas start (their readiness wait is
 /// shorter than declaring thousands of queues on the cluster).
-fn declare_up_front(config: &Path) {
+/// Awaited, not blocking (the sandbox runs on the test's runtime), and
+/// killed with the test if the runner stops it.
+async fn declare_up_front(config: &Path) {
     if idle_channels() == 0 {
         return;
     }
     let t = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_octopods-worker"))
         .args(["topology", "--config"])
         .arg(config)
         .env_remove("AMQP_URL")
+        .kill_on_drop(true)
         .output()
+        .await
         .expect("run the binary");
     assert!(out.status.success(), "topology: {}", stderr(&out));
     eprintln!(
@@ -359,7 +363,7 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
     // Replica A prefers node 1, B node 2: they sit on different nodes.
     let config_a = replica_config(dir.path(), &prefix, &sandbox.url(), "A", [5681, 5682, 5683]);
     let config_b = replica_config(dir.path(), &prefix, &sandbox.url(), "B", [5682, 5683, 5681]);
-    declare_up_front(&config_a);
+    declare_up_front(&config_a).await;
     let ready = slack(Duration::from_secs(60));
     let a = BinaryWorker::start_within(&config_a, ready).await;
     let b = BinaryWorker::start_within(&config_b, ready).await;
