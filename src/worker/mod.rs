@@ -347,7 +347,7 @@ impl Worker {
                     Ok(other) => break Some(anyhow::anyhow!("consumer stopped: {other:?}")),
                     Err(e) => break Some(anyhow::Error::new(e).context("consumer task failed")),
                 },
-                e = watch_connections(&mut events, &self.health) => break Some(e),
+                e = watch_connections(&mut events, links.both(), &self.health) => break Some(e),
                 f = &mut followed => break Some(match f {
                     Followed::Ended(e) => e,
                     Followed::CaughtUp => anyhow::anyhow!("the control stream stopped"),
@@ -383,7 +383,7 @@ impl Worker {
             links.close(320, "reconnecting").await;
             return Err(e);
         }
-        self.drain(run, &mut events).await;
+        self.drain(run, &links, &mut events).await;
         drop(events);
         // Acks sent before a channel's close are settled by it; the
         // channels close together, within one close's wait.
@@ -491,7 +491,7 @@ impl Worker {
     /// A graceful stop: no new jobs; those in flight finish within what is
     /// left of the grace period, while the broker is still followed (a
     /// block ends, a block starts).
-    async fn drain<E>(&self, run: &Run, events: &mut E)
+    async fn drain<E>(&self, run: &Run, links: &Links, events: &mut E)
     where
         E: futures_util::Stream<Item = lapin::Event> + Unpin,
     {
@@ -505,7 +505,7 @@ impl Worker {
         let drained = async {
             tokio::select! {
                 r = tokio::time::timeout_at(end, tracker.wait()) => r.is_ok(),
-                _ = watch_connections(events, &self.health) => {
+                _ = watch_connections(events, links.both(), &self.health) => {
                     tokio::time::timeout_at(end, tracker.wait()).await.is_ok()
                 }
             }
@@ -591,6 +591,10 @@ struct Links {
 }
 
 impl Links {
+    fn both(&self) -> [&Connection; 2] {
+        [&self.consuming, &self.publishing]
+    }
+
     /// Connects from the node `reconnect` says; the next session starts
     /// after this one's node, whatever ends it.
     async fn open(config: &Config, reconnect: &mut Reconnect) -> anyhow::Result<Self> {
@@ -678,6 +682,7 @@ async fn stop_consumers(consumers: &mut JoinSet<Stopped>, end: Instant) {
 /// error, which ends the session.
 async fn watch_connections(
     events: &mut (impl futures_util::Stream<Item = Event> + Unpin),
+    links: [&Connection; 2],
     health: &Health,
 ) -> anyhow::Error {
     while let Some(event) = events.next().await {
@@ -689,6 +694,14 @@ async fn watch_connections(
             Event::ConnectionUnblocked => {
                 info!("the broker unblocked publishing");
                 health.broker_blocked(false);
+            }
+            // lapin reports a channel the broker closed (a refused declare,
+            // a publish to a missing exchange) here too, with the connection
+            // still up. Each channel's owner handles its own: a consumer's
+            // stream ends, a publish fails and repairs the topology, a
+            // declare says which queue. Only a lost connection ends the session.
+            Event::Error(e) if links.iter().all(|c| c.status().connected()) => {
+                warn!(error = %e, "the broker closed a channel; the connection stays");
             }
             Event::Error(e) => return anyhow::Error::new(e).context("connection lost"),
             _ => {}

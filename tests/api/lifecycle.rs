@@ -192,3 +192,53 @@ async fn a_broker_that_stops_answering_holds_the_stop_no_longer_than_the_grace_p
     assert_eq!(e["job_id"], "held", "{e}");
     app.shutdown().await;
 }
+
+/// A topology declared by an earlier version: `octopods.dead` a quorum
+/// queue without `x-delivery-limit`. On RabbitMQ 4.x the worker's declare
+/// (which sets `-1` there) is refused as inequivalent; the worker declares
+/// the queue as it is, says what to set, and serves — the refusal closes
+/// one AMQP channel, not the session. On 3.x both declares agree.
+#[tokio::test]
+async fn a_dead_letter_queue_declared_without_a_delivery_limit_is_served_as_it_is() {
+    let mut app = spawn_worker("old-dead-queue").await;
+    app.stop_worker().await;
+    let conn = broker().await;
+    let ch = conn.create_channel().await.unwrap();
+    let dead = app.queue("dead");
+    ch.queue_delete(dead.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut quorum = lapin::types::FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        dead.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        quorum,
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        dead.as_str().into(),
+        dead.as_str().into(),
+        "#".into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+
+    app.start_worker().await;
+    app.publish_bytes("store-eu", b"{not json", Default::default())
+        .await;
+    let e = app.next_event().await;
+    assert_eq!(e["event"], "dead_lettered", "{e}");
+    assert_eq!(app.depth("dead").await, 1);
+    drop(conn.close(200, "OK".into()).await);
+    app.shutdown().await;
+}

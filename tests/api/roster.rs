@@ -286,3 +286,67 @@ async fn a_channel_moved_from_the_file_to_run_time_keeps_its_queued_jobs() {
     assert_eq!(app.depth("jobs.shop-old").await, 0);
     app.shutdown().await;
 }
+
+/// A replica that starts with channels added at run time declares their
+/// queues together. One queue RabbitMQ refuses (deleted and declared again
+/// by someone else, as a classic queue) keeps only its own channel out of
+/// the session: the others are declared one by one and served.
+#[tokio::test]
+async fn an_added_channel_whose_queue_rabbitmq_refuses_keeps_only_itself_out() {
+    let mut app = spawn_with("roster-refused", runtime()).await;
+    for name in ["shop-a", "shop-b", "shop-c"] {
+        std::fs::write(app.runtime_keys().join(format!("{name}.key")), "k\n").unwrap();
+        app.added.push(name.into());
+        ok(&add(&app, name, "50", &format!("{name}.key")).await);
+    }
+    app.stop_worker().await;
+    let conn = broker().await;
+    let ch = conn.create_channel().await.unwrap();
+    let refused = app.queue("jobs.shop-b");
+    ch.queue_delete(refused.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    ch.queue_declare(
+        refused.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        lapin::types::FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let body = serde_json::to_vec(&job_for("shop-b", "b-1")).unwrap();
+    app.publish_raw("", &refused, &body, Default::default())
+        .await;
+    app.publish_many("shop-a", [job_for("shop-a", "a-1")]).await;
+    app.publish_many("shop-c", [job_for("shop-c", "c-1")]).await;
+
+    app.start_worker().await;
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let e = app.next_event().await;
+        assert_eq!(e["event"], "sent", "{e}");
+        sent.push(e["job_id"].as_str().unwrap().to_owned());
+    }
+    sent.sort();
+    assert_eq!(sent, ["a-1", "c-1"]);
+    let held = ch
+        .queue_declare(
+            refused.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (held.message_count(), held.consumer_count()),
+        (1, 0),
+        "shop-b's job waits in its queue, unserved"
+    );
+    drop(conn.close(200, "OK".into()).await);
+    app.shutdown().await;
+}
