@@ -225,7 +225,7 @@ async fn main() -> Res<()> {
         stats_took.as_secs_f64(),
         stats.status.success()
     );
-    topology::delete(&ch, &config).await?;
+    topology::delete(&conn, &config).await?;
     drop(conn.close(200, "OK".into()).await);
     Ok(())
 }

@@ -253,8 +253,7 @@ async fn main() -> Res<()> {
             );
         }
         stop(child);
-        let ch = conn.create_channel().await?;
-        topology::delete(&ch, &cfg).await?;
+        topology::delete(&conn, &cfg).await?;
     }
     for (label, n, append, took, rss) in &rows {
         println!(

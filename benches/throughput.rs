@@ -581,7 +581,7 @@ async fn contend(setup: &Setup<'_>, kind: Contender, round: usize) -> Res<Measur
             .stderr(std::process::Stdio::null())
             .spawn()?;
         let measured = watch(&ch, child, &names.results(), n).await;
-        topology::delete(&ch, &config).await?;
+        topology::delete(conn, &config).await?;
         return measured;
     }
     let q = declare_loop(&ch, &prefix, kind).await?;
@@ -674,7 +674,7 @@ async fn worker_run(conn: &Connection, config: Config, n: usize) -> Res<f64> {
     let rate = (n - done_then) as f64 / from.elapsed().as_secs_f64();
     stop.cancel();
     drop(handle.await);
-    topology::delete(&ch, &config).await?;
+    topology::delete(conn, &config).await?;
     Ok(rate)
 }
 
@@ -770,7 +770,7 @@ async fn memory(
         "(d) {N} jobs, all in flight at once (sandbox latency 3 s): took {:.1?}",
         started.elapsed()
     );
-    topology::delete(&ch, &config).await?;
+    topology::delete(conn, &config).await?;
     // Clock ticks are 1/100 s on Linux.
     Ok((hwm_kib, ticks as f64 * 10.0 / N as f64))
 }

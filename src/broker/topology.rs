@@ -407,17 +407,38 @@ pub fn exchanges(config: &Config) -> Vec<String> {
 }
 
 /// Deletes every queue and exchange of the topology (what `declare` made),
-/// with whatever they hold. A name that does not exist is not an error.
-pub async fn delete(ch: &Channel, config: &Config) -> Result<(), lapin::Error> {
+/// with whatever they hold, [`LANES`] queues at once as `declare` makes
+/// them. A name that does not exist is not an error.
+pub async fn delete(conn: &lapin::Connection, config: &Config) -> Result<(), lapin::Error> {
     let plan = Plan::new(config);
-    for q in &plan.queues {
-        ch.queue_delete(q.name.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
+    let lane = plan.queues.len().div_ceil(LANES).max(1);
+    futures_util::future::try_join_all(
+        plan.queues
+            .chunks(lane)
+            .map(|queues| delete_queues(conn, queues.iter().map(|q| q.name.as_str()))),
+    )
+    .await?;
+    let ch = conn.create_channel().await?;
     for e in &plan.exchanges {
         ch.exchange_delete(e.name.as_str().into(), ExchangeDeleteOptions::default())
             .await?;
     }
+    drop(ch.close(200, "OK".into()).await);
+    Ok(())
+}
+
+/// One lane of [`delete`]: `queues`, one after another, on a channel of
+/// its own.
+pub async fn delete_queues(
+    conn: &lapin::Connection,
+    queues: impl IntoIterator<Item = &str>,
+) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
+    for q in queues {
+        ch.queue_delete(q.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    drop(ch.close(200, "OK".into()).await);
     Ok(())
 }
 
@@ -440,16 +461,27 @@ pub async fn declare_channel(
     config: &Config,
     channel: &crate::config::ChannelConfig,
 ) -> Result<(), lapin::Error> {
+    declare_channels(conn, config, std::slice::from_ref(channel)).await
+}
+
+/// [`declare_channel`] for many channels at once, [`LANES`] queues at a
+/// time as `declare` does: a replica that starts with thousands of
+/// channels added at run time declares them together.
+pub async fn declare_channels(
+    conn: &lapin::Connection,
+    config: &Config,
+    channels: &[crate::config::ChannelConfig],
+) -> Result<(), lapin::Error> {
     let n = Names::new(&config.broker.prefix);
-    let one = Config {
-        channels: vec![channel.clone()],
+    let these = Config {
+        channels: channels.to_vec(),
         ..config.clone()
     };
-    let mut plan = Plan::new(&one);
-    let ours = [
-        n.channel_queue(&channel.name),
-        n.status_queue(&channel.name),
-    ];
+    let mut plan = Plan::new(&these);
+    let ours: std::collections::HashSet<String> = channels
+        .iter()
+        .flat_map(|c| [n.channel_queue(&c.name), n.status_queue(&c.name)])
+        .collect();
     plan.exchanges.clear();
     plan.queues.retain(|q| ours.contains(&q.name));
     plan.bindings.retain(|b| ours.contains(&b.queue));
@@ -495,8 +527,32 @@ const LANES: usize = 8;
 async fn declare_plan(conn: &lapin::Connection, plan: Plan) -> Result<(), lapin::Error> {
     let server = super::ServerVersion::of(conn);
     let plan = plan.for_server(server);
+    if !plan.exchanges.is_empty() {
+        declare_exchanges(conn, &plan.exchanges).await?;
+    }
+    let lane = |n: usize| n.div_ceil(LANES).max(1);
+    futures_util::future::try_join_all(
+        plan.queues
+            .chunks(lane(plan.queues.len()))
+            .map(|queues| declare_queues(conn, queues, server)),
+    )
+    .await?;
+    futures_util::future::try_join_all(
+        plan.bindings
+            .chunks(lane(plan.bindings.len()))
+            .map(|bindings| declare_bindings(conn, bindings)),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The exchanges of a plan, one after another on a channel of their own.
+async fn declare_exchanges(
+    conn: &lapin::Connection,
+    exchanges: &[Exchange],
+) -> Result<(), lapin::Error> {
     let ch = conn.create_channel().await?;
-    for e in &plan.exchanges {
+    for e in exchanges {
         let kind = match e.kind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
@@ -512,19 +568,6 @@ async fn declare_plan(conn: &lapin::Connection, plan: Plan) -> Result<(), lapin:
         .await?;
     }
     drop(ch.close(200, "OK".into()).await);
-    let lane = |n: usize| n.div_ceil(LANES).max(1);
-    futures_util::future::try_join_all(
-        plan.queues
-            .chunks(lane(plan.queues.len()))
-            .map(|queues| declare_queues(conn, queues, server)),
-    )
-    .await?;
-    futures_util::future::try_join_all(
-        plan.bindings
-            .chunks(lane(plan.bindings.len()))
-            .map(|bindings| declare_bindings(conn, bindings)),
-    )
-    .await?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 //! period, and close (unfinished jobs are redelivered by RabbitMQ).
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     panic::AssertUnwindSafe,
     sync::{Arc, OnceLock},
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 use crate::observe::emit::{Emit, SessionPanicked};
 use crate::{
     broker::{self, Names, Publisher, topology},
-    config::Config,
+    config::{ChannelConfig, Config},
     delivery::channel::{ChannelState, Shared},
     delivery::consumer::{
         AmqpChannel, CONSUMERS_PER_AMQP_CHANNEL, Consumer, Lane, Session, Stopped,
@@ -410,20 +411,26 @@ impl Worker {
     ) -> anyhow::Result<()> {
         let config = &self.shared.config;
         serving.started.retain(|_, c| !c.removed.is_cancelled());
+        let new: Vec<Arc<ChannelState>> = self
+            .roster
+            .all()
+            .into_iter()
+            .filter(|c| {
+                !serving
+                    .started
+                    .get(&c.config.name)
+                    .is_some_and(|s| Arc::ptr_eq(s, c))
+            })
+            .collect();
+        let added: Vec<ChannelConfig> = new
+            .iter()
+            .filter(|c| config.channel(&c.config.name).is_none())
+            .map(|c| c.config.clone())
+            .collect();
+        let undeclared = declare_added(&links.publishing, config, &added).await;
         let mut lanes: Vec<(Lane, Arc<ChannelState>)> = Vec::new();
-        for c in self.roster.all() {
-            if serving
-                .started
-                .get(&c.config.name)
-                .is_some_and(|s| Arc::ptr_eq(s, &c))
-            {
-                continue;
-            }
-            if config.channel(&c.config.name).is_none()
-                && let Err(e) =
-                    topology::declare_channel(&links.publishing, config, &c.config).await
-            {
-                warn!(channel = %c.config.name, error = %e, "cannot declare an added channel's queue; not serving it in this session");
+        for c in new {
+            if undeclared.contains(&c.config.name) {
                 continue;
             }
             serving.started.insert(c.config.name.clone(), c.clone());
@@ -662,6 +669,32 @@ async fn repair_topology(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Declares the queues of channels added at run time, all together; when
+/// that fails, one channel at a time, so that one queue RabbitMQ refuses
+/// (declared elsewhere with other arguments) keeps only its own channel
+/// out of this session. Returns the channels not declared.
+async fn declare_added(
+    conn: &lapin::Connection,
+    config: &Config,
+    added: &[ChannelConfig],
+) -> HashSet<String> {
+    let mut undeclared = HashSet::new();
+    if added.is_empty()
+        || topology::declare_channels(conn, config, added)
+            .await
+            .is_ok()
+    {
+        return undeclared;
+    }
+    for channel in added {
+        if let Err(e) = topology::declare_channel(conn, config, channel).await {
+            warn!(channel = %channel.name, error = %e, "cannot declare an added channel's queue; not serving it in this session");
+            undeclared.insert(channel.name.clone());
+        }
+    }
+    undeclared
 }
 
 /// Waits until every consumer has cancelled on the broker (and handed back

@@ -154,7 +154,7 @@ async fn binary_sends_a_job_and_exits_zero_on_sigterm() {
     );
 
     let config = octopods_worker::config::Config::load(&path).unwrap();
-    octopods_worker::broker::topology::delete(&ch, &config)
+    octopods_worker::broker::topology::delete(&conn, &config)
         .await
         .unwrap();
 }

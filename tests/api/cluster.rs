@@ -434,7 +434,7 @@ async fn any_node_may_die_mid_flow_and_nothing_is_lost() {
         assert_eq!(w.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
     }
     let config = Config::load(&config_a).expect("config");
-    topology::delete(&ch, &config)
+    topology::delete(&conn, &config)
         .await
         .expect("delete topology");
     drop(conn.close(200, "done".into()).await);
@@ -736,9 +736,8 @@ async fn a_node_lost_while_customers_answer_loses_no_reply_and_doubles_none() {
         assert_eq!(w.wait_exit(Duration::from_secs(15)).await.code(), Some(0));
     }
     drop(events);
-    let cleanup = reader.create_channel().await.expect("channel");
     let config = Config::load(&config_a).expect("config");
-    topology::delete(&cleanup, &config)
+    topology::delete(&reader, &config)
         .await
         .expect("delete topology");
     drop(reader.close(200, "done".into()).await);

@@ -366,8 +366,7 @@ async fn a_channel_max_too_small_is_said_on_readyz_with_what_to_raise() {
     stop.cancel();
     drop(run.await);
     let conn = broker().await;
-    let ch = conn.create_channel().await.expect("channel");
-    octopods_worker::broker::topology::delete(&ch, &config)
+    octopods_worker::broker::topology::delete(&conn, &config)
         .await
         .expect("delete");
 }

@@ -30,10 +30,7 @@ use std::{
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueDeleteOptions,
-    },
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable},
 };
 use octopods_worker::{
@@ -254,14 +251,8 @@ impl Drop for TestApp {
                 let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
                     .await
                     .ok()?;
-                let ch = conn.create_channel().await.ok()?;
-                drop(topology::delete(&ch, &config).await);
-                for q in added {
-                    drop(
-                        ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                            .await,
-                    );
-                }
+                drop(topology::delete(&conn, &config).await);
+                drop(topology::delete_queues(&conn, added.iter().map(String::as_str)).await);
                 drop(conn.close(200, "OK".into()).await);
                 Some(())
             })
@@ -683,15 +674,12 @@ impl TestApp {
     /// exchange `topology::declare` made for its config).
     pub async fn shutdown(mut self) {
         self.stop_worker().await;
-        topology::delete(&self.ch, &self.config)
+        topology::delete(&self.conn, &self.config)
             .await
             .expect("delete the test topology");
-        for q in self.added_queues() {
-            self.ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .expect("delete an added channel's queue");
-        }
+        topology::delete_queues(&self.conn, self.added_queues().iter().map(String::as_str))
+            .await
+            .expect("delete the added channels' queues");
         self.cleaned = true;
         drop(self.conn.close(200, "OK".into()).await);
     }
