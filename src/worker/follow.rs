@@ -7,7 +7,7 @@ use std::{panic::AssertUnwindSafe, time::Duration};
 
 use futures_util::StreamExt;
 
-use tracing::info;
+use tracing::{debug, info};
 
 use super::Worker;
 use crate::delivery::channel::ChannelState;
@@ -29,24 +29,45 @@ impl Worker {
         let id = ulid::Ulid::generate().to_string();
         let marker = Command::new("", Change::Marker { id: id.clone() });
         control::append(publisher, names, &marker).await?;
-        match tokio::time::timeout(Duration::from_secs(30), self.follow(commands, Some(&id))).await
-        {
-            Ok(Followed::CaughtUp) => Ok(()),
-            Ok(Followed::Ended(e)) => Err(e),
-            Err(_) => Err(anyhow::anyhow!(
-                "the control stream did not give back its marker within 30 s"
-            )),
+        let started = std::time::Instant::now();
+        match self.follow(commands, Some(&id)).await {
+            Followed::CaughtUp => {
+                info!(
+                    took_ms = started.elapsed().as_millis(),
+                    channels = self.roster.len(),
+                    "caught up with the control stream"
+                );
+                Ok(())
+            }
+            Followed::Ended(e) => Err(e),
         }
     }
 
     /// Applies operators' commands as they come. Returns when the stream
-    /// ends or, with `until`, at that marker.
+    /// ends or, with `until`, at that marker — or when, before it, the stream
+    /// gives nothing for [`CATCH_UP_STALL`]. That bounds the wait, not the
+    /// read: a stream that grew for years takes as long as it takes, while a
+    /// stream that stopped answering ends the session.
     pub(super) async fn follow(
         &self,
         commands: &mut lapin::Consumer,
         until: Option<&str>,
     ) -> Followed {
-        while let Some(next) = commands.next().await {
+        loop {
+            let next = if until.is_some() {
+                match tokio::time::timeout(CATCH_UP_STALL, commands.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        return Followed::Ended(anyhow::anyhow!(
+                            "the control stream gave no record for {} s before this replica's marker",
+                            CATCH_UP_STALL.as_secs()
+                        ));
+                    }
+                }
+            } else {
+                commands.next().await
+            };
+            let Some(next) = next else { break };
             let delivery = match next {
                 Ok(d) => d,
                 Err(e) => {
@@ -70,7 +91,9 @@ impl Worker {
             }
             // A record is input: one that cannot be applied (or panics in a
             // dependency while it is) is skipped, and the replica goes on.
-            let applied = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&command)));
+            let applied = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.apply(&command, until.is_some())
+            }));
             match applied {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => self.reject(&why, "out_of_range"),
@@ -87,20 +110,22 @@ impl Worker {
 impl Worker {
     /// Applies one operator's command: a channel added or removed, or a
     /// change to the channel it names (a channel this replica does not
-    /// serve ignores it).
-    fn apply(&self, command: &Command) -> Result<(), String> {
+    /// serve ignores it). While `catching_up`, channels added and removed
+    /// are logged at DEBUG: a replica's start folds every one since the
+    /// first, and the catch-up's own line says how many it serves.
+    fn apply(&self, command: &Command, catching_up: bool) -> Result<(), String> {
         if let Some(hook) = self.shared.fault {
             hook(&format!("control:{}", command.channel));
         }
         match &command.change {
             Change::Add { rate, burst, key } => {
                 command.check()?;
-                self.add(&command.channel, *rate, *burst, key);
+                self.add(&command.channel, *rate, *burst, key, catching_up);
                 Ok(())
             }
             Change::Remove => {
                 command.check()?;
-                self.remove(&command.channel);
+                self.remove(&command.channel, catching_up);
                 Ok(())
             }
             _ => match self.roster.find(&command.channel) {
@@ -113,7 +138,7 @@ impl Worker {
     /// Serves a channel added at run time: its key read from
     /// `worker.channel_keys_dir` here (never from the broker); the session
     /// declares its queue and starts its consumers.
-    fn add(&self, name: &str, rate: f64, burst: Option<u32>, key: &str) {
+    fn add(&self, name: &str, rate: f64, burst: Option<u32>, key: &str, catching_up: bool) {
         let config = &self.shared.config;
         if config.channel(name).is_some() {
             self.reject(
@@ -152,12 +177,16 @@ impl Worker {
         );
         let state = ChannelState::new(channel, key, None, &config.broker);
         if self.roster.add(std::sync::Arc::new(state)) {
-            info!(channel = name, rate, "channel added");
+            if catching_up {
+                debug!(channel = name, rate, "channel added");
+            } else {
+                info!(channel = name, rate, "channel added");
+            }
         }
     }
 
     /// Stops serving a channel added at run time; its jobs stay queued.
-    fn remove(&self, name: &str) {
+    fn remove(&self, name: &str, catching_up: bool) {
         if self.shared.config.channel(name).is_some() {
             self.reject(
                 &format!("remove {name}: configured in the file; remove it there"),
@@ -167,10 +196,14 @@ impl Worker {
         }
         if self.roster.remove(name).is_some() {
             self.shared.metrics.forget_channel(name);
-            info!(
-                channel = name,
-                "channel removed; its jobs stay in its queue"
-            );
+            if catching_up {
+                debug!(channel = name, "channel removed");
+            } else {
+                info!(
+                    channel = name,
+                    "channel removed; its jobs stay in its queue"
+                );
+            }
         }
     }
 
@@ -178,6 +211,9 @@ impl Worker {
         ControlRecordSkipped { why, reason }.emit(&self.shared.metrics);
     }
 }
+
+/// The longest wait for the next record while catching up.
+const CATCH_UP_STALL: Duration = Duration::from_secs(30);
 
 /// How following the control stream ended.
 pub(super) enum Followed {
