@@ -15,7 +15,7 @@ use lapin::{
 };
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::{
     config::Config,
@@ -272,7 +272,14 @@ impl Consumer {
             () = self.channel.removed.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
-        info!(channel = name, replica = %escape(&self.shared.replica_id), delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "subscribing");
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        // One line per channel at a session's start would be 10,000 on a
+        // platform: there the session's `consuming` line says how many.
+        if resuming {
+            info!(channel = name, replica = %escape(&self.shared.replica_id), delay_ms, "subscribing again after a resume");
+        } else {
+            debug!(channel = name, replica = %escape(&self.shared.replica_id), delay_ms, "subscribing");
+        }
         true
     }
 

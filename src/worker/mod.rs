@@ -505,7 +505,7 @@ impl Worker {
         if let Ok(permits) = subscribed.acquire_many(lanes).await {
             permits.forget();
             self.health.set_consuming(true);
-            info!("consuming");
+            info!(consumers = lanes, "consuming");
         }
         std::future::pending::<()>().await;
     }
