@@ -56,6 +56,9 @@ CONF
 
 case ${1:-} in
   start)
+    # A test cluster starts empty: the data of nodes that were killed, not
+    # stopped, keeps the first from booting alone ("start the other nodes first").
+    if ! pgrep -f "beam.smp.*octopods-cluster" >/dev/null; then rm -rf "$dir"; fi
     for n in "${nodes[@]}"; do start_node "$n"; done
     for n in 2 3; do
       if ! ctl 1 cluster_status --formatter json | python3 -c '
