@@ -758,11 +758,14 @@ async fn watch_connections(
                 health.broker_blocked(false);
             }
             // lapin reports a channel the broker closed (a refused declare,
-            // a publish to a missing exchange) here too, with the connection
-            // still up. Each channel's owner handles its own: a consumer's
-            // stream ends, a publish fails and repairs the topology, a
-            // declare says which queue. Only a lost connection ends the session.
-            Event::Error(e) if links.iter().all(|c| c.status().connected()) => {
+            // a publish to a missing exchange: AMQP's soft, channel-level
+            // errors) here too, with the connection still up. Each channel's
+            // owner handles its own: a consumer's stream ends, a publish fails
+            // and repairs the topology, a declare says which queue. Anything
+            // else (a hard error, I/O, a forced close) ends the session.
+            Event::Error(e)
+                if e.is_amqp_soft_error() && links.iter().all(|c| c.status().connected()) =>
+            {
                 warn!(error = %e, "the broker closed a channel; the connection stays");
             }
             Event::Error(e) => return anyhow::Error::new(e).context("connection lost"),
